@@ -1,0 +1,236 @@
+//! `surge demo`: seeds a small catalog and runs a short flash sale against running services,
+//! then shows what the write side accepted and what the read side serves.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::future::join_all;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoConfig {
+    /// Base URL of the command API.
+    #[arg(
+        long,
+        env = "SURGE_COMMAND_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub command_url: String,
+    /// Base URL of the query API.
+    #[arg(long, env = "SURGE_QUERY_URL", default_value = "http://127.0.0.1:8081")]
+    pub query_url: String,
+    /// Shoppers rushing the hot item.
+    #[arg(long, default_value_t = 200)]
+    pub shoppers: usize,
+    /// Units of the hot item on sale.
+    #[arg(long, default_value_t = 50)]
+    pub hot_stock: i64,
+}
+
+async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{base} is not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(client: &Client, url: String, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+    let r = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = r.status();
+    let body = r.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
+    let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let (cmd, qry) = (
+        config.command_url.trim_end_matches('/'),
+        config.query_url.trim_end_matches('/'),
+    );
+    wait_ready(&client, cmd).await?;
+    wait_ready(&client, qry).await?;
+
+    // SKUs unique per run, so the demo can run again on the same database.
+    let run = chrono::Utc::now().format("%H%M%S").to_string();
+    let hot = format!("DROP-{run}");
+    let catalog = [
+        (
+            hot.clone(),
+            "Limited sneaker drop",
+            "shoes",
+            12_900,
+            config.hot_stock,
+        ),
+        (format!("TEE-{run}"), "Logo tee", "apparel", 2_500, 500),
+        (format!("CAP-{run}"), "Cap", "apparel", 1_900, 300),
+    ];
+    println!("== Seeding the catalog");
+    for (sku, name, category, price, stock) in &catalog {
+        let (status, body) = post(
+            &client,
+            format!("{cmd}/v1/catalog/items"),
+            json!({"sku": sku, "name": name, "category": category,
+                   "price": {"minor": price, "currency": "EUR"}, "initial_stock": stock}),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            bail!("adding {sku} answered {status}: {body}");
+        }
+        println!(
+            "   {sku:<14} {name:<22} {stock:>4} units at {}.{:02} EUR",
+            price / 100,
+            price % 100
+        );
+    }
+
+    println!(
+        "\n== Flash sale: {} shoppers rush {} units of {hot}",
+        config.shoppers, config.hot_stock
+    );
+    let started = Instant::now();
+    let attempts = (0..config.shoppers).map(|i| {
+        let client = client.clone();
+        let url = format!("{cmd}/v1/orders");
+        let mut lines = vec![json!({"sku": hot, "quantity": 1})];
+        if i % 3 == 0 {
+            lines.push(json!({"sku": catalog[1].0, "quantity": 2}));
+        }
+        let body = json!({"customer_id": format!("shopper-{i}"), "lines": lines});
+        async move {
+            let r = client
+                .post(url)
+                .header("idempotency-key", format!("demo-{i}"))
+                .json(&body)
+                .send()
+                .await;
+            match r {
+                Ok(r) => {
+                    let s = r.status();
+                    (s, r.json::<Value>().await.unwrap_or(Value::Null))
+                }
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
+            }
+        }
+    });
+    let results = join_all(attempts).await;
+    let elapsed = started.elapsed();
+    let accepted: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .map(|(_, b)| b)
+        .collect();
+    let sold_out = results
+        .iter()
+        .filter(|(s, b)| {
+            *s == StatusCode::UNPROCESSABLE_ENTITY
+                && b["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/out-of-stock"))
+        })
+        .count();
+    let other = results.len() - accepted.len() - sold_out;
+    println!(
+        "   {} accepted, {} refused as sold out, {} other, in {:.0} ms",
+        accepted.len(),
+        sold_out,
+        other,
+        elapsed.as_secs_f64() * 1000.0
+    );
+    if accepted.len() as i64 > config.hot_stock {
+        bail!(
+            "oversold: {} orders accepted for {} units",
+            accepted.len(),
+            config.hot_stock
+        );
+    }
+
+    let Some(first) = accepted.first() else {
+        bail!("no order was accepted")
+    };
+    let order_id = first["order_id"].as_str().unwrap_or_default().to_string();
+    println!("\n== One shopper changes their mind: cancel {order_id}");
+    let (status, body) = post(
+        &client,
+        format!("{cmd}/v1/orders/{order_id}/cancel"),
+        json!({}),
+    )
+    .await?;
+    println!("   {status}: {body}");
+    let token = body["consistency_token"].as_i64().unwrap_or(0);
+
+    println!("\n== The read side (query API, fed by Kafka through the projectors)");
+    let item_url = format!("{qry}/v1/catalog/items/{hot}");
+    let r = client
+        .get(&item_url)
+        .header("x-consistency-token", token.to_string())
+        .send()
+        .await?;
+    let (status, cache) = (r.status(), header(&r, "x-cache"));
+    let etag = header(&r, "etag");
+    let item: Value = r.json().await.unwrap_or(Value::Null);
+    println!(
+        "   GET {item_url} (waiting for token {token}) -> {status}, x-cache: {cache}\n   available {} / reserved {} / sold {} (version {})",
+        item["available"], item["reserved"], item["sold"], item["version"]
+    );
+    let r = client.get(&item_url).send().await?;
+    println!(
+        "   again -> {}, x-cache: {}, x-data-age-ms: {}",
+        r.status(),
+        header(&r, "x-cache"),
+        header(&r, "x-data-age-ms")
+    );
+    let r = client
+        .get(&item_url)
+        .header("if-none-match", &etag)
+        .send()
+        .await?;
+    println!("   with If-None-Match {etag} -> {}", r.status());
+    let order_url = format!("{qry}/v1/orders/{order_id}");
+    let r = client
+        .get(&order_url)
+        .header("x-consistency-token", token.to_string())
+        .send()
+        .await?;
+    let order: Value = r.json().await.unwrap_or(Value::Null);
+    println!(
+        "   GET {order_url} -> status {}, total {}",
+        order["status"], order["total"]
+    );
+
+    let expected_reserved = accepted.len() as i64 - 1;
+    if item["reserved"].as_i64() != Some(expected_reserved) {
+        bail!(
+            "the view shows {} reserved, expected {expected_reserved}",
+            item["reserved"]
+        );
+    }
+    println!("\n== Where to look");
+    println!("   command API   {cmd}  (POST /v1/orders, /v1/orders/{{id}}/cancel, /v1/inventory/{{sku}}/restock)");
+    println!(
+        "   query API     {qry}/v1/catalog/items  {qry}/v1/orders/{{id}}  {qry}/v1/stats/sales"
+    );
+    println!("   event store   psql \"$SURGE_DATABASE_URL\" -c 'SELECT position, stream_id, version, event_type FROM events ORDER BY position DESC LIMIT 20'");
+    Ok(())
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}

@@ -1,0 +1,79 @@
+//! The `surge` command line: parses arguments into each service's typed config and runs it.
+//!
+//! Owns nothing but wiring and user-facing output: [`Cli`] lists the subcommands, [`run`]
+//! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`migrate`]
+//! applies the schema and creates the topics. Every service's logic lives in its own crate.
+
+pub mod demo;
+pub mod migrate;
+
+use clap::{Parser, Subcommand};
+use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
+use surge_projections::{Projector, ProjectorConfig};
+use surge_query::{QueryApiConfig, QueryApp};
+use surge_runtime::{shutdown, telemetry, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "surge",
+    version,
+    about = "Surge: an event-sourced order platform built for flash sales"
+)]
+pub struct Cli {
+    /// Log format: json for machines, pretty for people.
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the command API (orders, payments, inventory).
+    CommandApi(CommandApiConfig),
+    /// Serve the query API (catalog, orders, sales).
+    QueryApi(QueryApiConfig),
+    /// Run projector workers that keep the views.
+    Project(ProjectorConfig),
+    /// Run the outbox relay that publishes events to Kafka.
+    Relay(RelayConfig),
+    /// Apply the database migrations and create the Kafka topics.
+    Migrate(migrate::MigrateConfig),
+    /// Seed a catalog and run a short flash sale against running services.
+    Demo(demo::DemoConfig),
+}
+
+impl Cli {
+    /// Parses an argument list (tests check deploy files against the real parser).
+    pub fn try_parse_from_args(args: &[String]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(args)
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::CommandApi(config) => {
+            CommandApp::build(config)
+                .await?
+                .run(shutdown::signal())
+                .await?
+        }
+        Command::QueryApi(config) => {
+            QueryApp::build(config)
+                .await?
+                .run(shutdown::signal())
+                .await?
+        }
+        Command::Project(config) => {
+            Projector::build(config)
+                .await?
+                .run(shutdown::signal())
+                .await
+        }
+        Command::Relay(config) => Relay::build(config).await?.run(shutdown::signal()).await?,
+        Command::Migrate(config) => migrate::run(config).await?,
+        Command::Demo(config) => demo::run(config).await?,
+    }
+    Ok(())
+}

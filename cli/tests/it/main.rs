@@ -1,0 +1,4 @@
+//! Integration tests of the whole system, on the real Postgres and the real Kafka broker.
+
+mod compose;
+mod flow;

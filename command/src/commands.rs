@@ -1,0 +1,363 @@
+//! Command handling: load state, let the aggregates decide, append what they decided.
+//!
+//! Every handler is `load → decide → append` inside a bounded retry on version conflicts
+//! (the commands here commute: reserving for two different orders can be decided in either
+//! order, so a clash only means "decide again on the newer state"). A command that touches
+//! several streams (placing an order reserves each SKU) appends them all in one transaction:
+//! all or nothing.
+
+use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
+use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::Duration;
+use surge_events::order::CancelReason;
+use surge_events::{CustomerId, EventMetadata, Money, OrderId, OrderLine, Sku};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("stream {stream_id} kept changing; current version {current_version}")]
+    Conflict {
+        stream_id: String,
+        current_version: i64,
+    },
+    #[error("idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CommandError {
+    fn from(e: sqlx::Error) -> Self {
+        CommandError::Store(StoreError::Database(e))
+    }
+}
+
+impl CommandError {
+    fn is_store_conflict(&self) -> bool {
+        matches!(self, CommandError::Store(e) if e.is_conflict())
+    }
+}
+
+/// A new catalog item with its opening stock.
+#[derive(Debug, Clone)]
+pub struct AddItem {
+    pub sku: Sku,
+    pub name: String,
+    pub category: String,
+    pub price: Money,
+    pub initial_stock: i64,
+}
+
+/// An order as the customer asks for it: SKUs and quantities. Prices come from the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlaceOrder {
+    pub customer_id: CustomerId,
+    pub lines: Vec<(Sku, i64)>,
+}
+
+/// The answer to an accepted order; replayed as is for a repeated idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAccepted {
+    pub order_id: OrderId,
+    pub status: String,
+    pub total: Money,
+    pub reservation_expires_at: DateTime<Utc>,
+    /// Global position of the order's last event: pass it to the query API to read your write.
+    pub consistency_token: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CommandSettings {
+    pub reservation_ttl: Duration,
+    pub max_conflict_retries: usize,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        CommandSettings {
+            reservation_ttl: Duration::from_secs(15 * 60),
+            max_conflict_retries: 8,
+        }
+    }
+}
+
+/// The write side's application service, shared by the HTTP handlers and the workers.
+#[derive(Clone)]
+pub struct Commands {
+    store: EventStore,
+    inventory: StateCache<Inventory>,
+    orders: StateCache<Order>,
+    settings: CommandSettings,
+}
+
+impl Commands {
+    pub fn new(store: EventStore, settings: CommandSettings) -> Self {
+        Commands {
+            store,
+            inventory: state_cache(100_000),
+            orders: state_cache(100_000),
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Runs `attempt` again on version conflicts, a bounded number of times with jittered backoff;
+    /// when they are used up the conflict is answered with the stream's current version.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, CommandError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CommandError>>,
+    {
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(50))
+            .with_max_times(self.settings.max_conflict_retries)
+            .with_jitter();
+        match attempt
+            .retry(policy)
+            .when(CommandError::is_store_conflict)
+            .await
+        {
+            Err(CommandError::Store(StoreError::Conflict { stream_id, .. })) => {
+                let current_version = self
+                    .store
+                    .stream_version(&surge_events::StreamId(stream_id.clone()))
+                    .await?;
+                Err(CommandError::Conflict {
+                    stream_id,
+                    current_version,
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn decide_inventory(
+        &self,
+        sku: &Sku,
+        cmd: InventoryCommand,
+        meta: &EventMetadata,
+    ) -> Result<(i64, Inventory, StreamAppend), CommandError> {
+        let stream = sku.stream_id();
+        let (version, state) = self.store.load(&self.inventory, &stream).await?;
+        let events = state.decide(&cmd)?;
+        let append = StreamAppend::new(stream, version, &events, meta);
+        Ok((version, state, append))
+    }
+
+    async fn load_order(&self, order_id: OrderId) -> Result<(i64, Order), CommandError> {
+        let (version, order) = self.store.load(&self.orders, &order_id.stream_id()).await?;
+        if version == 0 {
+            return Err(DomainError::UnknownOrder(order_id).into());
+        }
+        Ok((version, order))
+    }
+
+    #[tracing::instrument(skip_all, fields(sku = %cmd.sku))]
+    pub async fn add_item(
+        &self,
+        cmd: AddItem,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.retrying(|| async {
+            let (_, _, append) = self
+                .decide_inventory(
+                    &cmd.sku,
+                    InventoryCommand::AddItem {
+                        sku: cmd.sku.clone(),
+                        name: cmd.name.clone(),
+                        category: cmd.category.clone(),
+                        price: cmd.price.clone(),
+                        initial_stock: cmd.initial_stock,
+                    },
+                    meta,
+                )
+                .await?;
+            Ok(self.store.append(&[append]).await?)
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(sku = %sku, quantity))]
+    pub async fn restock(
+        &self,
+        sku: &Sku,
+        quantity: i64,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.retrying(|| async {
+            let (_, _, append) = self
+                .decide_inventory(
+                    sku,
+                    InventoryCommand::Restock {
+                        sku: sku.clone(),
+                        quantity,
+                    },
+                    meta,
+                )
+                .await?;
+            Ok(self.store.append(&[append]).await?)
+        })
+        .await
+    }
+
+    /// Places an order: reserves every line's stock and records the order, all or nothing.
+    #[tracing::instrument(skip_all, fields(customer = %cmd.customer_id, lines = cmd.lines.len()))]
+    pub async fn place_order(
+        &self,
+        cmd: PlaceOrder,
+        key: Option<IdempotencyKey>,
+        meta: &EventMetadata,
+    ) -> Result<OrderAccepted, CommandError> {
+        if let Some(key) = &key {
+            if let Some(answer) =
+                idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await?
+            {
+                return answer;
+            }
+        }
+        let order_id = OrderId::new();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(self.settings.reservation_ttl)
+                .unwrap_or(chrono::Duration::minutes(15));
+        let mut lines = cmd.lines.clone();
+        // One lock order for every writer: SKUs sorted, so multi-SKU orders cannot deadlock.
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
+
+        self.retrying(|| async {
+            let mut appends = Vec::with_capacity(lines.len() + 1);
+            let mut order_lines = Vec::with_capacity(lines.len());
+            for (sku, quantity) in &lines {
+                let reserve = InventoryCommand::ReserveStock {
+                    sku: sku.clone(),
+                    order_id,
+                    quantity: *quantity,
+                    expires_at,
+                };
+                let (_, state, append) = self.decide_inventory(sku, reserve, meta).await?;
+                let price = state
+                    .item
+                    .as_ref()
+                    .map(|i| i.price.clone())
+                    .ok_or_else(|| DomainError::UnknownItem { sku: sku.clone() })?;
+                order_lines.push(OrderLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    unit_price: price,
+                });
+                appends.push(append);
+            }
+            let place = OrderCommand::PlaceOrder {
+                order_id,
+                customer_id: cmd.customer_id.clone(),
+                lines: order_lines,
+                reservation_expires_at: expires_at,
+            };
+            let events = Order::default().decide(&place)?;
+            let total = match &events[..] {
+                [surge_events::OrderEvent::OrderPlaced(p)] => p.total.clone(),
+                _ => return Err(DomainError::UnknownOrder(order_id).into()),
+            };
+            appends.push(StreamAppend::new(order_id.stream_id(), 0, &events, meta));
+
+            let mut tx = self.store.pool().begin().await?;
+            if let Some(key) = &key {
+                if let Claim::Taken = idempotency::claim(&mut tx, key).await? {
+                    drop(tx);
+                    return match idempotency::lookup::<OrderAccepted>(self.store.pool(), key)
+                        .await?
+                    {
+                        Some(answer) => answer,
+                        None => Err(CommandError::IdempotencyKeyReused),
+                    };
+                }
+            }
+            let committed = EventStore::append_in(&mut tx, &appends).await?;
+            sqlx::query("INSERT INTO reservation_deadlines (order_id, expires_at) VALUES ($1, $2)")
+                .bind(order_id.0)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            let accepted = OrderAccepted {
+                order_id,
+                status: "placed".into(),
+                total,
+                reservation_expires_at: expires_at,
+                consistency_token: committed.last_position,
+            };
+            if let Some(key) = &key {
+                idempotency::complete(&mut tx, key, 202, &accepted).await?;
+            }
+            tx.commit().await?;
+            Ok(accepted)
+        })
+        .await
+    }
+
+    /// Cancels a placed order and puts its stock back on sale, in one transaction.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn cancel_order(
+        &self,
+        order_id: OrderId,
+        reason: CancelReason,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.retrying(|| async {
+            let (version, order) = self.load_order(order_id).await?;
+            let events = order.decide(&OrderCommand::CancelOrder { reason })?;
+            let mut appends = vec![StreamAppend::new(
+                order_id.stream_id(),
+                version,
+                &events,
+                meta,
+            )];
+            let mut lines: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
+            lines.sort();
+            for sku in lines {
+                let release = match reason {
+                    CancelReason::ReservationExpired => InventoryCommand::ExpireReservation {
+                        sku: sku.clone(),
+                        order_id,
+                        now: Utc::now(),
+                    },
+                    _ => InventoryCommand::ReleaseReservation {
+                        sku: sku.clone(),
+                        order_id,
+                    },
+                };
+                let (_, _, append) = self.decide_inventory(&sku, release, meta).await?;
+                if !append.events.is_empty() {
+                    appends.push(append);
+                }
+            }
+            let mut tx = self.store.pool().begin().await?;
+            let committed = EventStore::append_in(&mut tx, &appends).await?;
+            sqlx::query("DELETE FROM reservation_deadlines WHERE order_id = $1")
+                .bind(order_id.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(committed)
+        })
+        .await
+    }
+
+    /// The current state of an order as the write side sees it.
+    pub async fn order(&self, order_id: OrderId) -> Result<(i64, Order), CommandError> {
+        self.load_order(order_id).await
+    }
+
+    /// The current state of a SKU's inventory as the write side sees it.
+    pub async fn inventory(&self, sku: &Sku) -> Result<(i64, Inventory), CommandError> {
+        Ok(self.store.load(&self.inventory, &sku.stream_id()).await?)
+    }
+}

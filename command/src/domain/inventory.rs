@@ -1,0 +1,528 @@
+//! The `Inventory` aggregate: one catalog item and its stock, per SKU.
+//!
+//! Invariant: `available >= 0` and every unit is in exactly one of available, reserved (held for
+//! an order until it is paid, released or expired) or sold.
+
+use super::{Aggregate, DomainError, MAX_QUANTITY, MAX_RESTOCK};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use surge_events::inventory::{
+    InventoryEvent, ItemAdded, ReservationExpired, ReservationReleased, StockCommitted,
+    StockReserved, StockRestocked,
+};
+use surge_events::{Money, OrderId, Sku};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub sku: Sku,
+    pub name: String,
+    pub category: String,
+    pub price: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub quantity: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub item: Option<Item>,
+    pub available: i64,
+    pub holds: BTreeMap<OrderId, Hold>,
+    pub sold: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventoryCommand {
+    AddItem {
+        sku: Sku,
+        name: String,
+        category: String,
+        price: Money,
+        initial_stock: i64,
+    },
+    Restock {
+        sku: Sku,
+        quantity: i64,
+    },
+    ReserveStock {
+        sku: Sku,
+        order_id: OrderId,
+        quantity: i64,
+        expires_at: DateTime<Utc>,
+    },
+    ReleaseReservation {
+        sku: Sku,
+        order_id: OrderId,
+    },
+    ExpireReservation {
+        sku: Sku,
+        order_id: OrderId,
+        now: DateTime<Utc>,
+    },
+    CommitReservation {
+        sku: Sku,
+        order_id: OrderId,
+    },
+}
+
+impl Inventory {
+    pub fn reserved(&self) -> i64 {
+        self.holds.values().map(|h| h.quantity).sum()
+    }
+
+    fn item(&self, sku: &Sku) -> Result<&Item, DomainError> {
+        self.item
+            .as_ref()
+            .ok_or_else(|| DomainError::UnknownItem { sku: sku.clone() })
+    }
+}
+
+fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), DomainError> {
+    if s.trim().is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
+        return Err(DomainError::InvalidField {
+            field,
+            reason: format!("must be 1 to {max} printable characters"),
+        });
+    }
+    Ok(())
+}
+
+impl Aggregate for Inventory {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+
+    fn decide(&self, command: &InventoryCommand) -> Result<Vec<InventoryEvent>, DomainError> {
+        use InventoryCommand as C;
+        match command {
+            C::AddItem {
+                sku,
+                name,
+                category,
+                price,
+                initial_stock,
+            } => {
+                if self.item.is_some() {
+                    return Err(DomainError::ItemAlreadyExists { sku: sku.clone() });
+                }
+                check_text("name", name, 200)?;
+                check_text("category", category, 64)?;
+                if !(0..=MAX_RESTOCK).contains(initial_stock) {
+                    return Err(DomainError::InvalidQuantity {
+                        quantity: *initial_stock,
+                        max: MAX_RESTOCK,
+                    });
+                }
+                Ok(vec![InventoryEvent::ItemAdded(ItemAdded {
+                    sku: sku.clone(),
+                    name: name.clone(),
+                    category: category.clone(),
+                    price: price.clone(),
+                    initial_stock: *initial_stock,
+                })])
+            }
+            C::Restock { sku, quantity } => {
+                self.item(sku)?;
+                if !(1..=MAX_RESTOCK).contains(quantity) {
+                    return Err(DomainError::InvalidQuantity {
+                        quantity: *quantity,
+                        max: MAX_RESTOCK,
+                    });
+                }
+                if self.available.checked_add(*quantity).is_none() {
+                    return Err(DomainError::AmountOverflow);
+                }
+                Ok(vec![InventoryEvent::StockRestocked(StockRestocked {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                })])
+            }
+            C::ReserveStock {
+                sku,
+                order_id,
+                quantity,
+                expires_at,
+            } => {
+                self.item(sku)?;
+                if !(1..=MAX_QUANTITY).contains(quantity) {
+                    return Err(DomainError::InvalidQuantity {
+                        quantity: *quantity,
+                        max: MAX_QUANTITY,
+                    });
+                }
+                if self.holds.contains_key(order_id) {
+                    return Err(DomainError::AlreadyReserved {
+                        sku: sku.clone(),
+                        order_id: *order_id,
+                    });
+                }
+                if *quantity > self.available {
+                    return Err(DomainError::OutOfStock {
+                        sku: sku.clone(),
+                        requested: *quantity,
+                        available: self.available,
+                    });
+                }
+                Ok(vec![InventoryEvent::StockReserved(StockReserved {
+                    sku: sku.clone(),
+                    order_id: *order_id,
+                    quantity: *quantity,
+                    expires_at: *expires_at,
+                })])
+            }
+            // Releasing what is not held is a no-op: cancel and expiry may race, both are fine.
+            C::ReleaseReservation { sku, order_id } => Ok(self
+                .holds
+                .get(order_id)
+                .map(|h| {
+                    InventoryEvent::ReservationReleased(ReservationReleased {
+                        sku: sku.clone(),
+                        order_id: *order_id,
+                        quantity: h.quantity,
+                    })
+                })
+                .into_iter()
+                .collect()),
+            C::ExpireReservation { sku, order_id, now } => match self.holds.get(order_id) {
+                None => Ok(vec![]),
+                Some(h) if h.expires_at > *now => Err(DomainError::ReservationNotDue {
+                    sku: sku.clone(),
+                    order_id: *order_id,
+                }),
+                Some(h) => Ok(vec![InventoryEvent::ReservationExpired(
+                    ReservationExpired {
+                        sku: sku.clone(),
+                        order_id: *order_id,
+                        quantity: h.quantity,
+                    },
+                )]),
+            },
+            C::CommitReservation { sku, order_id } => {
+                let item = self.item(sku)?;
+                let hold = self
+                    .holds
+                    .get(order_id)
+                    .ok_or_else(|| DomainError::NoReservation {
+                        sku: sku.clone(),
+                        order_id: *order_id,
+                    })?;
+                Ok(vec![InventoryEvent::StockCommitted(StockCommitted {
+                    sku: sku.clone(),
+                    order_id: *order_id,
+                    quantity: hold.quantity,
+                    unit_price: item.price.clone(),
+                })])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &InventoryEvent) {
+        match event {
+            InventoryEvent::ItemAdded(e) => {
+                self.item = Some(Item {
+                    sku: e.sku.clone(),
+                    name: e.name.clone(),
+                    category: e.category.clone(),
+                    price: e.price.clone(),
+                });
+                self.available = e.initial_stock;
+            }
+            InventoryEvent::StockRestocked(e) => self.available += e.quantity,
+            InventoryEvent::StockReserved(e) => {
+                self.available -= e.quantity;
+                self.holds.insert(
+                    e.order_id,
+                    Hold {
+                        quantity: e.quantity,
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            InventoryEvent::ReservationReleased(ReservationReleased {
+                order_id, quantity, ..
+            })
+            | InventoryEvent::ReservationExpired(ReservationExpired {
+                order_id, quantity, ..
+            }) => {
+                if self.holds.remove(order_id).is_some() {
+                    self.available += quantity;
+                }
+            }
+            InventoryEvent::StockCommitted(e) => {
+                if self.holds.remove(&e.order_id).is_some() {
+                    self.sold += e.quantity;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::given;
+    use chrono::Duration;
+    use proptest::prelude::*;
+    use surge_events::Currency;
+
+    fn sku() -> Sku {
+        Sku::parse("SKU-1").unwrap()
+    }
+    fn eur(minor: i64) -> Money {
+        Money::new(minor, Currency::parse("EUR").unwrap()).unwrap()
+    }
+    fn added(stock: i64) -> InventoryEvent {
+        InventoryEvent::ItemAdded(ItemAdded {
+            sku: sku(),
+            name: "Sneaker".into(),
+            category: "shoes".into(),
+            price: eur(9_900),
+            initial_stock: stock,
+        })
+    }
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+    fn reserve(order_id: OrderId, quantity: i64) -> InventoryCommand {
+        InventoryCommand::ReserveStock {
+            sku: sku(),
+            order_id,
+            quantity,
+            expires_at: t0() + Duration::minutes(15),
+        }
+    }
+    fn reserved(order_id: OrderId, quantity: i64) -> InventoryEvent {
+        InventoryEvent::StockReserved(StockReserved {
+            sku: sku(),
+            order_id,
+            quantity,
+            expires_at: t0() + Duration::minutes(15),
+        })
+    }
+
+    #[test]
+    fn adding_an_item_twice_is_refused() {
+        let state: Inventory = given(&[added(5)]);
+        let cmd = InventoryCommand::AddItem {
+            sku: sku(),
+            name: "x".into(),
+            category: "y".into(),
+            price: eur(1),
+            initial_stock: 1,
+        };
+        assert!(matches!(
+            state.decide(&cmd),
+            Err(DomainError::ItemAlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn adding_an_item_checks_name_and_stock() {
+        let state = Inventory::default();
+        let mut cmd = InventoryCommand::AddItem {
+            sku: sku(),
+            name: " ".into(),
+            category: "y".into(),
+            price: eur(1),
+            initial_stock: 1,
+        };
+        assert!(matches!(
+            state.decide(&cmd),
+            Err(DomainError::InvalidField { field: "name", .. })
+        ));
+        if let InventoryCommand::AddItem {
+            name,
+            initial_stock,
+            ..
+        } = &mut cmd
+        {
+            *name = "ok".into();
+            *initial_stock = -1;
+        }
+        assert!(matches!(
+            state.decide(&cmd),
+            Err(DomainError::InvalidQuantity { .. })
+        ));
+    }
+
+    #[test]
+    fn reserving_takes_from_available() {
+        let order = OrderId::new();
+        let state: Inventory = given(&[added(5)]);
+        let events = state.decide(&reserve(order, 3)).unwrap();
+        assert_eq!(events, vec![reserved(order, 3)]);
+        let mut after = state.clone();
+        after.evolve(&events[0]);
+        assert_eq!((after.available, after.reserved()), (2, 3));
+    }
+
+    #[test]
+    fn cannot_reserve_more_than_available() {
+        let state: Inventory = given(&[added(5), reserved(OrderId::new(), 4)]);
+        assert_eq!(
+            state.decide(&reserve(OrderId::new(), 2)),
+            Err(DomainError::OutOfStock {
+                sku: sku(),
+                requested: 2,
+                available: 1
+            })
+        );
+    }
+
+    #[test]
+    fn quantities_must_be_positive() {
+        let state: Inventory = given(&[added(5)]);
+        for q in [0, -1, MAX_QUANTITY + 1] {
+            assert!(matches!(
+                state.decide(&reserve(OrderId::new(), q)),
+                Err(DomainError::InvalidQuantity { .. })
+            ));
+        }
+        let restock = InventoryCommand::Restock {
+            sku: sku(),
+            quantity: 0,
+        };
+        assert!(matches!(
+            state.decide(&restock),
+            Err(DomainError::InvalidQuantity { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_item_cannot_be_reserved_or_restocked() {
+        let state = Inventory::default();
+        assert!(matches!(
+            state.decide(&reserve(OrderId::new(), 1)),
+            Err(DomainError::UnknownItem { .. })
+        ));
+        let restock = InventoryCommand::Restock {
+            sku: sku(),
+            quantity: 1,
+        };
+        assert!(matches!(
+            state.decide(&restock),
+            Err(DomainError::UnknownItem { .. })
+        ));
+    }
+
+    #[test]
+    fn one_order_reserves_a_sku_once() {
+        let order = OrderId::new();
+        let state: Inventory = given(&[added(5), reserved(order, 1)]);
+        assert!(matches!(
+            state.decide(&reserve(order, 1)),
+            Err(DomainError::AlreadyReserved { .. })
+        ));
+    }
+
+    #[test]
+    fn release_returns_stock_and_is_idempotent() {
+        let order = OrderId::new();
+        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let cmd = InventoryCommand::ReleaseReservation {
+            sku: sku(),
+            order_id: order,
+        };
+        let events = state.decide(&cmd).unwrap();
+        assert_eq!(events.len(), 1);
+        state.evolve(&events[0]);
+        assert_eq!((state.available, state.reserved()), (5, 0));
+        assert_eq!(state.decide(&cmd).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn expiry_only_when_due_and_only_once() {
+        let order = OrderId::new();
+        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let early = InventoryCommand::ExpireReservation {
+            sku: sku(),
+            order_id: order,
+            now: t0(),
+        };
+        assert!(matches!(
+            state.decide(&early),
+            Err(DomainError::ReservationNotDue { .. })
+        ));
+        let due = InventoryCommand::ExpireReservation {
+            sku: sku(),
+            order_id: order,
+            now: t0() + Duration::minutes(16),
+        };
+        let events = state.decide(&due).unwrap();
+        assert!(matches!(
+            events[..],
+            [InventoryEvent::ReservationExpired(_)]
+        ));
+        state.evolve(&events[0]);
+        assert_eq!(state.available, 5);
+        assert_eq!(state.decide(&due).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn commit_sells_held_stock_only() {
+        let order = OrderId::new();
+        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let cmd = InventoryCommand::CommitReservation {
+            sku: sku(),
+            order_id: order,
+        };
+        let events = state.decide(&cmd).unwrap();
+        state.evolve(&events[0]);
+        assert_eq!((state.available, state.reserved(), state.sold), (3, 0, 2));
+        assert!(matches!(
+            state.decide(&cmd),
+            Err(DomainError::NoReservation { .. })
+        ));
+    }
+
+    fn any_command() -> impl Strategy<Value = InventoryCommand> {
+        let order = (0u8..6).prop_map(|n| OrderId(uuid::Uuid::from_u128(n as u128 + 1)));
+        prop_oneof![
+            (-5i64..50).prop_map(|q| InventoryCommand::Restock {
+                sku: sku(),
+                quantity: q
+            }),
+            (order.clone(), -3i64..20).prop_map(|(o, q)| reserve(o, q)),
+            order
+                .clone()
+                .prop_map(|o| InventoryCommand::ReleaseReservation {
+                    sku: sku(),
+                    order_id: o
+                }),
+            (order.clone(), 0i64..40).prop_map(|(o, m)| InventoryCommand::ExpireReservation {
+                sku: sku(),
+                order_id: o,
+                now: t0() + Duration::minutes(m),
+            }),
+            order.prop_map(|o| InventoryCommand::CommitReservation {
+                sku: sku(),
+                order_id: o
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_commands_never_make_stock_negative(
+            initial in 0i64..30,
+            commands in proptest::collection::vec(any_command(), 0..80),
+        ) {
+            let mut state: Inventory = given(&[added(initial)]);
+            let mut total = initial;
+            for cmd in &commands {
+                if let Ok(events) = state.decide(cmd) {
+                    for e in &events {
+                        if let InventoryEvent::StockRestocked(r) = e { total += r.quantity; }
+                        state.evolve(e);
+                    }
+                }
+                prop_assert!(state.available >= 0);
+                prop_assert!(state.holds.values().all(|h| h.quantity > 0));
+                // Conservation: every unit is available, held or sold.
+                prop_assert_eq!(state.available + state.reserved() + state.sold, total);
+            }
+        }
+    }
+}

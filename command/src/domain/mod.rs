@@ -1,0 +1,104 @@
+//! The pure part of the write side: aggregates decide and evolve, with no I/O at all.
+//!
+//! `decide(&state, &command) -> Result<Vec<Event>, DomainError>` says what happens;
+//! `evolve(&mut state, &event)` folds what happened. The event store and the command API
+//! only load state, call `decide`, and append what it returned.
+
+pub mod inventory;
+pub mod order;
+
+use surge_events::{OrderId, Payload, Sku};
+
+pub use inventory::{Inventory, InventoryCommand};
+pub use order::{Order, OrderCommand, OrderStatus};
+
+/// An event-sourced aggregate: state folded from its stream's events.
+pub trait Aggregate: Default + Clone + Send + Sync + 'static {
+    type Command;
+    type Event: Payload;
+
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
+    fn evolve(&mut self, event: &Self::Event);
+
+    /// The state after `events`, from the empty state.
+    fn fold<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
+        let mut state = Self::default();
+        for e in events {
+            state.evolve(e);
+        }
+        state
+    }
+}
+
+/// A business rule said no. Each variant maps to a 422 (or 404/409) problem with a stable type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("quantity must be between 1 and {max}, got {quantity}")]
+    InvalidQuantity { quantity: i64, max: i64 },
+    #[error("{field} is invalid: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("item {sku} does not exist")]
+    UnknownItem { sku: Sku },
+    #[error("item {sku} already exists")]
+    ItemAlreadyExists { sku: Sku },
+    #[error("only {available} of {sku} available, {requested} requested")]
+    OutOfStock {
+        sku: Sku,
+        requested: i64,
+        available: i64,
+    },
+    #[error("order {order_id} already holds stock of {sku}")]
+    AlreadyReserved { sku: Sku, order_id: OrderId },
+    #[error("order {order_id} holds no stock of {sku}")]
+    NoReservation { sku: Sku, order_id: OrderId },
+    #[error("the reservation of order {order_id} on {sku} is not due yet")]
+    ReservationNotDue { sku: Sku, order_id: OrderId },
+    #[error("order {0} does not exist")]
+    UnknownOrder(OrderId),
+    #[error("order {0} already exists")]
+    OrderAlreadyExists(OrderId),
+    #[error("an order needs 1 to {max} lines, got {count}")]
+    InvalidLineCount { count: usize, max: usize },
+    #[error("every line of an order must be priced in one currency")]
+    MixedCurrencies,
+    #[error("amount overflows")]
+    AmountOverflow,
+    #[error("cannot {action} an order that is {status}")]
+    InvalidTransition {
+        action: &'static str,
+        status: OrderStatus,
+    },
+}
+
+impl DomainError {
+    /// The stable slug of the problem `type` this error is answered with.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            DomainError::InvalidQuantity { .. } => "invalid-quantity",
+            DomainError::InvalidField { .. } => "invalid-field",
+            DomainError::UnknownItem { .. } => "unknown-item",
+            DomainError::ItemAlreadyExists { .. } => "item-exists",
+            DomainError::OutOfStock { .. } => "out-of-stock",
+            DomainError::AlreadyReserved { .. } => "already-reserved",
+            DomainError::NoReservation { .. } => "no-reservation",
+            DomainError::ReservationNotDue { .. } => "reservation-not-due",
+            DomainError::UnknownOrder(_) => "unknown-order",
+            DomainError::OrderAlreadyExists(_) => "order-exists",
+            DomainError::InvalidLineCount { .. } => "invalid-line-count",
+            DomainError::MixedCurrencies => "mixed-currencies",
+            DomainError::AmountOverflow => "amount-overflow",
+            DomainError::InvalidTransition { .. } => "invalid-transition",
+        }
+    }
+}
+
+/// Bounds shared by the rules and the API's validation.
+pub const MAX_QUANTITY: i64 = 10_000;
+pub const MAX_RESTOCK: i64 = 1_000_000_000;
+pub const MAX_LINES: usize = 50;
+
+/// Given/when/then for aggregates: `given(events).when(command)` is the decision.
+#[cfg(test)]
+pub(crate) fn given<A: Aggregate>(events: &[A::Event]) -> A {
+    A::fold(events)
+}

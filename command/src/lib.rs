@@ -1,0 +1,19 @@
+//! Surge's write side: decides commands and appends their events; never reads a view.
+//!
+//! Owns the pure aggregates ([`domain`]: `Order`, `Inventory`), the Postgres event store with
+//! its outbox and idempotency keys ([`store`], [`idempotency`]), the application service that
+//! runs load → decide → append with bounded conflict retries ([`commands`]), the HTTP command
+//! API ([`api`], started through [`app`]) and the outbox relay to Kafka ([`relay`]).
+//! All I/O lives outside [`domain`]; the event store's version check is the final guard
+//! against oversell, whatever runs in front of it.
+
+pub mod api;
+pub mod app;
+pub mod commands;
+pub mod domain;
+pub mod idempotency;
+pub mod relay;
+pub mod store;
+
+pub use app::{CommandApiConfig, CommandApp};
+pub use relay::{Relay, RelayConfig};

@@ -1,0 +1,287 @@
+//! The Postgres event store: append with optimistic concurrency, read streams, cache state.
+//!
+//! An append writes the events of one or more streams and their outbox rows in the caller's
+//! transaction, so that a command's events, its idempotency key and its outbox entries commit
+//! together or not at all. `(stream_id, version)` is unique: writers that decided from the same
+//! version collide there and all but one get [`StoreError::Conflict`].
+
+use crate::domain::Aggregate;
+use moka::future::Cache;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use std::sync::Arc;
+use surge_events::{
+    decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamId, StreamType,
+    ENVELOPE_COLUMNS,
+};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream {stream_id} changed concurrently: expected version {expected}")]
+    Conflict { stream_id: String, expected: i64 },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored event does not decode: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl StoreError {
+    /// A clash that deciding again on fresher state resolves: a version conflict, or a
+    /// deadlock/serialization failure Postgres broke by aborting this transaction.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            StoreError::Conflict { .. } => true,
+            StoreError::Database(e) => is_transient(e),
+            StoreError::Decode(_) => false,
+        }
+    }
+}
+
+/// Deadlock detected (40P01) or serialization failure (40001): safe to run the transaction again.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+/// One event ready to be stored, with the metadata of the request that caused it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: &'static str,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    pub fn new<P: Payload>(event: &P, metadata: &EventMetadata) -> Self {
+        NewEvent {
+            event_type: event.event_type(),
+            schema_version: event.schema_version(),
+            payload: event.to_stored_json(),
+            metadata: metadata.clone(),
+        }
+    }
+}
+
+/// Events decided for one stream from `expected_version` (0 for a new stream).
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream_id: StreamId,
+    pub stream_type: StreamType,
+    pub expected_version: i64,
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    pub fn new<P: Payload>(
+        stream_id: StreamId,
+        expected_version: i64,
+        events: &[P],
+        metadata: &EventMetadata,
+    ) -> Self {
+        StreamAppend {
+            stream_id,
+            stream_type: P::STREAM_TYPE,
+            expected_version,
+            events: events.iter().map(|e| NewEvent::new(e, metadata)).collect(),
+        }
+    }
+}
+
+/// What an append committed: the global positions of its events, in the order they were
+/// given. The position of a command's last event is its consistency token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub positions: Vec<i64>,
+    pub last_position: i64,
+}
+
+/// Aggregate state as of a stream version, cached so a hot stream is not re-read from scratch.
+pub type StateCache<A> = Cache<StreamId, Arc<(i64, A)>>;
+
+pub fn state_cache<A: Aggregate>(capacity: u64) -> StateCache<A> {
+    Cache::builder().max_capacity(capacity).build()
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+pub(crate) fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<EventEnvelope, StoreError> {
+    Ok(EventEnvelope::from_row(row)?)
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        EventStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends the events of every stream in `appends`, and their outbox rows, on `conn`
+    /// (normally inside the caller's transaction). Versions continue from each expected version.
+    #[tracing::instrument(skip_all, fields(streams = appends.len()))]
+    pub async fn append_in(
+        conn: &mut PgConnection,
+        appends: &[StreamAppend],
+    ) -> Result<Committed, StoreError> {
+        let n: usize = appends.iter().map(|a| a.events.len()).sum();
+        let mut ids = Vec::with_capacity(n);
+        let mut streams = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut schema_versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut correlations = Vec::with_capacity(n);
+        let mut causations = Vec::with_capacity(n);
+        let mut actors = Vec::with_capacity(n);
+        for a in appends {
+            for (i, e) in a.events.iter().enumerate() {
+                ids.push(Uuid::now_v7());
+                streams.push(a.stream_id.0.as_str());
+                types.push(a.stream_type.as_str());
+                versions.push(a.expected_version + 1 + i as i64);
+                event_types.push(e.event_type);
+                schema_versions.push(e.schema_version);
+                payloads.push(&e.payload);
+                correlations.push(e.metadata.correlation_id);
+                causations.push(e.metadata.causation_id);
+                actors.push(e.metadata.actor.as_str());
+            }
+        }
+        let result = sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO events (event_id, stream_id, stream_type, version, event_type, \
+                                   schema_version, payload, correlation_id, causation_id, actor) \
+               SELECT u.id, u.stream, u.stype, u.version, u.etype, u.sv, u.payload, u.corr, u.cause, u.actor \
+               FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                           $6::int[], $7::jsonb[], $8::uuid[], $9::uuid[], $10::text[]) \
+                    WITH ORDINALITY AS u(id, stream, stype, version, etype, sv, payload, corr, cause, actor, ord) \
+               ORDER BY u.ord \
+               RETURNING position), \
+             ob AS (INSERT INTO outbox (position) SELECT position FROM ins RETURNING position) \
+             SELECT coalesce(array_agg(position ORDER BY position), '{}') AS positions FROM ob",
+        )
+        .bind(&ids)
+        .bind(&streams)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&event_types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&correlations)
+        .bind(&causations)
+        .bind(&actors)
+        .fetch_one(&mut *conn)
+        .await;
+        match result {
+            Ok(row) => {
+                let positions: Vec<i64> = row.try_get("positions")?;
+                let last_position = positions.last().copied().unwrap_or(0);
+                Ok(Committed {
+                    positions,
+                    last_position,
+                })
+            }
+            Err(e) if is_version_clash(&e) => {
+                let stream_id = clashing_stream(&e, appends);
+                let expected = appends
+                    .iter()
+                    .find(|a| a.stream_id.0 == stream_id)
+                    .map_or(0, |a| a.expected_version);
+                Err(StoreError::Conflict {
+                    stream_id,
+                    expected,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends in a transaction of its own.
+    pub async fn append(&self, appends: &[StreamAppend]) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let committed = Self::append_in(&mut tx, appends).await?;
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    /// The events of a stream after `after_version`, in order.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after_version: i64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream.as_str())
+            .bind(after_version)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    /// The current version of a stream (0 when it has no events).
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<i64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// The state of an aggregate and the version it is at: the cached state plus the events
+    /// appended since (by any process).
+    pub async fn load<A: Aggregate>(
+        &self,
+        cache: &StateCache<A>,
+        stream: &StreamId,
+    ) -> Result<(i64, A), StoreError> {
+        let (mut version, mut state) = match cache.get(stream).await {
+            Some(s) => (s.0, s.1.clone()),
+            None => (0, A::default()),
+        };
+        let tail = self.read_stream(stream, version).await?;
+        if tail.is_empty() {
+            return Ok((version, state));
+        }
+        for env in &tail {
+            state.evolve(&decode::<A::Event>(env)?);
+            version = env.version;
+        }
+        cache
+            .insert(stream.clone(), Arc::new((version, state.clone())))
+            .await;
+        Ok((version, state))
+    }
+}
+
+fn is_version_clash(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.constraint())
+        .is_some_and(|c| c == "events_stream_version_key")
+}
+
+/// Postgres names the clashing key in the error detail: `Key (stream_id, version)=(s, 3) ...`.
+fn clashing_stream(e: &sqlx::Error, appends: &[StreamAppend]) -> String {
+    let detail = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|d| d.detail().map(str::to_owned))
+        .unwrap_or_default();
+    appends
+        .iter()
+        .find(|a| detail.contains(&format!("=({},", a.stream_id.0)))
+        .or(appends.first())
+        .map(|a| a.stream_id.0.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,164 @@
+//! Identifiers, validated when they are made so that the rest of the code can trust them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("SKU must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.'")]
+    InvalidSku,
+    #[error("customer id must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.' or '@'")]
+    InvalidCustomer,
+}
+
+fn valid_token(s: &str, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || extra.contains(&c)
+        })
+}
+
+/// A stock-keeping unit: the identity of a sellable item and of its inventory stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sku(String);
+
+impl Sku {
+    pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        if valid_token(&s, &[]) {
+            Ok(Sku(s))
+        } else {
+            Err(IdError::InvalidSku)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn stream_id(&self) -> StreamId {
+        StreamId(format!("inventory-{}", self.0))
+    }
+}
+
+impl TryFrom<String> for Sku {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Sku::parse(s)
+    }
+}
+impl From<Sku> for String {
+    fn from(s: Sku) -> String {
+        s.0
+    }
+}
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The customer an order belongs to (the `sub` of their token once auth exists).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        if valid_token(&s, &['@']) {
+            Ok(CustomerId(s))
+        } else {
+            Err(IdError::InvalidCustomer)
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for CustomerId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        CustomerId::parse(s)
+    }
+}
+impl From<CustomerId> for String {
+    fn from(s: CustomerId) -> String {
+        s.0
+    }
+}
+impl fmt::Display for CustomerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An order's identity; UUIDv7 so that ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(pub Uuid);
+
+impl OrderId {
+    pub fn new() -> Self {
+        OrderId(Uuid::now_v7())
+    }
+    pub fn stream_id(&self) -> StreamId {
+        StreamId(format!("order-{}", self.0))
+    }
+}
+impl Default for OrderId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The id of one event stream: `order-<uuid>` or `inventory-<sku>`. It is the Kafka message key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(pub String);
+
+impl StreamId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_rejects_empty_long_and_odd_characters() {
+        assert!(Sku::parse("SKU-1").is_ok());
+        assert_eq!(Sku::parse(""), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a".repeat(65)), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a b"), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a/b"), Err(IdError::InvalidSku));
+    }
+
+    #[test]
+    fn sku_deserialization_validates() {
+        assert!(serde_json::from_str::<Sku>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<Sku>("\"not ok\"").is_err());
+    }
+
+    #[test]
+    fn stream_ids_name_their_type() {
+        assert_eq!(
+            Sku::parse("X1").unwrap().stream_id().as_str(),
+            "inventory-X1"
+        );
+        assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
+    }
+}

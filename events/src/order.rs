@@ -1,0 +1,110 @@
+//! Payloads of `order-<id>` streams.
+
+use crate::{CustomerId, Money, OrderId, Payload, Sku, StreamType};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One line of an order, priced by the catalog when the order was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: i64,
+    pub unit_price: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderPlaced {
+    pub order_id: OrderId,
+    pub customer_id: CustomerId,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    /// Until when the stock of every line is held for this order unless it is paid.
+    pub reservation_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSubmitted {
+    pub order_id: OrderId,
+    /// A fingerprint of the payment token: the token itself is never stored.
+    pub token_fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderPaid {
+    pub order_id: OrderId,
+    pub payment_reference: String,
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentFailed {
+    pub order_id: OrderId,
+    pub reason: String,
+}
+
+/// Why an order was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    CustomerRequest,
+    ReservationExpired,
+    PaymentFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderCancelled {
+    pub order_id: OrderId,
+    pub reason: CancelReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderShipped {
+    pub order_id: OrderId,
+}
+
+/// Everything that can happen to an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum OrderEvent {
+    OrderPlaced(OrderPlaced),
+    PaymentSubmitted(PaymentSubmitted),
+    OrderPaid(OrderPaid),
+    PaymentFailed(PaymentFailed),
+    OrderCancelled(OrderCancelled),
+    OrderShipped(OrderShipped),
+}
+
+impl Payload for OrderEvent {
+    const STREAM_TYPE: StreamType = StreamType::Order;
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            OrderEvent::OrderPlaced(_) => "OrderPlaced",
+            OrderEvent::PaymentSubmitted(_) => "PaymentSubmitted",
+            OrderEvent::OrderPaid(_) => "OrderPaid",
+            OrderEvent::PaymentFailed(_) => "PaymentFailed",
+            OrderEvent::OrderCancelled(_) => "OrderCancelled",
+            OrderEvent::OrderShipped(_) => "OrderShipped",
+        }
+    }
+}
+
+impl OrderEvent {
+    pub fn order_id(&self) -> OrderId {
+        match self {
+            OrderEvent::OrderPlaced(e) => e.order_id,
+            OrderEvent::PaymentSubmitted(e) => e.order_id,
+            OrderEvent::OrderPaid(e) => e.order_id,
+            OrderEvent::PaymentFailed(e) => e.order_id,
+            OrderEvent::OrderCancelled(e) => e.order_id,
+            OrderEvent::OrderShipped(e) => e.order_id,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The orders projection: `orders` (one row per order, indexed per customer for
+//! `customer_orders` listings), from order events.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Row};
+use std::collections::HashMap;
+use surge_events::{EventEnvelope, OrderEvent};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: String,
+    pub lines: serde_json::Value,
+    pub total_minor: i64,
+    pub currency: String,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+    pub last_position: i64,
+}
+
+/// Folds one order event into the order's row (`None` stays `None` for anything but
+/// `OrderPlaced`: the caller reports the missing first event).
+pub fn fold(row: Option<OrderRow>, env: &EventEnvelope, event: &OrderEvent) -> Option<OrderRow> {
+    let row = match (row, event) {
+        (_, OrderEvent::OrderPlaced(e)) => Some(OrderRow {
+            order_id: e.order_id.0,
+            customer_id: e.customer_id.to_string(),
+            status: "placed".into(),
+            lines: serde_json::to_value(&e.lines).unwrap_or_default(),
+            total_minor: e.total.minor(),
+            currency: e.total.currency().as_str().to_string(),
+            placed_at: env.occurred_at,
+            updated_at: env.occurred_at,
+            version: 0,
+            last_position: 0,
+        }),
+        (None, _) => None,
+        (Some(mut r), e) => {
+            r.status = match e {
+                OrderEvent::OrderPlaced(_) => "placed",
+                OrderEvent::PaymentSubmitted(_) => "payment_pending",
+                OrderEvent::OrderPaid(_) => "paid",
+                OrderEvent::PaymentFailed(_) => "payment_failed",
+                OrderEvent::OrderCancelled(_) => "cancelled",
+                OrderEvent::OrderShipped(_) => "shipped",
+            }
+            .into();
+            Some(r)
+        }
+    };
+    row.map(|mut r| {
+        r.version = env.version;
+        r.last_position = env.position;
+        r.updated_at = env.occurred_at;
+        r
+    })
+}
+
+fn row_from(r: &sqlx::postgres::PgRow) -> Result<OrderRow, sqlx::Error> {
+    Ok(OrderRow {
+        order_id: r.try_get("order_id")?,
+        customer_id: r.try_get("customer_id")?,
+        status: r.try_get("status")?,
+        lines: r.try_get("lines")?,
+        total_minor: r.try_get("total_minor")?,
+        currency: r.try_get("currency")?,
+        placed_at: r.try_get("placed_at")?,
+        updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
+        last_position: r.try_get("last_position")?,
+    })
+}
+
+pub async fn load(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
+    let sql = format!("SELECT * FROM {table} WHERE order_id = ANY($1) FOR UPDATE");
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| row_from(r).map(|row| (row.order_id, row)))
+        .collect()
+}
+
+pub async fn load_all(conn: &mut PgConnection, table: &str) -> Result<Vec<OrderRow>, sqlx::Error> {
+    let sql = format!("SELECT * FROM {table} ORDER BY order_id");
+    let rows = sqlx::query(&sql).fetch_all(conn).await?;
+    rows.iter().map(row_from).collect()
+}
+
+pub async fn upsert(
+    conn: &mut PgConnection,
+    table: &str,
+    rows: &[&OrderRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO {table} (order_id, customer_id, status, lines, total_minor, currency, placed_at, \
+                              updated_at, version, last_position) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[], $6::text[], \
+                              $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[]) \
+         ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, lines = EXCLUDED.lines, \
+             total_minor = EXCLUDED.total_minor, currency = EXCLUDED.currency, \
+             updated_at = EXCLUDED.updated_at, version = EXCLUDED.version, \
+             last_position = EXCLUDED.last_position"
+    );
+    sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.customer_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.placed_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_position).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}

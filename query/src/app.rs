@@ -1,0 +1,128 @@
+//! The query API as a value: build (bind, connect, start the cache invalidator), run, stop.
+
+use crate::api::{router, ConsistencyMode, QueryContext};
+use crate::cache::{spawn_invalidator, ViewCache};
+use axum::Router;
+use clap::Args;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::compression::CompressionLayer;
+
+#[derive(Debug, Clone, Args)]
+pub struct QueryApiConfig {
+    /// Address the query API listens on.
+    #[arg(
+        long = "addr",
+        env = "SURGE_QUERY_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+    /// Postgres URL of a read replica to serve view reads from (defaults to the primary).
+    #[arg(long, env = "SURGE_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    /// Serve point reads from the in-process caches.
+    #[arg(long, env = "SURGE_CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cache_enabled: bool,
+    /// Entries per cache (items, orders).
+    #[arg(long, env = "SURGE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// Longest an entry lives even without an event, in seconds.
+    #[arg(long, env = "SURGE_CACHE_TTL_SECS", default_value_t = 60)]
+    pub cache_ttl_secs: u64,
+    /// Longest a read waits for the view to reach a consistency token, in milliseconds.
+    #[arg(long, env = "SURGE_CONSISTENCY_WAIT_MS", default_value_t = 2000)]
+    pub consistency_wait_ms: u64,
+    /// What a read answers when the wait runs out.
+    #[arg(long, env = "SURGE_CONSISTENCY_MODE", value_enum, default_value_t = ConsistencyMode::Fail)]
+    pub consistency_mode: ConsistencyMode,
+    /// Largest request body accepted, in bytes.
+    #[arg(long = "query-body-limit-bytes", env = "SURGE_QUERY_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    pub body_limit_bytes: usize,
+}
+
+impl QueryApiConfig {
+    pub fn new(addr: SocketAddr, db: DatabaseConfig, kafka: KafkaConfig) -> Self {
+        QueryApiConfig {
+            addr,
+            db,
+            read_database_url: None,
+            kafka,
+            cache_enabled: true,
+            cache_capacity: 100_000,
+            cache_ttl_secs: 60,
+            consistency_wait_ms: 2000,
+            consistency_mode: ConsistencyMode::Fail,
+            body_limit_bytes: 16 * 1024,
+        }
+    }
+}
+
+pub struct QueryApp {
+    listener: TcpListener,
+    router: Router,
+    invalidator: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl QueryApp {
+    pub async fn build(config: QueryApiConfig) -> Result<Self, StartupError> {
+        let read_db = DatabaseConfig {
+            url: config
+                .read_database_url
+                .clone()
+                .unwrap_or_else(|| config.db.url.clone()),
+            ..config.db.clone()
+        };
+        let pool = surge_runtime::db::connect(&read_db).await?;
+        let ttl = Duration::from_secs(config.cache_ttl_secs.max(1));
+        let items = ViewCache::new(config.cache_capacity, ttl, config.cache_enabled);
+        let orders = ViewCache::new(config.cache_capacity, ttl, config.cache_enabled);
+        let cancel = CancellationToken::new();
+        let invalidator =
+            spawn_invalidator(&config.kafka, items.clone(), orders.clone(), cancel.clone())?;
+        let ctx = QueryContext {
+            pool,
+            items,
+            orders,
+            consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+            consistency_mode: config.consistency_mode,
+        };
+        let router = surge_runtime::http::with_service_layers(router(ctx), config.body_limit_bytes)
+            .layer(CompressionLayer::new().gzip(true).br(true));
+        let listener = surge_runtime::startup::bind(config.addr).await?;
+        Ok(QueryApp {
+            listener,
+            router,
+            invalidator,
+            cancel,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, drains in-flight requests, then stops the invalidator.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "query API listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.cancel.cancel();
+        let _ = self.invalidator.await;
+        served
+    }
+}

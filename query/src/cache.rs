@@ -1,0 +1,279 @@
+//! Moka caches of serialized view rows, and the invalidator that keeps them fresh.
+//!
+//! An entry is the response body of one row, serialized once, with its ETag and stream
+//! version. A miss loads the row once however many requests wait for it (`try_get_with`
+//! coalesces them). The invalidator consumes both event topics from the latest offset in a
+//! consumer group of its own (every query process sees every event) and, for an event of
+//! version `v`, evicts the entry and remembers `v` as the key's floor: a row read from a view
+//! that has not reached `v` yet is served but not cached, so the cache never keeps a value
+//! older than an event it has already seen.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use moka::future::Cache;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde::Deserialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use surge_runtime::KafkaConfig;
+use tokio_util::sync::CancellationToken;
+
+/// One cached response body.
+#[derive(Debug, Clone)]
+pub struct CachedView {
+    pub body: Bytes,
+    pub etag: String,
+    pub version: i64,
+    pub last_position: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// Read through: caching is off, or the row is older than an event already seen.
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Miss {
+    NotFound,
+    Stale(CachedView),
+    Db(sqlx::Error),
+}
+
+#[derive(Clone)]
+pub struct ViewCache {
+    entries: Cache<String, Arc<CachedView>>,
+    floors: Cache<String, i64>,
+    enabled: bool,
+}
+
+impl ViewCache {
+    pub fn new(capacity: u64, ttl: Duration, enabled: bool) -> Self {
+        ViewCache {
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            floors: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            enabled,
+        }
+    }
+
+    /// The entry for `key`, loading it with `load` on a miss (once for all concurrent misses).
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Result<Option<(Arc<CachedView>, CacheStatus)>, sqlx::Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<CachedView>, sqlx::Error>>,
+    {
+        if !self.enabled {
+            return Ok(load().await?.map(|v| (Arc::new(v), CacheStatus::Bypass)));
+        }
+        if let Some(hit) = self.entries.get(key).await {
+            return Ok(Some((hit, CacheStatus::Hit)));
+        }
+        let floor = self.floors.get(key).await.unwrap_or(0);
+        let loaded = self
+            .entries
+            .try_get_with(key.to_string(), async move {
+                match load().await {
+                    Ok(Some(v)) if v.version >= floor => Ok(Arc::new(v)),
+                    Ok(Some(v)) => Err(Miss::Stale(v)),
+                    Ok(None) => Err(Miss::NotFound),
+                    Err(e) => Err(Miss::Db(e)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(v) => Ok(Some((v, CacheStatus::Miss))),
+            Err(e) => match Arc::try_unwrap(e).unwrap_or_else(|e| clone_miss(&e)) {
+                Miss::NotFound => Ok(None),
+                Miss::Stale(v) => Ok(Some((Arc::new(v), CacheStatus::Bypass))),
+                Miss::Db(e) => Err(e),
+            },
+        }
+    }
+
+    /// An event of `version` happened to `key`'s stream: the cached row is out of date.
+    pub async fn invalidate(&self, key: &str, version: i64) {
+        let floor = self.floors.get(key).await.unwrap_or(0);
+        if version > floor {
+            self.floors.insert(key.to_string(), version).await;
+        }
+        if let Some(e) = self.entries.get(key).await {
+            if e.version < version {
+                self.entries.invalidate(key).await;
+            }
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+}
+
+/// Concurrent waiters share one error; each gets its own copy of the outcome.
+fn clone_miss(m: &Miss) -> Miss {
+    match m {
+        Miss::NotFound => Miss::NotFound,
+        Miss::Stale(v) => Miss::Stale(v.clone()),
+        Miss::Db(e) => Miss::Db(sqlx::Error::Protocol(e.to_string())),
+    }
+}
+
+/// The two fields of an envelope the invalidator needs.
+#[derive(Deserialize)]
+struct Head {
+    stream_id: String,
+    version: i64,
+}
+
+/// Starts the invalidator: evicts cache entries as events arrive, until `cancel`.
+pub fn spawn_invalidator(
+    kafka: &KafkaConfig,
+    items: ViewCache,
+    orders: ViewCache,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, rdkafka::error::KafkaError> {
+    let group = format!(
+        "{}surge-query-cache-{}",
+        kafka.topic_prefix,
+        uuid::Uuid::now_v7()
+    );
+    let consumer: StreamConsumer = surge_runtime::kafka::client_config(kafka)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let topics = surge_events::topics::all_topics(&kafka.topic_prefix);
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache invalidator consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Some(head) = msg
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Head>(p).ok())
+            else {
+                continue;
+            };
+            if let Some(sku) = head.stream_id.strip_prefix("inventory-") {
+                items.invalidate(sku, head.version).await;
+            } else if let Some(id) = head.stream_id.strip_prefix("order-") {
+                orders.invalidate(id, head.version).await;
+            }
+        }
+        tracing::info!("cache invalidator stopped");
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(version: i64) -> CachedView {
+        CachedView {
+            body: Bytes::from_static(b"{}"),
+            etag: format!("\"{version}\""),
+            version,
+            last_position: version,
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_loads_once_then_hits() {
+        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        let (_, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(1))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, CacheStatus::Miss);
+        let (v, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(9))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Hit, 1));
+    }
+
+    #[tokio::test]
+    async fn rows_older_than_a_seen_event_are_served_but_not_cached() {
+        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        cache
+            .get_or_load("a", || async { Ok(Some(view(1))) })
+            .await
+            .unwrap();
+        cache.invalidate("a", 2).await;
+        let (v, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(1))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Bypass, 1));
+        let (v, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(2))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Miss, 2));
+        // An older event arriving late does not evict a newer entry.
+        cache.invalidate("a", 1).await;
+        let (_, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(2))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
+    async fn not_found_is_not_cached() {
+        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        assert!(cache
+            .get_or_load("a", || async { Ok(None) })
+            .await
+            .unwrap()
+            .is_none());
+        let (_, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(1))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, CacheStatus::Miss);
+    }
+}

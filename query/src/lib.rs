@@ -1,0 +1,13 @@
+//! Surge's read side: serves catalog, order and sales reads from the Postgres views.
+//!
+//! Owns the typed reads of the views ([`views`]), the Moka caches in front of them and the
+//! embedded invalidator that evicts entries when their stream's events arrive on Kafka
+//! ([`cache`]), the HTTP query API with ETags, keyset pagination and read-your-writes
+//! ([`api`], started through [`app`]). It never writes: the views belong to the projectors.
+
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod views;
+
+pub use app::{QueryApiConfig, QueryApp};

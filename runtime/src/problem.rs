@@ -1,0 +1,113 @@
+//! RFC 9457 problem details: the one shape of every error answer of both HTTP APIs.
+//!
+//! `type` is a stable URI per kind of problem (`https://surge.dev/problems/<slug>`), so
+//! clients can branch on it; `detail` says what was wrong with this request.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub const TYPE_BASE: &str = "https://surge.dev/problems/";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(flatten)]
+    pub extensions: Map<String, Value>,
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of kind `slug` (the last segment of its `type`).
+    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+        Problem {
+            type_uri: format!("{TYPE_BASE}{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: None,
+            extensions: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_string(), value.into());
+        self
+    }
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "The request is not valid",
+        )
+        .detail(detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource").detail(detail)
+    }
+    /// The opaque answer to a failure of ours; the cause is logged, never sent.
+    pub fn internal() -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail("The server could not handle the request; it has been logged.")
+    }
+    /// The answer to a database failure: 503 when the pool is exhausted or the database is
+    /// unreachable (worth a retry), otherwise an opaque 500. The cause is logged here, once.
+    pub fn database(e: &sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %e, "database unavailable");
+                Problem::unavailable("the database is busy or unreachable; retry shortly", 1)
+            }
+            _ => {
+                tracing::error!(error = %e, "database error");
+                Problem::internal()
+            }
+        }
+    }
+
+    pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail(detail)
+        .retry_after(retry_after_secs)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}

@@ -1,0 +1,145 @@
+//! Test support for Surge's integration tests: real Postgres, real Kafka, isolated per test.
+//!
+//! [`TestEnv::new`] creates a database of its own (migrated) on the Postgres named by
+//! `DATABASE_URL` and a topic prefix of its own on the broker named by `SURGE_KAFKA_BROKERS`,
+//! with the event topics created, so tests run in parallel without seeing each other.
+//! `./dev test` starts both and drops what tests left behind on its next run.
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::time::Duration;
+use surge_runtime::{DatabaseConfig, KafkaConfig};
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://surge:surge@127.0.0.1:5432/surge";
+/// Databases made for tests start with this; `./dev test` drops leftovers.
+pub const TEST_DB_PREFIX: &str = "surge_t_";
+
+pub struct TestEnv {
+    pub db: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub pool: PgPool,
+    db_name: String,
+    admin_url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+/// The URL of another database on the same server.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+impl TestEnv {
+    /// A migrated database and created topics, both new.
+    pub async fn new() -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("{TEST_DB_PREFIX}{}", &id[..16]);
+        let admin_url = admin_url();
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres is reachable at DATABASE_URL (start it with ./dev up)");
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut admin)
+            .await
+            .expect("the test role may create databases");
+        let db = DatabaseConfig {
+            url: with_database(&admin_url, &db_name),
+            max_connections: 20,
+        };
+        let pool = surge_runtime::db::connect(&db)
+            .await
+            .expect("test database reachable");
+        surge_runtime::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        let brokers =
+            std::env::var("SURGE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let kafka = KafkaConfig {
+            brokers,
+            topic_prefix: format!("t{}.", &id[..12]),
+            partitions: 3,
+        };
+        surge_runtime::kafka::ensure_topics(&kafka)
+            .await
+            .expect("Kafka is reachable at SURGE_KAFKA_BROKERS (start it with ./dev up)");
+        TestEnv {
+            db,
+            kafka,
+            pool,
+            db_name,
+            admin_url,
+        }
+    }
+
+    pub fn topic(&self, stream_type: surge_events::StreamType) -> String {
+        surge_events::topics::topic_for(&self.kafka.topic_prefix, stream_type)
+    }
+
+    /// Drops the database and the topics. Tests call it at their end; leftovers of a failed
+    /// test are dropped by the next `./dev test`.
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        if let Ok(admin) = surge_runtime::kafka::client_config(&self.kafka)
+            .create::<AdminClient<DefaultClientContext>>()
+        {
+            let topics = surge_events::topics::all_topics(&self.kafka.topic_prefix);
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let _ = admin.delete_topics(&refs, &opts).await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swaps_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/surge", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/surge?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+    }
+}
