@@ -70,6 +70,18 @@ impl From<CommandError> for ApiError {
                 "Idempotency key reused with a different request",
             )
             .detail(e.to_string()),
+            CommandError::Overloaded { sku, queue_depth } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hot-sku-overloaded",
+                "Too many orders waiting",
+            )
+            .detail(e.to_string())
+            .with("sku", sku.as_str())
+            .with("queue_depth", *queue_depth as u64)
+            .retry_after(1),
+            CommandError::LaneStopped => {
+                Problem::unavailable("the order could not be sequenced; retry", 1)
+            }
             CommandError::Store(crate::store::StoreError::Database(db)) => Problem::database(db),
             CommandError::Store(s) => {
                 tracing::error!(error = %s, "command failed in the event store");

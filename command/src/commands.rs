@@ -8,6 +8,7 @@
 
 use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
 use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
@@ -28,6 +29,10 @@ pub enum CommandError {
     },
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("too many orders are waiting for {sku} (queue of {queue_depth}); retry shortly")]
+    Overloaded { sku: Sku, queue_depth: usize },
+    #[error("the sequencer lane stopped before answering")]
+    LaneStopped,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,6 +81,8 @@ pub struct OrderAccepted {
 pub struct CommandSettings {
     pub reservation_ttl: Duration,
     pub max_conflict_retries: usize,
+    /// Single-SKU orders go through the per-SKU sequencer (group commit) when set.
+    pub sequencer: Option<SequencerSettings>,
 }
 
 impl Default for CommandSettings {
@@ -83,6 +90,7 @@ impl Default for CommandSettings {
         CommandSettings {
             reservation_ttl: Duration::from_secs(15 * 60),
             max_conflict_retries: 8,
+            sequencer: Some(SequencerSettings::default()),
         }
     }
 }
@@ -93,17 +101,27 @@ pub struct Commands {
     store: EventStore,
     inventory: StateCache<Inventory>,
     orders: StateCache<Order>,
+    sequencer: Option<Sequencer>,
     settings: CommandSettings,
 }
 
 impl Commands {
     pub fn new(store: EventStore, settings: CommandSettings) -> Self {
+        let inventory = state_cache(100_000);
+        let sequencer = settings
+            .sequencer
+            .map(|s| Sequencer::new(store.clone(), inventory.clone(), s));
         Commands {
             store,
-            inventory: state_cache(100_000),
+            inventory,
             orders: state_cache(100_000),
+            sequencer,
             settings,
         }
+    }
+
+    pub fn sequencer(&self) -> Option<&Sequencer> {
+        self.sequencer.as_ref()
     }
 
     pub fn store(&self) -> &EventStore {
@@ -229,6 +247,19 @@ impl Commands {
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.settings.reservation_ttl)
                 .unwrap_or(chrono::Duration::minutes(15));
+        if let (Some(sequencer), [(sku, quantity)]) = (&self.sequencer, &cmd.lines[..]) {
+            return sequencer
+                .place(PlaceJob {
+                    order_id,
+                    customer_id: cmd.customer_id.clone(),
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    expires_at,
+                    key,
+                    meta: meta.clone(),
+                })
+                .await;
+        }
         let mut lines = cmd.lines.clone();
         // One lock order for every writer: SKUs sorted, so multi-SKU orders cannot deadlock.
         lines.sort_by(|a, b| a.0.cmp(&b.0));

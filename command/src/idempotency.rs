@@ -96,3 +96,85 @@ pub async fn complete(
     .await?;
     Ok(())
 }
+
+/// Claims several keys in one statement, in key order (so two transactions claiming
+/// overlapping keys cannot deadlock). Returns which of `keys` this transaction now holds.
+pub async fn claim_many(
+    conn: &mut PgConnection,
+    keys: &[&IdempotencyKey],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| (&keys[a].scope, &keys[a].key).cmp(&(&keys[b].scope, &keys[b].key)));
+    let scopes: Vec<&str> = order.iter().map(|&i| keys[i].scope.as_str()).collect();
+    let names: Vec<&str> = order.iter().map(|&i| keys[i].key.as_str()).collect();
+    let hashes: Vec<&[u8]> = order
+        .iter()
+        .map(|&i| keys[i].request_hash.as_slice())
+        .collect();
+    let claimed: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, status, response) \
+         SELECT s, k, h, 0, 'null' FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+             WITH ORDINALITY AS u(s, k, h, ord) ORDER BY ord \
+         ON CONFLICT DO NOTHING RETURNING scope, key",
+    )
+    .bind(&scopes)
+    .bind(&names)
+    .bind(&hashes)
+    .fetch_all(conn)
+    .await?;
+    let claimed: std::collections::HashSet<(String, String)> = claimed.into_iter().collect();
+    Ok(keys
+        .iter()
+        .map(|k| claimed.contains(&(k.scope.clone(), k.key.clone())))
+        .collect())
+}
+
+/// Stores the answers of several claimed keys, in the same transaction.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    answers: &[(&IdempotencyKey, serde_json::Value)],
+    status: u16,
+) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let scopes: Vec<&str> = answers.iter().map(|(k, _)| k.scope.as_str()).collect();
+    let names: Vec<&str> = answers.iter().map(|(k, _)| k.key.as_str()).collect();
+    let bodies: Vec<&serde_json::Value> = answers.iter().map(|(_, v)| v).collect();
+    sqlx::query(
+        "UPDATE idempotency_keys i SET status = $4, response = u.r \
+         FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(s, k, r) \
+         WHERE i.scope = u.s AND i.key = u.k",
+    )
+    .bind(&scopes)
+    .bind(&names)
+    .bind(&bodies)
+    .bind(status as i16)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives back claims of requests that were refused, so a corrected retry can use the key.
+pub async fn release_many(
+    conn: &mut PgConnection,
+    keys: &[&IdempotencyKey],
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM idempotency_keys i USING UNNEST($1::text[], $2::text[]) AS u(s, k) \
+         WHERE i.scope = u.s AND i.key = u.k",
+    )
+    .bind(&scopes)
+    .bind(&names)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -2,7 +2,8 @@
 //!
 //! Owns the pure aggregates ([`domain`]: `Order`, `Inventory`), the Postgres event store with
 //! its outbox and idempotency keys ([`store`], [`idempotency`]), the application service that
-//! runs load → decide → append with bounded conflict retries ([`commands`]), the HTTP command
+//! runs load → decide → append with bounded conflict retries ([`commands`]), the per-SKU
+//! group-commit lanes that single-SKU orders of a hot item queue in ([`sequencer`]), the HTTP command
 //! API ([`api`], started through [`app`]) and the outbox relay to Kafka ([`relay`]).
 //! All I/O lives outside [`domain`]; the event store's version check is the final guard
 //! against oversell, whatever runs in front of it.
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod domain;
 pub mod idempotency;
 pub mod relay;
+pub mod sequencer;
 pub mod store;
 
 pub use app::{CommandApiConfig, CommandApp};

@@ -1,0 +1,413 @@
+//! The per-SKU sequencer: group commit for a hot item.
+//!
+//! In a flash sale thousands of checkouts hit one SKU at once. Deciding each on its own would
+//! make them collide on the SKU stream's version and retry, or queue on a row lock. Instead,
+//! single-SKU orders go to one in-process lane per SKU: a task that drains what is queued
+//! (up to `max_batch`), decides every order in turn against the SKU's state in memory, and
+//! appends the whole batch (the SKU's `StockReserved` events, each order's `OrderPlaced`,
+//! their idempotency keys and reservation deadlines) in ONE transaction. Each caller still
+//! gets its own answer: accepted with its own consistency token, or refused with its reason.
+//!
+//! The lane is an optimisation, not the guard: the event store's version check is. If another
+//! process (or a multi-SKU order on this one) appended to the SKU in between, the append
+//! conflicts, the lane reloads and decides the batch again (bounded), so nothing oversells.
+//! A full lane refuses at once ([`CommandError::Overloaded`]) instead of queueing unboundedly.
+
+use crate::commands::{CommandError, OrderAccepted};
+use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
+use crate::idempotency::{self, IdempotencyKey};
+use crate::store::{EventStore, StateCache, StoreError, StreamAppend};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+use surge_events::{CustomerId, EventMetadata, Money, OrderEvent, OrderId, OrderLine, Sku};
+use tokio::sync::{mpsc, oneshot};
+
+/// One order for one SKU, waiting in the SKU's lane.
+pub struct PlaceJob {
+    pub order_id: OrderId,
+    pub customer_id: CustomerId,
+    pub sku: Sku,
+    pub quantity: i64,
+    pub expires_at: DateTime<Utc>,
+    pub key: Option<IdempotencyKey>,
+    pub meta: EventMetadata,
+}
+
+type Reply = oneshot::Sender<Result<OrderAccepted, CommandError>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SequencerSettings {
+    /// Orders waiting per SKU before new ones are refused.
+    pub queue_depth: usize,
+    /// Most orders decided and committed in one transaction.
+    pub max_batch: usize,
+    pub max_conflict_retries: usize,
+}
+
+impl Default for SequencerSettings {
+    fn default() -> Self {
+        SequencerSettings {
+            queue_depth: 4096,
+            max_batch: 256,
+            max_conflict_retries: 8,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Sequencer {
+    lanes: moka::sync::Cache<Sku, mpsc::Sender<(PlaceJob, Reply)>>,
+    store: EventStore,
+    inventory: StateCache<Inventory>,
+    settings: SequencerSettings,
+}
+
+impl Sequencer {
+    pub fn new(
+        store: EventStore,
+        inventory: StateCache<Inventory>,
+        settings: SequencerSettings,
+    ) -> Self {
+        Sequencer {
+            // An idle lane is dropped; its task ends once its queue is drained.
+            lanes: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+            store,
+            inventory,
+            settings,
+        }
+    }
+
+    /// Orders waiting in the lane of `sku`.
+    pub fn queue_depth(&self, sku: &Sku) -> usize {
+        self.lanes
+            .get(sku)
+            .map_or(0, |tx| self.settings.queue_depth - tx.capacity())
+    }
+
+    fn lane(&self, sku: &Sku) -> mpsc::Sender<(PlaceJob, Reply)> {
+        self.lanes.get_with(sku.clone(), || {
+            let (tx, rx) = mpsc::channel(self.settings.queue_depth.max(1));
+            let lane = Lane {
+                sku: sku.clone(),
+                store: self.store.clone(),
+                inventory: self.inventory.clone(),
+                settings: self.settings,
+            };
+            tokio::spawn(lane.run(rx));
+            tx
+        })
+    }
+
+    /// Queues the order in its SKU's lane and waits for its own answer.
+    pub async fn place(&self, job: PlaceJob) -> Result<OrderAccepted, CommandError> {
+        let sku = job.sku.clone();
+        let (reply, answer) = oneshot::channel();
+        match self.lane(&sku).try_send((job, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(CommandError::Overloaded {
+                    sku,
+                    queue_depth: self.settings.queue_depth,
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed((job, reply))) => {
+                // The lane went idle and ended between lookup and send: start a new one.
+                self.lanes.invalidate(&sku);
+                if self.lane(&sku).try_send((job, reply)).is_err() {
+                    return Err(CommandError::Overloaded {
+                        sku,
+                        queue_depth: self.settings.queue_depth,
+                    });
+                }
+            }
+        }
+        answer.await.unwrap_or(Err(CommandError::LaneStopped))
+    }
+}
+
+struct Lane {
+    sku: Sku,
+    store: EventStore,
+    inventory: StateCache<Inventory>,
+    settings: SequencerSettings,
+}
+
+/// What became of one job in a batch attempt.
+enum Outcome {
+    Accepted(OrderAccepted),
+    Refused(DomainError),
+    /// Its key was already used by a committed request: answer what that one stored.
+    Replay,
+    /// Same key as an earlier job of this batch: answer as that one.
+    SameAs(usize),
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<(PlaceJob, Reply)>) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        while rx
+            .recv_many(&mut batch, self.settings.max_batch.max(1))
+            .await
+            > 0
+        {
+            let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) =
+                std::mem::take(&mut batch).into_iter().unzip();
+            let policy = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(1))
+                .with_max_delay(Duration::from_millis(50))
+                .with_max_times(self.settings.max_conflict_retries)
+                .with_jitter();
+            let result = (|| self.commit_batch(&jobs))
+                .retry(policy)
+                .when(|e: &StoreError| e.is_conflict())
+                .await;
+            match result {
+                Ok(outcomes) => self.answer(&jobs, outcomes, replies).await,
+                Err(e) => {
+                    let stream_id = self.sku.stream_id();
+                    let err = match e {
+                        e if e.is_conflict() => match self.store.stream_version(&stream_id).await {
+                            Ok(current_version) => CommandError::Conflict {
+                                stream_id: stream_id.0,
+                                current_version,
+                            },
+                            Err(e) => CommandError::Store(e),
+                        },
+                        e => CommandError::Store(e),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(clone_error(&err)));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn answer(&self, jobs: &[PlaceJob], outcomes: Vec<Outcome>, replies: Vec<Reply>) {
+        let mut answers: Vec<Option<Result<OrderAccepted, CommandError>>> =
+            Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.iter().zip(&outcomes) {
+            answers.push(match outcome {
+                Outcome::Accepted(a) => Some(Ok(a.clone())),
+                Outcome::Refused(e) => Some(Err(e.clone().into())),
+                Outcome::Replay => Some(self.replay(job).await),
+                Outcome::SameAs(_) => None,
+            });
+        }
+        for (i, reply) in replies.into_iter().enumerate() {
+            let answer = match (&outcomes[i], &answers[i]) {
+                (Outcome::SameAs(first), _) => match &answers[*first] {
+                    Some(Ok(a)) if same_request(&jobs[i], &jobs[*first]) => Ok(a.clone()),
+                    Some(Ok(_)) => Err(CommandError::IdempotencyKeyReused),
+                    Some(Err(e)) => Err(clone_error(e)),
+                    None => Err(CommandError::LaneStopped),
+                },
+                (_, Some(a)) => a.as_ref().map(Clone::clone).map_err(clone_error),
+                (_, None) => Err(CommandError::LaneStopped),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    async fn replay(&self, job: &PlaceJob) -> Result<OrderAccepted, CommandError> {
+        let Some(key) = &job.key else {
+            return Err(CommandError::LaneStopped);
+        };
+        match idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await? {
+            Some(answer) => answer,
+            None => Err(CommandError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Decides every job against the SKU's current state and commits the batch at once.
+    async fn commit_batch(&self, jobs: &[PlaceJob]) -> Result<Vec<Outcome>, StoreError> {
+        let stream = self.sku.stream_id();
+        let (version, mut inventory) = self.store.load(&self.inventory, &stream).await?;
+        let mut tx = self.store.pool().begin().await?;
+
+        // Idempotency: the first job per key claims it; later ones in the batch follow it.
+        let mut first_with_key: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut outcomes: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
+        let mut to_claim = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(k) = &job.key {
+                match first_with_key.get(&(k.scope.as_str(), k.key.as_str())) {
+                    Some(&first) => outcomes[i] = Some(Outcome::SameAs(first)),
+                    None => {
+                        first_with_key.insert((k.scope.as_str(), k.key.as_str()), i);
+                        to_claim.push(i);
+                    }
+                }
+            }
+        }
+        let keys: Vec<&IdempotencyKey> = to_claim
+            .iter()
+            .filter_map(|&i| jobs[i].key.as_ref())
+            .collect();
+        let claimed = idempotency::claim_many(&mut tx, &keys).await?;
+        for (&i, ok) in to_claim.iter().zip(claimed) {
+            if !ok {
+                outcomes[i] = Some(Outcome::Replay);
+            }
+        }
+
+        let mut reserved = Vec::new();
+        let mut orders = Vec::new();
+        let mut accepted_idx = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            match decide(&inventory, job) {
+                Ok((inv_events, order_events, total)) => {
+                    for e in &inv_events {
+                        inventory.evolve(e);
+                    }
+                    reserved.extend(
+                        inv_events
+                            .iter()
+                            .map(|e| crate::store::NewEvent::new(e, &job.meta)),
+                    );
+                    orders.push(StreamAppend::new(
+                        job.order_id.stream_id(),
+                        0,
+                        &order_events,
+                        &job.meta,
+                    ));
+                    accepted_idx.push((i, total));
+                }
+                Err(e) => outcomes[i] = Some(Outcome::Refused(e)),
+            }
+        }
+        let refused_keys: Vec<&IdempotencyKey> = jobs
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Some(Outcome::Refused(_))))
+            .filter_map(|(j, _)| j.key.as_ref())
+            .collect();
+        idempotency::release_many(&mut tx, &refused_keys).await?;
+
+        if !accepted_idx.is_empty() {
+            let n_reserved = reserved.len();
+            let mut appends = Vec::with_capacity(orders.len() + 1);
+            appends.push(StreamAppend {
+                stream_id: stream.clone(),
+                stream_type: surge_events::StreamType::Inventory,
+                expected_version: version,
+                events: reserved,
+            });
+            appends.extend(orders);
+            let committed = EventStore::append_in(&mut tx, &appends).await?;
+            let ids: Vec<uuid::Uuid> = accepted_idx
+                .iter()
+                .map(|(i, _)| jobs[*i].order_id.0)
+                .collect();
+            let deadlines: Vec<DateTime<Utc>> = accepted_idx
+                .iter()
+                .map(|(i, _)| jobs[*i].expires_at)
+                .collect();
+            sqlx::query(
+                "INSERT INTO reservation_deadlines (order_id, expires_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])",
+            )
+            .bind(&ids)
+            .bind(&deadlines)
+            .execute(&mut *tx)
+            .await?;
+            // Events were stored in `appends` order: the SKU's first, then one OrderPlaced per order.
+            let mut keyed_answers = Vec::new();
+            for (n, (i, total)) in accepted_idx.into_iter().enumerate() {
+                let job = &jobs[i];
+                let answer = OrderAccepted {
+                    order_id: job.order_id,
+                    status: "placed".into(),
+                    total,
+                    reservation_expires_at: job.expires_at,
+                    consistency_token: committed
+                        .positions
+                        .get(n_reserved + n)
+                        .copied()
+                        .unwrap_or(0),
+                };
+                if let Some(k) = &job.key {
+                    keyed_answers.push((k, serde_json::to_value(&answer).unwrap_or_default()));
+                }
+                outcomes[i] = Some(Outcome::Accepted(answer));
+            }
+            idempotency::complete_many(&mut tx, &keyed_answers, 202).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Replay))
+            .collect())
+    }
+}
+
+type Decision = (Vec<surge_events::InventoryEvent>, Vec<OrderEvent>, Money);
+
+/// Decides one order for this SKU: the reservation's events, the order's, and its total.
+fn decide(inventory: &Inventory, job: &PlaceJob) -> Result<Decision, DomainError> {
+    let price = inventory
+        .item
+        .as_ref()
+        .map(|i| i.price.clone())
+        .ok_or_else(|| DomainError::UnknownItem {
+            sku: job.sku.clone(),
+        })?;
+    let order_events = Order::default().decide(&OrderCommand::PlaceOrder {
+        order_id: job.order_id,
+        customer_id: job.customer_id.clone(),
+        lines: vec![OrderLine {
+            sku: job.sku.clone(),
+            quantity: job.quantity,
+            unit_price: price,
+        }],
+        reservation_expires_at: job.expires_at,
+    })?;
+    let inv_events = inventory.decide(&InventoryCommand::ReserveStock {
+        sku: job.sku.clone(),
+        order_id: job.order_id,
+        quantity: job.quantity,
+        expires_at: job.expires_at,
+    })?;
+    let total = match &order_events[..] {
+        [OrderEvent::OrderPlaced(p)] => p.total.clone(),
+        _ => return Err(DomainError::UnknownOrder(job.order_id)),
+    };
+    Ok((inv_events, order_events, total))
+}
+
+fn same_request(a: &PlaceJob, b: &PlaceJob) -> bool {
+    match (&a.key, &b.key) {
+        (Some(x), Some(y)) => x.request_hash == y.request_hash,
+        _ => false,
+    }
+}
+
+fn clone_error(e: &CommandError) -> CommandError {
+    match e {
+        CommandError::Domain(d) => CommandError::Domain(d.clone()),
+        CommandError::Conflict {
+            stream_id,
+            current_version,
+        } => CommandError::Conflict {
+            stream_id: stream_id.clone(),
+            current_version: *current_version,
+        },
+        CommandError::IdempotencyKeyReused => CommandError::IdempotencyKeyReused,
+        CommandError::Overloaded { sku, queue_depth } => CommandError::Overloaded {
+            sku: sku.clone(),
+            queue_depth: *queue_depth,
+        },
+        CommandError::LaneStopped => CommandError::LaneStopped,
+        CommandError::Store(s) => {
+            CommandError::Store(StoreError::Database(sqlx::Error::Protocol(s.to_string())))
+        }
+    }
+}

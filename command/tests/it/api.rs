@@ -1,0 +1,156 @@
+//! Bad input gets a problem+json with a stable type: never a panic, never a 500.
+
+use crate::support::start_api;
+use serde_json::{json, Value};
+use surge_testkit::TestEnv;
+
+async fn raw(
+    api: &crate::support::Api,
+    path: &str,
+    content_type: &str,
+    body: &'static str,
+) -> (u16, String, Value) {
+    let r = api
+        .http
+        .post(format!("{}{path}", api.url))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, ct, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_problems_with_stable_types() {
+    let env = TestEnv::new().await;
+    let api = start_api(&env).await;
+    api.add_item("P-1", 3).await;
+    let problem = |slug: &str| format!("https://surge.dev/problems/{slug}");
+
+    let cases: [(&str, &str, &'static str, u16, &str); 8] = [
+        (
+            "/v1/orders",
+            "application/json",
+            "{not json",
+            400,
+            "malformed-json",
+        ),
+        (
+            "/v1/orders",
+            "application/json",
+            r#"{"customer_id":"a","lines":[],"extra":1}"#,
+            400,
+            "invalid-body",
+        ),
+        (
+            "/v1/orders",
+            "application/json",
+            r#"{"customer_id":"a b","lines":[]}"#,
+            400,
+            "invalid-body",
+        ),
+        (
+            "/v1/orders",
+            "text/plain",
+            "{}",
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            "/v1/orders",
+            "application/json",
+            r#"{"customer_id":"a","lines":[]}"#,
+            422,
+            "invalid-line-count",
+        ),
+        (
+            "/v1/orders",
+            "application/json",
+            r#"{"customer_id":"a","lines":[{"sku":"P-1","quantity":0}]}"#,
+            422,
+            "invalid-quantity",
+        ),
+        (
+            "/v1/orders",
+            "application/json",
+            r#"{"customer_id":"a","lines":[{"sku":"NOPE","quantity":1}]}"#,
+            422,
+            "unknown-item",
+        ),
+        (
+            "/v1/inventory/P-1/restock",
+            "application/json",
+            r#"{"quantity":-5}"#,
+            422,
+            "invalid-quantity",
+        ),
+    ];
+    for (path, ct, body, status, slug) in cases {
+        let (s, content_type, p) = raw(&api, path, ct, body).await;
+        assert_eq!(
+            (s, p["type"].as_str().unwrap_or_default()),
+            (status, problem(slug).as_str()),
+            "{body}: {p}"
+        );
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(p["status"], status);
+    }
+
+    let (s, p) = api.post("/v1/orders/not-a-uuid/cancel", json!({})).await;
+    assert_eq!(
+        (s, p["type"].as_str().unwrap()),
+        (400, problem("invalid-path").as_str())
+    );
+    let (s, p) = api
+        .post(
+            &format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["type"].as_str().unwrap()),
+        (404, problem("unknown-order").as_str())
+    );
+    let (s, p) = api
+        .post(
+            "/v1/catalog/items",
+            json!({"sku": "P-1", "name": "again", "category": "x", "price": {"minor": 1, "currency": "EUR"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["type"].as_str().unwrap()),
+        (409, problem("item-exists").as_str())
+    );
+
+    // Too large a body is refused before it is read.
+    let big = format!(
+        r#"{{"customer_id":"a","lines":[],"pad":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let r = api
+        .http
+        .post(format!("{}/v1/orders", api.url))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
+    // Restock works and moves the token forward.
+    let (s, a) = api
+        .post("/v1/inventory/P-1/restock", json!({"quantity": 5}))
+        .await;
+    assert_eq!(s, 200);
+    assert!(a["consistency_token"].as_i64().unwrap() > 1);
+
+    api.stop().await;
+    env.cleanup().await;
+}

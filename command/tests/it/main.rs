@@ -1,0 +1,6 @@
+//! Integration tests of the write side on the real Postgres and the real Kafka broker.
+
+mod api;
+mod checkout;
+mod relay;
+mod support;
