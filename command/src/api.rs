@@ -34,6 +34,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/inventory/{sku}/restock", post(restock))
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
+        .route("/v1/orders/{order_id}/payment", post(submit_payment))
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
         .with_state(ctx)
@@ -300,6 +301,37 @@ async fn cancel_order(
         Json(OrderStatusChanged {
             order_id,
             status: "cancelled",
+            consistency_token: committed.last_position,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    /// The payment provider's token for the customer's card; never the card number.
+    pub payment_token: String,
+}
+
+#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+async fn submit_payment(
+    State(ctx): State<ApiContext>,
+    PathParam(order_id): PathParam<OrderId>,
+    headers: HeaderMap,
+    Body(req): Body<PaymentRequest>,
+) -> Result<Response, ApiError> {
+    let meta = metadata(&headers, "customer".into());
+    let committed = ctx
+        .commands
+        .submit_payment(order_id, &req.payment_token, &meta)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        token_header(committed.last_position),
+        Json(OrderStatusChanged {
+            order_id,
+            status: "payment_pending",
             consistency_token: committed.last_position,
         }),
     )

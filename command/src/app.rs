@@ -2,14 +2,19 @@
 
 use crate::api::{router, ApiContext};
 use crate::commands::{CommandSettings, Commands};
+use crate::expiry::ExpiryWorker;
+use crate::payments::{PaymentWorker, PaymentWorkerSettings, SimulatedGateway};
+use crate::sequencer::SequencerSettings;
 use crate::store::EventStore;
 use axum::Router;
 use clap::Args;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use surge_runtime::{DatabaseConfig, StartupError};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Args)]
 pub struct CommandApiConfig {
@@ -28,6 +33,21 @@ pub struct CommandApiConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+    /// Run the worker that expires unpaid reservations in this process.
+    #[arg(long, env = "SURGE_EXPIRY_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub expiry_worker: bool,
+    /// Run the worker that settles payments (with the simulated gateway) in this process.
+    #[arg(long, env = "SURGE_PAYMENT_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub payment_worker: bool,
+    /// Longest a payment gateway call may take, in milliseconds.
+    #[arg(long, env = "SURGE_GATEWAY_TIMEOUT_MS", default_value_t = 5000)]
+    pub gateway_timeout_ms: u64,
+    /// Latency of the simulated payment gateway, in milliseconds.
+    #[arg(long, env = "SURGE_GATEWAY_LATENCY_MS", default_value_t = 50)]
+    pub gateway_latency_ms: u64,
+    /// Orders that may wait in one SKU's sequencer lane before new ones are refused (503).
+    #[arg(long, env = "SURGE_SKU_QUEUE_DEPTH", default_value_t = 4096)]
+    pub sku_queue_depth: usize,
 }
 
 impl CommandApiConfig {
@@ -37,6 +57,11 @@ impl CommandApiConfig {
             db,
             reservation_ttl_secs: 900,
             body_limit_bytes: 64 * 1024,
+            expiry_worker: true,
+            payment_worker: true,
+            gateway_timeout_ms: 5000,
+            gateway_latency_ms: 50,
+            sku_queue_depth: 4096,
         }
     }
 }
@@ -45,6 +70,7 @@ pub struct CommandApp {
     listener: TcpListener,
     router: Router,
     commands: Commands,
+    config: CommandApiConfig,
 }
 
 impl CommandApp {
@@ -59,6 +85,10 @@ impl CommandApp {
             EventStore::new(pool.clone()),
             CommandSettings {
                 reservation_ttl: Duration::from_secs(config.reservation_ttl_secs),
+                sequencer: Some(SequencerSettings {
+                    queue_depth: config.sku_queue_depth.max(1),
+                    ..SequencerSettings::default()
+                }),
                 ..CommandSettings::default()
             },
         );
@@ -72,6 +102,7 @@ impl CommandApp {
             listener,
             router,
             commands,
+            config,
         })
     }
 
@@ -85,14 +116,41 @@ impl CommandApp {
         &self.commands
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves, then drains in-flight requests and stops the workers.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "command API listening");
-        axum::serve(self.listener, self.router)
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        if self.config.expiry_worker {
+            let worker = ExpiryWorker {
+                commands: self.commands.clone(),
+                poll_interval: Duration::from_millis(500),
+            };
+            workers.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        if self.config.payment_worker {
+            let worker = PaymentWorker {
+                commands: self.commands.clone(),
+                gateway: Arc::new(SimulatedGateway::new(Duration::from_millis(
+                    self.config.gateway_latency_ms,
+                ))),
+                settings: PaymentWorkerSettings {
+                    gateway_timeout: Duration::from_millis(self.config.gateway_timeout_ms),
+                    ..PaymentWorkerSettings::default()
+                },
+            };
+            workers.push(tokio::spawn(worker.run(stop.clone())));
+        }
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        stop.cancel();
+        for w in workers {
+            let _ = w.await;
+        }
+        served
     }
 }

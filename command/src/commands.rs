@@ -6,13 +6,17 @@
 //! several streams (placing an order reserves each SKU) appends them all in one transaction:
 //! all or nothing.
 
-use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
+use crate::domain::{
+    Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus,
+};
 use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::payments::Settlement;
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::future::Future;
 use std::time::Duration;
 use surge_events::order::CancelReason;
@@ -92,6 +96,52 @@ impl Default for CommandSettings {
             max_conflict_retries: 8,
             sequencer: Some(SequencerSettings::default()),
         }
+    }
+}
+
+/// Rows kept beside the events of a transition, in the same transaction.
+enum Bookkeeping<'a> {
+    /// The order's hold is over (cancelled or expired): forget its deadline.
+    ReservationSettled,
+    /// A payment was submitted: queue it for the payment worker.
+    PaymentSubmitted { token: &'a str },
+    /// The payment settled: forget it and the hold's deadline.
+    PaymentSettled,
+}
+
+impl Bookkeeping<'_> {
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        order_id: OrderId,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Bookkeeping::ReservationSettled => {
+                sqlx::query("DELETE FROM reservation_deadlines WHERE order_id = $1")
+                    .bind(order_id.0)
+                    .execute(conn)
+                    .await?;
+            }
+            Bookkeeping::PaymentSubmitted { token } => {
+                sqlx::query(
+                    "INSERT INTO pending_payments (order_id, payment_token) VALUES ($1, $2)",
+                )
+                .bind(order_id.0)
+                .bind(token)
+                .execute(conn)
+                .await?;
+            }
+            Bookkeeping::PaymentSettled => {
+                sqlx::query(
+                    "WITH p AS (DELETE FROM pending_payments WHERE order_id = $1) \
+                     DELETE FROM reservation_deadlines WHERE order_id = $1",
+                )
+                .bind(order_id.0)
+                .execute(conn)
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +384,42 @@ impl Commands {
         .await
     }
 
+    /// Decides `cmd` on the order and `per_line` on each SKU it holds stock of, appends all of
+    /// it in one transaction together with the `bookkeeping` rows, retrying on conflicts.
+    async fn transition(
+        &self,
+        order_id: OrderId,
+        cmd: OrderCommand,
+        per_line: impl Fn(&Sku) -> InventoryCommand,
+        bookkeeping: Bookkeeping<'_>,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.retrying(|| async {
+            let (version, order) = self.load_order(order_id).await?;
+            let events = order.decide(&cmd)?;
+            let mut appends = vec![StreamAppend::new(
+                order_id.stream_id(),
+                version,
+                &events,
+                meta,
+            )];
+            let mut skus: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
+            skus.sort();
+            for sku in skus {
+                let (_, _, append) = self.decide_inventory(&sku, per_line(&sku), meta).await?;
+                if !append.events.is_empty() {
+                    appends.push(append);
+                }
+            }
+            let mut tx = self.store.pool().begin().await?;
+            let committed = EventStore::append_in(&mut tx, &appends).await?;
+            bookkeeping.apply(&mut tx, order_id).await?;
+            tx.commit().await?;
+            Ok(committed)
+        })
+        .await
+    }
+
     /// Cancels a placed order and puts its stock back on sale, in one transaction.
     #[tracing::instrument(skip_all, fields(order_id = %order_id))]
     pub async fn cancel_order(
@@ -342,44 +428,146 @@ impl Commands {
         reason: CancelReason,
         meta: &EventMetadata,
     ) -> Result<Committed, CommandError> {
+        self.transition(
+            order_id,
+            OrderCommand::CancelOrder { reason },
+            |sku| InventoryCommand::ReleaseReservation {
+                sku: sku.clone(),
+                order_id,
+            },
+            Bookkeeping::ReservationSettled,
+            meta,
+        )
+        .await
+    }
+
+    /// The hold of an unpaid order ran out: cancel it and expire its reservations. An order
+    /// whose payment is being settled is left to the payment; a settled one needs nothing.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn expire_order(&self, order_id: OrderId) -> Result<Option<Committed>, CommandError> {
+        let (_, order) = self.load_order(order_id).await?;
+        match order.status {
+            OrderStatus::Placed => {
+                let meta = EventMetadata::new("expiry-worker");
+                let now = Utc::now();
+                self.transition(
+                    order_id,
+                    OrderCommand::CancelOrder {
+                        reason: CancelReason::ReservationExpired,
+                    },
+                    |sku| InventoryCommand::ExpireReservation {
+                        sku: sku.clone(),
+                        order_id,
+                        now,
+                    },
+                    Bookkeeping::ReservationSettled,
+                    &meta,
+                )
+                .await
+                .map(Some)
+            }
+            OrderStatus::PaymentPending => Ok(None),
+            _ => {
+                let mut conn = self.store.pool().acquire().await?;
+                Bookkeeping::ReservationSettled
+                    .apply(&mut conn, order_id)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records a payment attempt for a placed order; the payment worker settles it.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn submit_payment(
+        &self,
+        order_id: OrderId,
+        token: &str,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        crate::domain::payment::check_token(token)?;
+        let fingerprint = hex::encode(&sha2::Sha256::digest(token.as_bytes())[..8]);
         self.retrying(|| async {
             let (version, order) = self.load_order(order_id).await?;
-            let events = order.decide(&OrderCommand::CancelOrder { reason })?;
-            let mut appends = vec![StreamAppend::new(
-                order_id.stream_id(),
-                version,
-                &events,
-                meta,
-            )];
-            let mut lines: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
-            lines.sort();
-            for sku in lines {
-                let release = match reason {
-                    CancelReason::ReservationExpired => InventoryCommand::ExpireReservation {
-                        sku: sku.clone(),
-                        order_id,
-                        now: Utc::now(),
-                    },
-                    _ => InventoryCommand::ReleaseReservation {
-                        sku: sku.clone(),
-                        order_id,
-                    },
-                };
-                let (_, _, append) = self.decide_inventory(&sku, release, meta).await?;
-                if !append.events.is_empty() {
-                    appends.push(append);
-                }
-            }
+            let events = order.decide(&OrderCommand::SubmitPayment {
+                token_fingerprint: fingerprint.clone(),
+            })?;
             let mut tx = self.store.pool().begin().await?;
-            let committed = EventStore::append_in(&mut tx, &appends).await?;
-            sqlx::query("DELETE FROM reservation_deadlines WHERE order_id = $1")
-                .bind(order_id.0)
-                .execute(&mut *tx)
+            let committed = EventStore::append_in(
+                &mut tx,
+                &[StreamAppend::new(
+                    order_id.stream_id(),
+                    version,
+                    &events,
+                    meta,
+                )],
+            )
+            .await?;
+            Bookkeeping::PaymentSubmitted { token }
+                .apply(&mut tx, order_id)
                 .await?;
             tx.commit().await?;
             Ok(committed)
         })
         .await
+    }
+
+    /// Settles a submitted payment: paid (the held stock is sold) or failed (it is released).
+    /// Settling an order that is no longer awaiting payment only clears its bookkeeping.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn settle_payment(
+        &self,
+        order_id: OrderId,
+        settlement: Settlement,
+        meta: &EventMetadata,
+    ) -> Result<Option<Committed>, CommandError> {
+        let (_, order) = self.load_order(order_id).await?;
+        if order.status != OrderStatus::PaymentPending {
+            let mut conn = self.store.pool().acquire().await?;
+            Bookkeeping::PaymentSettled
+                .apply(&mut conn, order_id)
+                .await?;
+            return Ok(None);
+        }
+        let failed = |reason: String| {
+            self.transition(
+                order_id,
+                OrderCommand::FailPayment { reason },
+                |sku| InventoryCommand::ReleaseReservation {
+                    sku: sku.clone(),
+                    order_id,
+                },
+                Bookkeeping::PaymentSettled,
+                meta,
+            )
+        };
+        match settlement {
+            Settlement::Paid { reference } => {
+                let paid = self
+                    .transition(
+                        order_id,
+                        OrderCommand::ConfirmPayment {
+                            payment_reference: reference,
+                        },
+                        |sku| InventoryCommand::CommitReservation {
+                            sku: sku.clone(),
+                            order_id,
+                        },
+                        Bookkeeping::PaymentSettled,
+                        meta,
+                    )
+                    .await;
+                match paid {
+                    Err(CommandError::Domain(DomainError::NoReservation { .. })) => {
+                        failed("the stock was no longer held".into())
+                            .await
+                            .map(Some)
+                    }
+                    other => other.map(Some),
+                }
+            }
+            Settlement::Failed { reason } => failed(reason).await.map(Some),
+        }
     }
 
     /// The current state of an order as the write side sees it.

@@ -4,7 +4,8 @@
 //! its outbox and idempotency keys ([`store`], [`idempotency`]), the application service that
 //! runs load → decide → append with bounded conflict retries ([`commands`]), the per-SKU
 //! group-commit lanes that single-SKU orders of a hot item queue in ([`sequencer`]), the HTTP command
-//! API ([`api`], started through [`app`]) and the outbox relay to Kafka ([`relay`]).
+//! API ([`api`], started through [`app`]), the workers that settle payments ([`payments`]) and
+//! expire unpaid holds ([`expiry`]), and the outbox relay to Kafka ([`relay`]).
 //! All I/O lives outside [`domain`]; the event store's version check is the final guard
 //! against oversell, whatever runs in front of it.
 
@@ -12,7 +13,9 @@ pub mod api;
 pub mod app;
 pub mod commands;
 pub mod domain;
+pub mod expiry;
 pub mod idempotency;
+pub mod payments;
 pub mod relay;
 pub mod sequencer;
 pub mod store;

@@ -207,7 +207,8 @@ impl Lane {
                     Some(Err(e)) => Err(clone_error(e)),
                     None => Err(CommandError::LaneStopped),
                 },
-                (_, Some(a)) => a.as_ref().map(Clone::clone).map_err(clone_error),
+                (_, Some(Ok(a))) => Ok(a.clone()),
+                (_, Some(Err(e))) => Err(clone_error(e)),
                 (_, None) => Err(CommandError::LaneStopped),
             };
             let _ = reply.send(answer);

@@ -6,6 +6,7 @@
 
 pub mod inventory;
 pub mod order;
+pub mod payment;
 
 use surge_events::{OrderId, Payload, Sku};
 
@@ -63,6 +64,10 @@ pub enum DomainError {
     MixedCurrencies,
     #[error("amount overflows")]
     AmountOverflow,
+    #[error("card numbers are not accepted: send the payment provider's token")]
+    CardNumberRejected,
+    #[error("payment token must be tok_ followed by 4 to 64 letters, digits, '_' or '-'")]
+    InvalidPaymentToken,
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition {
         action: &'static str,
@@ -87,6 +92,8 @@ impl DomainError {
             DomainError::InvalidLineCount { .. } => "invalid-line-count",
             DomainError::MixedCurrencies => "mixed-currencies",
             DomainError::AmountOverflow => "amount-overflow",
+            DomainError::CardNumberRejected => "card-number-rejected",
+            DomainError::InvalidPaymentToken => "invalid-payment-token",
             DomainError::InvalidTransition { .. } => "invalid-transition",
         }
     }

@@ -4,3 +4,4 @@ mod api;
 mod checkout;
 mod relay;
 mod support;
+mod workers;

@@ -1,0 +1,85 @@
+//! Payment tokens: what the checkout may send, and what it must never send (a card number).
+
+use super::DomainError;
+
+/// A payment token from the payment provider's client SDK: `tok_` and 4 to 64 characters of
+/// `[A-Za-z0-9_-]`. Anything that looks like a card number (PAN) is refused and never stored.
+pub fn check_token(token: &str) -> Result<(), DomainError> {
+    if looks_like_pan(token) {
+        return Err(DomainError::CardNumberRejected);
+    }
+    let valid = token.strip_prefix("tok_").is_some_and(|rest| {
+        (4..=64).contains(&rest.len())
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidPaymentToken)
+    }
+}
+
+/// 12 to 19 digits, possibly grouped by spaces or dashes, anywhere in the string: we refuse
+/// without checking Luhn, since a mistyped card number is still a card number.
+pub fn looks_like_pan(s: &str) -> bool {
+    let mut run = 0;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            if run >= 12 {
+                return true;
+            }
+        } else if c != ' ' && c != '-' {
+            run = 0;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_gateway_tokens() {
+        assert_eq!(check_token("tok_visa_4242"), Ok(()));
+        assert_eq!(check_token("tok_ABC-def_123"), Ok(()));
+    }
+
+    #[test]
+    fn refuses_card_numbers_in_any_shape() {
+        for pan in [
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "4242-4242-4242-4242",
+            "tok_4111111111111111",
+            "371449635398431",
+        ] {
+            assert_eq!(
+                check_token(pan),
+                Err(DomainError::CardNumberRejected),
+                "{pan}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_other_shapes() {
+        for bad in [
+            "",
+            "tok_",
+            "tok_a",
+            "visa",
+            "tok_has space",
+            &format!("tok_{}", "a".repeat(65)),
+        ] {
+            assert_eq!(
+                check_token(bad),
+                Err(DomainError::InvalidPaymentToken),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The reservation expiry worker: unpaid orders whose hold ran out are cancelled and their
+//! stock goes back on sale (`OrderCancelled` + `ReservationExpired`), exactly once.
+//!
+//! Due rows of `reservation_deadlines` are claimed with a lease (`FOR UPDATE SKIP LOCKED`,
+//! pushed 30 s ahead) so two workers do not pick the same order; should they ever both decide
+//! on it, the event store's version check lets only one cancellation commit.
+
+use crate::commands::{CommandError, Commands};
+use std::time::Duration;
+use surge_events::OrderId;
+use tokio_util::sync::CancellationToken;
+
+pub struct ExpiryWorker {
+    pub commands: Commands,
+    pub poll_interval: Duration,
+}
+
+impl ExpiryWorker {
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.expire_due().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiry round failed"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Claims due deadlines and settles each order. Returns how many were claimed.
+    pub async fn expire_due(&self) -> Result<usize, CommandError> {
+        let due: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "UPDATE reservation_deadlines SET expires_at = now() + interval '30 seconds' \
+             WHERE order_id IN (SELECT order_id FROM reservation_deadlines WHERE expires_at <= now() \
+                                ORDER BY expires_at LIMIT 100 FOR UPDATE SKIP LOCKED) \
+             RETURNING order_id",
+        )
+        .fetch_all(self.commands.store().pool())
+        .await?;
+        for id in &due {
+            if let Err(e) = self.commands.expire_order(OrderId(*id)).await {
+                tracing::warn!(order_id = %id, error = %e, "expiring an order failed; it will be retried");
+            }
+        }
+        Ok(due.len())
+    }
+}
