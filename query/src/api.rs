@@ -61,18 +61,23 @@ fn db(e: sqlx::Error) -> Problem {
 
 /// The caller's consistency token, from the header or `?after=`.
 fn token(headers: &HeaderMap, after: Option<i64>) -> Result<Option<i64>, Problem> {
-    match headers.get(CONSISTENCY_TOKEN) {
-        None => Ok(after),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|t| *t >= 0)
-            .map(Some)
-            .ok_or_else(|| {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid-consistency-token", "Invalid consistency token")
-                    .detail("X-Consistency-Token must be a non-negative integer returned by the command API")
-            }),
+    let raw = match headers.get(CONSISTENCY_TOKEN) {
+        None => after,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .unwrap_or(-1),
+        ),
+    };
+    match raw {
+        Some(t) if t < 0 => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-consistency-token",
+            "Invalid consistency token",
+        )
+        .detail("the consistency token (X-Consistency-Token or ?after=) must be a non-negative integer returned by the command API")),
+        other => Ok(other),
     }
 }
 

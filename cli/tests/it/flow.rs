@@ -1,84 +1,41 @@
 //! The walking skeleton's promise: an order posted over HTTP lands in the event store, goes
 //! through Kafka, is projected into a view and is served by the query API.
 
+use crate::support::{self, Service};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
-use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
 use surge_events::{EventEnvelope, StreamType};
-use surge_projections::{Projector, ProjectorConfig};
-use surge_query::{QueryApiConfig, QueryApp};
-use surge_runtime::DatabaseConfig;
 use surge_testkit::{eventually, TestEnv};
-use tokio_util::sync::CancellationToken;
 
 struct Stack {
     command_url: String,
     query_url: String,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    services: Vec<Service>,
 }
 
 async fn start_stack(env: &TestEnv) -> Stack {
-    let db = DatabaseConfig {
-        max_connections: 5,
-        ..env.db.clone()
-    };
-    let stop = CancellationToken::new();
-    let command = CommandApp::build(CommandApiConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        db.clone(),
-    ))
-    .await
-    .expect("command API starts");
-    let query = QueryApp::build(QueryApiConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        db.clone(),
-        env.kafka.clone(),
-    ))
-    .await
-    .expect("query API starts");
-    let relay = Relay::build(RelayConfig::new(db.clone(), env.kafka.clone()))
-        .await
-        .expect("relay starts");
-    let projector = Projector::build(ProjectorConfig::new(db, env.kafka.clone()))
-        .await
-        .expect("projector starts");
-    let command_url = format!("http://{}", command.local_addr());
-    let query_url = format!("http://{}", query.local_addr());
-    let tasks = vec![
-        tokio::spawn({
-            let s = stop.clone();
-            async move { command.run(s.cancelled_owned()).await.unwrap() }
-        }),
-        tokio::spawn({
-            let s = stop.clone();
-            async move { query.run(s.cancelled_owned()).await.unwrap() }
-        }),
-        tokio::spawn({
-            let s = stop.clone();
-            async move { relay.run(s.cancelled_owned()).await.unwrap() }
-        }),
-        tokio::spawn({
-            let s = stop.clone();
-            async move { projector.run(s.cancelled_owned()).await }
-        }),
+    let (command_url, command) = support::command_api(env).await;
+    let (query_url, query) = support::query_api(env, true).await;
+    let services = vec![
+        command,
+        query,
+        support::relay(env).await,
+        support::projector(env, 1000).await,
     ];
     Stack {
         command_url,
         query_url,
-        stop,
-        tasks,
+        services,
     }
 }
 
 impl Stack {
     async fn stop(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            t.await.expect("service task ends cleanly");
+        for s in self.services {
+            s.stop().await;
         }
     }
 }

@@ -2,3 +2,6 @@
 
 mod compose;
 mod flow;
+mod query;
+mod support;
+mod views;
