@@ -297,13 +297,12 @@ impl Commands {
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.settings.reservation_ttl)
                 .unwrap_or(chrono::Duration::minutes(15));
-        if let (Some(sequencer), [(sku, quantity)]) = (&self.sequencer, &cmd.lines[..]) {
+        if let Some(sequencer) = &self.sequencer {
             return sequencer
                 .place(PlaceJob {
                     order_id,
                     customer_id: cmd.customer_id.clone(),
-                    sku: sku.clone(),
-                    quantity: *quantity,
+                    lines: cmd.lines.clone(),
                     expires_at,
                     key,
                     meta: meta.clone(),

@@ -2,34 +2,37 @@
 //!
 //! In a flash sale thousands of checkouts hit one SKU at once. Deciding each on its own would
 //! make them collide on the SKU stream's version and retry, or queue on a row lock. Instead,
-//! single-SKU orders go to one in-process lane per SKU: a task that drains what is queued
-//! (up to `max_batch`), decides every order in turn against the SKU's state in memory, and
-//! appends the whole batch (the SKU's `StockReserved` events, each order's `OrderPlaced`,
-//! their idempotency keys and reservation deadlines) in ONE transaction. Each caller still
-//! gets its own answer: accepted with its own consistency token, or refused with its reason.
+//! orders go to one in-process lane per SKU (the order's SKU with the longest queue): a task
+//! that drains what is queued (up to `max_batch`), decides every order in turn against the
+//! SKUs' states in memory (all lines reserved or none), and appends the whole batch (the SKUs'
+//! `StockReserved` events, each order's `OrderPlaced`, their idempotency keys and reservation
+//! deadlines) in ONE transaction. Each caller still gets its own answer: accepted with its own
+//! consistency token, or refused with its reason.
 //!
 //! The lane is an optimisation, not the guard: the event store's version check is. If another
-//! process (or a multi-SKU order on this one) appended to the SKU in between, the append
-//! conflicts, the lane reloads and decides the batch again (bounded), so nothing oversells.
+//! process or lane appended to one of the batch's SKUs in between, the append conflicts, the
+//! lane reloads and decides the batch again (bounded), so nothing oversells.
 //! A full lane refuses at once ([`CommandError::Overloaded`]) instead of queueing unboundedly.
 
 use crate::commands::{CommandError, OrderAccepted};
 use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
 use crate::idempotency::{self, IdempotencyKey};
-use crate::store::{EventStore, StateCache, StoreError, StreamAppend};
+use crate::store::{EventStore, NewEvent, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-use surge_events::{CustomerId, EventMetadata, Money, OrderEvent, OrderId, OrderLine, Sku};
+use surge_events::{
+    CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku,
+};
 use tokio::sync::{mpsc, oneshot};
 
-/// One order for one SKU, waiting in the SKU's lane.
+/// One order, waiting in the lane of its hottest SKU.
 pub struct PlaceJob {
     pub order_id: OrderId,
     pub customer_id: CustomerId,
-    pub sku: Sku,
-    pub quantity: i64,
+    /// SKUs (distinct) and quantities.
+    pub lines: Vec<(Sku, i64)>,
     pub expires_at: DateTime<Utc>,
     pub key: Option<IdempotencyKey>,
     pub meta: EventMetadata,
@@ -103,9 +106,22 @@ impl Sequencer {
         })
     }
 
-    /// Queues the order in its SKU's lane and waits for its own answer.
+    /// Queues the order in the lane of its SKU with the longest queue (the hot item of a
+    /// flash sale), and waits for its own answer.
     pub async fn place(&self, job: PlaceJob) -> Result<OrderAccepted, CommandError> {
-        let sku = job.sku.clone();
+        let Some(sku) = job
+            .lines
+            .iter()
+            .map(|(sku, _)| sku)
+            .min_by_key(|sku| (std::cmp::Reverse(self.queue_depth(sku)), (*sku).clone()))
+            .cloned()
+        else {
+            return Err(DomainError::InvalidLineCount {
+                count: 0,
+                max: crate::domain::MAX_LINES,
+            }
+            .into());
+        };
         let (reply, answer) = oneshot::channel();
         match self.lane(&sku).try_send((job, reply)) {
             Ok(()) => {}
@@ -225,10 +241,29 @@ impl Lane {
         }
     }
 
-    /// Decides every job against the SKU's current state and commits the batch at once.
+    /// Decides every job against the current state of the SKUs it orders and commits the
+    /// batch at once.
     async fn commit_batch(&self, jobs: &[PlaceJob]) -> Result<Vec<Outcome>, StoreError> {
-        let stream = self.sku.stream_id();
-        let (version, mut inventory) = self.store.load(&self.inventory, &stream).await?;
+        // The state of every SKU in the batch (the lane's own, and those of multi-SKU orders),
+        // in one order for every writer.
+        let mut skus: Vec<&Sku> = jobs
+            .iter()
+            .flat_map(|j| j.lines.iter().map(|(s, _)| s))
+            .collect();
+        skus.sort();
+        skus.dedup();
+        let mut states: BTreeMap<Sku, SkuBatch> = BTreeMap::new();
+        for sku in skus {
+            let (version, state) = self.store.load(&self.inventory, &sku.stream_id()).await?;
+            states.insert(
+                sku.clone(),
+                SkuBatch {
+                    version,
+                    state,
+                    events: Vec::new(),
+                },
+            );
+        }
         let mut tx = self.store.pool().begin().await?;
 
         // Idempotency: the first job per key claims it; later ones in the batch follow it.
@@ -257,23 +292,20 @@ impl Lane {
             }
         }
 
-        let mut reserved = Vec::new();
         let mut orders = Vec::new();
         let mut accepted_idx = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             if outcomes[i].is_some() {
                 continue;
             }
-            match decide(&inventory, job) {
-                Ok((inv_events, order_events, total)) => {
-                    for e in &inv_events {
-                        inventory.evolve(e);
+            match decide(&states, job) {
+                Ok((reservations, order_events, total)) => {
+                    for (sku, e) in reservations {
+                        if let Some(b) = states.get_mut(&sku) {
+                            b.state.evolve(&e);
+                            b.events.push(NewEvent::new(&e, &job.meta));
+                        }
                     }
-                    reserved.extend(
-                        inv_events
-                            .iter()
-                            .map(|e| crate::store::NewEvent::new(e, &job.meta)),
-                    );
                     orders.push(StreamAppend::new(
                         job.order_id.stream_id(),
                         0,
@@ -294,14 +326,17 @@ impl Lane {
         idempotency::release_many(&mut tx, &refused_keys).await?;
 
         if !accepted_idx.is_empty() {
-            let n_reserved = reserved.len();
-            let mut appends = Vec::with_capacity(orders.len() + 1);
-            appends.push(StreamAppend {
-                stream_id: stream.clone(),
-                stream_type: surge_events::StreamType::Inventory,
-                expected_version: version,
-                events: reserved,
-            });
+            let mut appends: Vec<StreamAppend> = states
+                .into_iter()
+                .filter(|(_, b)| !b.events.is_empty())
+                .map(|(sku, b)| StreamAppend {
+                    stream_id: sku.stream_id(),
+                    stream_type: surge_events::StreamType::Inventory,
+                    expected_version: b.version,
+                    events: b.events,
+                })
+                .collect();
+            let n_reserved: usize = appends.iter().map(|a| a.events.len()).sum();
             appends.extend(orders);
             let committed = EventStore::append_in(&mut tx, &appends).await?;
             let ids: Vec<uuid::Uuid> = accepted_idx
@@ -320,7 +355,7 @@ impl Lane {
             .bind(&deadlines)
             .execute(&mut *tx)
             .await?;
-            // Events were stored in `appends` order: the SKU's first, then one OrderPlaced per order.
+            // Events were stored in `appends` order: the SKUs' first, then one OrderPlaced per order.
             let mut keyed_answers = Vec::new();
             for (n, (i, total)) in accepted_idx.into_iter().enumerate() {
                 let job = &jobs[i];
@@ -350,38 +385,53 @@ impl Lane {
     }
 }
 
-type Decision = (Vec<surge_events::InventoryEvent>, Vec<OrderEvent>, Money);
+/// One SKU's part of a batch: its state as loaded (and as evolved by the batch so far) and
+/// the events the batch decided for it.
+struct SkuBatch {
+    version: i64,
+    state: Inventory,
+    events: Vec<NewEvent>,
+}
 
-/// Decides one order for this SKU: the reservation's events, the order's, and its total.
-fn decide(inventory: &Inventory, job: &PlaceJob) -> Result<Decision, DomainError> {
-    let price = inventory
-        .item
-        .as_ref()
-        .map(|i| i.price.clone())
-        .ok_or_else(|| DomainError::UnknownItem {
-            sku: job.sku.clone(),
+type Decision = (Vec<(Sku, InventoryEvent)>, Vec<OrderEvent>, Money);
+
+/// Decides one order against the batch's SKU states: a reservation per line (all or none),
+/// the order's events, and its total.
+fn decide(states: &BTreeMap<Sku, SkuBatch>, job: &PlaceJob) -> Result<Decision, DomainError> {
+    let mut lines = Vec::with_capacity(job.lines.len());
+    let mut reservations = Vec::with_capacity(job.lines.len());
+    for (sku, quantity) in &job.lines {
+        let unknown = || DomainError::UnknownItem { sku: sku.clone() };
+        let state = &states.get(sku).ok_or_else(unknown)?.state;
+        let price = state
+            .item
+            .as_ref()
+            .map(|i| i.price.clone())
+            .ok_or_else(unknown)?;
+        lines.push(OrderLine {
+            sku: sku.clone(),
+            quantity: *quantity,
+            unit_price: price,
+        });
+        let events = state.decide(&InventoryCommand::ReserveStock {
+            sku: sku.clone(),
+            order_id: job.order_id,
+            quantity: *quantity,
+            expires_at: job.expires_at,
         })?;
+        reservations.extend(events.into_iter().map(|e| (sku.clone(), e)));
+    }
     let order_events = Order::default().decide(&OrderCommand::PlaceOrder {
         order_id: job.order_id,
         customer_id: job.customer_id.clone(),
-        lines: vec![OrderLine {
-            sku: job.sku.clone(),
-            quantity: job.quantity,
-            unit_price: price,
-        }],
+        lines,
         reservation_expires_at: job.expires_at,
-    })?;
-    let inv_events = inventory.decide(&InventoryCommand::ReserveStock {
-        sku: job.sku.clone(),
-        order_id: job.order_id,
-        quantity: job.quantity,
-        expires_at: job.expires_at,
     })?;
     let total = match &order_events[..] {
         [OrderEvent::OrderPlaced(p)] => p.total.clone(),
         _ => return Err(DomainError::UnknownOrder(job.order_id)),
     };
-    Ok((inv_events, order_events, total))
+    Ok((reservations, order_events, total))
 }
 
 fn same_request(a: &PlaceJob, b: &PlaceJob) -> bool {
