@@ -65,7 +65,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     wait_ready(&client, qry).await?;
 
     // SKUs unique per run, so the demo can run again on the same database.
-    let run = chrono::Utc::now().format("%H%M%S").to_string();
+    let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     let hot = format!("DROP-{run}");
     let catalog = [
         (
@@ -104,6 +104,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let attempts = (0..config.shoppers).map(|i| {
         let client = client.clone();
+        let run = run.clone();
         let url = format!("{cmd}/v1/orders");
         let mut lines = vec![json!({"sku": hot, "quantity": 1})];
         if i % 3 == 0 {
@@ -113,7 +114,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         async move {
             let r = client
                 .post(url)
-                .header("idempotency-key", format!("demo-{i}"))
+                .header("idempotency-key", format!("demo-{run}-{i}"))
                 .json(&body)
                 .send()
                 .await;
@@ -142,14 +143,29 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
                     .is_some_and(|t| t.ends_with("/out-of-stock"))
         })
         .count();
-    let other = results.len() - accepted.len() - sold_out;
+    let mut other: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (s, b) in &results {
+        let sold_out = *s == StatusCode::UNPROCESSABLE_ENTITY
+            && b["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/out-of-stock"));
+        if *s != StatusCode::ACCEPTED && !sold_out {
+            let kind = b["type"]
+                .as_str()
+                .and_then(|t| t.rsplit('/').next())
+                .unwrap_or("-");
+            *other.entry(format!("{} {kind}", s.as_u16())).or_default() += 1;
+        }
+    }
     println!(
-        "   {} accepted, {} refused as sold out, {} other, in {:.0} ms",
+        "   {} accepted, {} refused as sold out, in {:.0} ms",
         accepted.len(),
         sold_out,
-        other,
         elapsed.as_secs_f64() * 1000.0
     );
+    for (kind, n) in &other {
+        println!("   {n} answered {kind}");
+    }
     if accepted.len() as i64 > config.hot_stock {
         bail!(
             "oversold: {} orders accepted for {} units",

@@ -16,6 +16,7 @@ use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
 use surge_runtime::extract::{Body, PathParam};
 use surge_runtime::http::REQUEST_ID;
 use surge_runtime::Problem;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
@@ -37,7 +38,45 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/orders/{order_id}/payment", post(submit_payment))
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .with_state(ctx)
+}
+
+/// The command API's contract, generated from the handlers and their types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Surge command API",
+        description = "Checkout and inventory commands. Errors are RFC 9457 problem+json."
+    ),
+    paths(add_item, restock, place_order, cancel_order, submit_payment),
+    components(schemas(ProblemDoc, MoneyDoc))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// RFC 9457 problem details, with a stable `type` per kind of problem.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ProblemDoc {
+    #[schema(rename = "type", example = "https://surge.dev/problems/out-of-stock")]
+    type_uri: String,
+    title: String,
+    status: u16,
+    detail: Option<String>,
+}
+
+/// An amount in minor units (cents) of an ISO 4217 currency.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MoneyDoc {
+    #[schema(minimum = 0, example = 12900)]
+    minor: i64,
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
+    currency: String,
 }
 
 /// The error answer of a command: a problem with a stable type; 5xx causes are logged once.
@@ -145,23 +184,32 @@ fn token_header(position: i64) -> [(&'static str, HeaderValue); 1] {
     [(CONSISTENCY_TOKEN, HeaderValue::from(position))]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddItemRequest {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "SNEAKER-1")]
     pub sku: Sku,
+    #[schema(max_length = 200)]
     pub name: String,
+    #[schema(max_length = 64)]
     pub category: String,
+    #[schema(value_type = MoneyDoc)]
     pub price: Money,
     #[serde(default)]
     pub initial_stock: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ItemAccepted {
+    #[schema(value_type = String)]
     pub sku: Sku,
     pub consistency_token: i64,
 }
 
+/// Add an item to the catalog with its opening stock (admin).
+#[utoipa::path(post, path = "/v1/catalog/items", request_body = AddItemRequest,
+    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc),
+              (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all)]
 async fn add_item(
     State(ctx): State<ApiContext>,
@@ -197,12 +245,17 @@ async fn add_item(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub quantity: i64,
 }
 
+/// Add stock to an item.
+#[utoipa::path(post, path = "/v1/inventory/{sku}/restock", request_body = RestockRequest,
+    params(("sku" = String, Path, description = "the item's SKU")),
+    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all)]
 async fn restock(
     State(ctx): State<ApiContext>,
@@ -222,17 +275,21 @@ async fn restock(
         .into_response())
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Sku,
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub customer_id: CustomerId,
+    #[schema(min_items = 1, max_items = 50)]
     pub lines: Vec<OrderLineRequest>,
 }
 
@@ -253,6 +310,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
+/// Place an order: every line's stock is reserved, or none is.
+#[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
+    responses((status = 202, body = OrderAccepted, description = "accepted; Location names the order, X-Consistency-Token reads it back"),
+              (status = 400, body = ProblemDoc), (status = 409, body = ProblemDoc),
+              (status = 422, body = ProblemDoc, description = "out of stock, unknown item, bad quantity, key reused"),
+              (status = 503, body = ProblemDoc, description = "the item's queue is full; Retry-After says when")))]
 #[tracing::instrument(skip_all)]
 async fn place_order(
     State(ctx): State<ApiContext>,
@@ -278,13 +342,18 @@ async fn place_order(
         .into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderStatusChanged {
+    #[schema(value_type = uuid::Uuid)]
     pub order_id: OrderId,
     pub status: &'static str,
     pub consistency_token: i64,
 }
 
+/// Cancel a placed order; its stock goes back on sale.
+#[utoipa::path(post, path = "/v1/orders/{order_id}/cancel",
+    params(("order_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = OrderStatusChanged), (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn cancel_order(
     State(ctx): State<ApiContext>,
@@ -307,13 +376,19 @@ async fn cancel_order(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
+    #[schema(pattern = "^tok_[A-Za-z0-9_-]{4,64}$", example = "tok_visa_4242")]
     /// The payment provider's token for the customer's card; never the card number.
     pub payment_token: String,
 }
 
+/// Pay a placed order with a payment provider's token (never a card number).
+#[utoipa::path(post, path = "/v1/orders/{order_id}/payment", request_body = PaymentRequest,
+    params(("order_id" = uuid::Uuid, Path)),
+    responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc),
+              (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc, description = "card number sent, bad token, order not payable")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn submit_payment(
     State(ctx): State<ApiContext>,

@@ -71,10 +71,12 @@ pub struct PlaceOrder {
 }
 
 /// The answer to an accepted order; replayed as is for a repeated idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderAccepted {
+    #[schema(value_type = uuid::Uuid)]
     pub order_id: OrderId,
     pub status: String,
+    #[schema(value_type = crate::api::MoneyDoc)]
     pub total: Money,
     pub reservation_expires_at: DateTime<Utc>,
     /// Global position of the order's last event: pass it to the query API to read your write.

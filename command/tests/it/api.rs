@@ -154,3 +154,31 @@ async fn malformed_requests_are_problems_with_stable_types() {
     api.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_command() {
+    let env = TestEnv::new().await;
+    let api = start_api(&env).await;
+    let doc: Value = api
+        .http
+        .get(format!("{}/openapi.json", api.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/v1/catalog/items",
+        "/v1/inventory/{sku}/restock",
+        "/v1/orders",
+        "/v1/orders/{order_id}/cancel",
+        "/v1/orders/{order_id}/payment",
+    ] {
+        assert!(paths[path]["post"].is_object(), "{path} documented");
+    }
+    assert!(doc["components"]["schemas"]["PlaceOrderRequest"].is_object());
+    api.stop().await;
+    env.cleanup().await;
+}
