@@ -104,3 +104,59 @@ async fn a_relay_killed_mid_publish_loses_nothing() {
     api.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_relays_one_is_active_and_the_other_takes_over() {
+    let env = TestEnv::new().await;
+    let api = start_api(&env).await;
+    api.add_item("L-1", 100).await;
+    let holders = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+        )
+        .bind(surge_command::relay::RELAY_LOCK_KEY)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    surge_testkit::eventually(Duration::from_secs(10), || async {
+        (holders().await == 1).then_some(())
+    })
+    .await
+    .expect("one relay holds the lock");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(holders().await, 1, "never two active relays");
+
+    // Stop the active one: the standby takes over and publishes what comes next.
+    stop_a.cancel();
+    a.await.unwrap();
+    for i in 0..20 {
+        let (s, _) = api
+            .post(
+                "/v1/orders",
+                json!({"customer_id": format!("l{i}"), "lines": [{"sku": "L-1", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(s, 202);
+    }
+    let pool = env.pool.clone();
+    surge_testkit::eventually(Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (left == 0).then_some(())
+        }
+    })
+    .await
+    .expect("the remaining relay drains the outbox");
+    assert_eq!(holders().await, 1);
+    stop_b.cancel();
+    b.await.unwrap();
+    api.stop().await;
+    env.cleanup().await;
+}
