@@ -121,11 +121,14 @@ async fn of_two_relays_one_is_active_and_the_other_takes_over() {
         .await
         .unwrap()
     };
+    // A first, so that it is the active one; B stands by.
+    let (stop_a, a) = start_relay(&env).await;
     surge_testkit::eventually(Duration::from_secs(10), || async {
         (holders().await == 1).then_some(())
     })
     .await
     .expect("one relay holds the lock");
+    let (stop_b, b) = start_relay(&env).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(holders().await, 1, "never two active relays");
 
