@@ -1,10 +1,12 @@
 //! The `surge` command line: parses arguments into each service's typed config and runs it.
 //!
 //! Owns nothing but wiring and user-facing output: [`Cli`] lists the subcommands, [`run`]
-//! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`migrate`]
+//! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`loadgen`] puts
+//! measured load on running services, [`migrate`]
 //! applies the schema and creates the topics. Every service's logic lives in its own crate.
 
 pub mod demo;
+pub mod loadgen;
 pub mod migrate;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,8 @@ pub enum Command {
     Migrate(migrate::MigrateConfig),
     /// Seed a catalog and run a short flash sale against running services.
     Demo(demo::DemoConfig),
+    /// Put bounded load on running services (loopback) and report latencies and throughput.
+    Loadgen(loadgen::LoadgenConfig),
 }
 
 impl Cli {
@@ -74,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(config) => Relay::build(config).await?.run(shutdown::signal()).await?,
         Command::Migrate(config) => migrate::run(config).await?,
         Command::Demo(config) => demo::run(config).await?,
+        Command::Loadgen(config) => loadgen::run(config).await?,
     }
     Ok(())
 }
