@@ -157,8 +157,14 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
 }
 
+/// How old the data of a response is: time since the last event the view applied to it.
 fn data_age_ms(updated_at: DateTime<Utc>) -> i64 {
     (Utc::now() - updated_at).num_milliseconds().max(0)
+}
+
+/// The data age of a list: that of its newest row (0 for an empty page).
+fn newest_age_ms(updated: impl Iterator<Item = DateTime<Utc>>) -> i64 {
+    updated.max().map_or(0, data_age_ms)
 }
 
 /// 200 with the cached body, or 304 when the client already has this version.
@@ -463,13 +469,17 @@ async fn sales(State(ctx): State<QueryContext>, Params(p): Params<SalesParams>) 
         .await
         .map_err(db)?;
     let units = minutes.iter().map(|m| m.units).sum();
-    Ok(Json(SalesReport {
-        from,
-        to,
-        units,
-        minutes,
-    })
-    .into_response())
+    let age = newest_age_ms(minutes.iter().map(|m| m.minute));
+    Ok((
+        [("x-data-age-ms", HeaderValue::from(age))],
+        Json(SalesReport {
+            from,
+            to,
+            units,
+            minutes,
+        }),
+    )
+        .into_response())
 }
 
 async fn readyz(State(ctx): State<QueryContext>) -> Response {

@@ -180,3 +180,50 @@ async fn multi_sku_orders_reserve_all_lines_or_none() {
     api.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_command_api_processes_never_oversell_together() {
+    let env = TestEnv::new().await;
+    let (a, b) = (start_api(&env).await, start_api(&env).await);
+    a.add_item("HOT-2", 40).await;
+    a.add_item("COLD-2", 1000).await;
+    let attempts = (0..160).map(|i| {
+        let api = if i % 2 == 0 { &a } else { &b };
+        let mut lines = vec![json!({"sku": "HOT-2", "quantity": 1})];
+        if i % 4 == 1 {
+            lines.push(json!({"sku": "COLD-2", "quantity": 1}));
+        }
+        async move {
+            api.post(
+                "/v1/orders",
+                json!({"customer_id": format!("m{i}"), "lines": lines}),
+            )
+            .await
+        }
+    });
+    let results = join_all(attempts).await;
+    let accepted = results.iter().filter(|(s, _)| *s == 202).count();
+    // Each process has its own lane for the SKU; the event store's version check arbitrates.
+    assert_eq!(
+        accepted,
+        40,
+        "{:?}",
+        results
+            .iter()
+            .filter(|(s, _)| *s != 202 && *s != 422)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|(s, _)| *s == 202 || *s == 422));
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum((payload->>'quantity')::bigint), 0)::bigint FROM events \
+         WHERE event_type = 'StockReserved' AND stream_id = 'inventory-HOT-2'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(reserved, 40);
+    a.stop().await;
+    b.stop().await;
+    env.cleanup().await;
+}
