@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use std::time::Duration;
 use surge_events::order::CancelReason;
 use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
 use surge_runtime::extract::{Body, PathParam};
@@ -84,8 +83,21 @@ pub struct ApiError(Problem);
 
 impl From<Problem> for ApiError {
     fn from(p: Problem) -> Self {
+        metrics::counter!("surge_commands_rejected_total", "reason" => slug_of(&p)).increment(1);
         ApiError(p)
     }
+}
+
+fn slug_of(p: &Problem) -> String {
+    p.type_uri
+        .rsplit('/')
+        .next()
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn accepted(command: &'static str) {
+    metrics::counter!("surge_commands_accepted_total", "command" => command).increment(1);
 }
 
 impl From<CommandError> for ApiError {
@@ -231,6 +243,7 @@ async fn add_item(
             &meta,
         )
         .await?;
+    accepted("add_item");
     let location = HeaderValue::from_str(&format!("/v1/catalog/items/{sku}"))
         .map_err(|_| Problem::internal())?;
     Ok((
@@ -265,6 +278,7 @@ async fn restock(
 ) -> Result<Response, ApiError> {
     let meta = metadata(&headers, "admin".into());
     let committed = ctx.commands.restock(&sku, req.quantity, &meta).await?;
+    accepted("restock");
     Ok((
         token_header(committed.last_position),
         Json(ItemAccepted {
@@ -330,7 +344,9 @@ async fn place_order(
         customer_id: req.customer_id,
         lines: req.lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
     };
-    let accepted: OrderAccepted = ctx.commands.place_order(cmd, key, &meta).await?;
+    let placed: OrderAccepted = ctx.commands.place_order(cmd, key, &meta).await?;
+    accepted("place_order");
+    let accepted = placed;
     let location = HeaderValue::from_str(&format!("/v1/orders/{}", accepted.order_id))
         .map_err(|_| Problem::internal())?;
     Ok((
@@ -365,6 +381,7 @@ async fn cancel_order(
         .commands
         .cancel_order(order_id, CancelReason::CustomerRequest, &meta)
         .await?;
+    accepted("cancel_order");
     Ok((
         token_header(committed.last_position),
         Json(OrderStatusChanged {
@@ -401,6 +418,7 @@ async fn submit_payment(
         .commands
         .submit_payment(order_id, &req.payment_token, &meta)
         .await?;
+    accepted("submit_payment");
     Ok((
         StatusCode::ACCEPTED,
         token_header(committed.last_position),
@@ -413,15 +431,10 @@ async fn submit_payment(
         .into_response())
 }
 
-/// `GET /readyz`: ready when the event store answers.
+/// `GET /readyz`: ready when the event store answers and its migrations are applied.
 async fn readyz(State(ctx): State<ApiContext>) -> Response {
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&ctx.pool),
-    )
-    .await;
-    match ping {
-        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
-        _ => Problem::unavailable("the event store is not reachable", 2).into_response(),
+    match surge_runtime::db::check_ready(&ctx.pool).await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => Problem::unavailable(reason, 2).into_response(),
     }
 }

@@ -81,6 +81,7 @@ impl CommandApp {
             ));
         }
         let pool = surge_runtime::db::connect(&config.db).await?;
+        surge_runtime::db::report_pool_usage(pool.clone(), "command");
         let commands = Commands::new(
             EventStore::new(pool.clone()),
             CommandSettings {

@@ -34,6 +34,13 @@ pub struct RelayConfig {
     /// Pause when the outbox is empty, in milliseconds.
     #[arg(long, env = "SURGE_RELAY_IDLE_MS", default_value_t = 10)]
     pub idle_ms: u64,
+    /// Address of the relay's /healthz, /readyz and /metrics.
+    #[arg(
+        long = "relay-admin-addr",
+        env = "SURGE_RELAY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub admin_addr: std::net::SocketAddr,
 }
 
 impl RelayConfig {
@@ -43,6 +50,7 @@ impl RelayConfig {
             kafka,
             batch_size: 1000,
             idle_ms: 10,
+            admin_addr: ([127, 0, 0, 1], 0).into(),
         }
     }
 }
@@ -84,7 +92,29 @@ impl Relay {
     }
 
     /// Runs until `shutdown` resolves: waits to become the active relay, then publishes.
+    /// Its admin endpoints (`/healthz`, `/readyz`, `/metrics`) serve alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RelayError> {
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let pool = self.pool.clone();
+        surge_runtime::db::report_pool_usage(pool.clone(), "relay");
+        let ready: surge_runtime::http::Readiness = std::sync::Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move { surge_runtime::db::check_ready(&pool).await })
+        });
+        let admin = tokio::spawn(surge_runtime::http::serve_admin(
+            self.config.admin_addr,
+            ready,
+            admin_stop.clone().cancelled_owned(),
+        ));
+        let result = self.relay(shutdown).await;
+        admin_stop.cancel();
+        if let Ok(Err(e)) = admin.await {
+            tracing::warn!(error = %e, "relay admin endpoints failed");
+        }
+        result
+    }
+
+    async fn relay(&self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RelayError> {
         tokio::pin!(shutdown);
         loop {
             let lock = tokio::select! {
@@ -210,6 +240,14 @@ impl Relay {
             .bind(&delivered)
             .execute(&self.pool)
             .await?;
+        metrics::counter!("surge_relay_published_total").increment(delivered.len() as u64);
+        metrics::counter!("surge_relay_publish_failures_total")
+            .increment((envelopes.len() - delivered.len()) as u64);
+        let backlog: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) b")
+                .fetch_one(&self.pool)
+                .await?;
+        metrics::gauge!("surge_outbox_backlog").set(backlog as f64);
         tracing::debug!(published = delivered.len(), "relay round");
         Ok(delivered.len())
     }

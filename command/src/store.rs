@@ -130,6 +130,7 @@ impl EventStore {
         conn: &mut PgConnection,
         appends: &[StreamAppend],
     ) -> Result<Committed, StoreError> {
+        let started = std::time::Instant::now();
         let n: usize = appends.iter().map(|a| a.events.len()).sum();
         let mut ids = Vec::with_capacity(n);
         let mut streams = Vec::with_capacity(n);
@@ -182,6 +183,9 @@ impl EventStore {
         .await;
         match result {
             Ok(row) => {
+                metrics::histogram!("surge_event_store_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("surge_event_store_append_batch_size").record(n as f64);
                 let positions: Vec<i64> = row.try_get("positions")?;
                 let last_position = positions.last().copied().unwrap_or(0);
                 Ok(Committed {
@@ -190,6 +194,7 @@ impl EventStore {
                 })
             }
             Err(e) if is_version_clash(&e) => {
+                metrics::counter!("surge_event_store_conflicts_total").increment(1);
                 let stream_id = clashing_stream(&e, appends);
                 let expected = appends
                     .iter()

@@ -16,6 +16,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use surge_events::{
     decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType,
@@ -64,6 +66,16 @@ pub struct ProjectorConfig {
     /// How long a batch waits to fill after its first message, in milliseconds.
     #[arg(long, env = "SURGE_PROJECTOR_BATCH_WAIT_MS", default_value_t = 5)]
     pub batch_wait_ms: u64,
+    /// Address of the projector's /healthz, /readyz and /metrics.
+    #[arg(
+        long = "projector-admin-addr",
+        env = "SURGE_PROJECTOR_ADMIN_ADDR",
+        default_value = "127.0.0.1:9102"
+    )]
+    pub admin_addr: std::net::SocketAddr,
+    /// Messages behind (summed over partitions) past which /readyz says not ready.
+    #[arg(long, env = "SURGE_PROJECTOR_MAX_LAG", default_value_t = 100_000)]
+    pub max_lag: i64,
 }
 
 impl ProjectorConfig {
@@ -74,13 +86,17 @@ impl ProjectorConfig {
             projections: Projection::ALL.to_vec(),
             batch_size: 1000,
             batch_wait_ms: 5,
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            max_lag: 100_000,
         }
     }
 }
 
 /// What one batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchStats {
+    /// When the applied events happened (for the event-to-view latency).
+    pub occurred: Vec<chrono::DateTime<chrono::Utc>>,
     pub applied: usize,
     pub duplicates: usize,
     pub healed: usize,
@@ -91,27 +107,35 @@ pub struct BatchStats {
 pub struct Projector {
     pool: PgPool,
     config: ProjectorConfig,
-    consumers: Vec<(Projection, StreamConsumer)>,
+    consumers: Vec<(Projection, StreamConsumer<LagContext>)>,
+    lag: Arc<AtomicI64>,
 }
 
 impl Projector {
     pub async fn build(config: ProjectorConfig) -> Result<Self, StartupError> {
         let pool = surge_runtime::db::connect(&config.db).await?;
         let mut consumers = Vec::new();
+        let lag = Arc::new(AtomicI64::new(0));
         for &projection in &config.projections {
             let group = format!(
                 "{}surge-projector-{}",
                 config.kafka.topic_prefix,
                 projection.name()
             );
-            let consumer: StreamConsumer = surge_runtime::kafka::client_config(&config.kafka)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", "10")
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "1000")
-                .create()?;
+            let consumer: StreamConsumer<LagContext> =
+                surge_runtime::kafka::client_config(&config.kafka)
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("fetch.wait.max.ms", "10")
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000")
+                    .set("statistics.interval.ms", "2000")
+                    .create_with_context(LagContext {
+                        projection,
+                        total: lag.clone(),
+                        mine: AtomicI64::new(0),
+                    })?;
             let topic = topics::topic_for(&config.kafka.topic_prefix, projection.stream_type());
             consumer.subscribe(&[&topic])?;
             consumers.push((projection, consumer));
@@ -120,13 +144,36 @@ impl Projector {
             pool,
             config,
             consumers,
+            lag,
         })
     }
 
-    /// Consumes until `shutdown` resolves; a batch in flight finishes first.
+    /// Consumes until `shutdown` resolves; a batch in flight finishes first. The admin
+    /// endpoints (`/healthz`, `/readyz`: database ready and lag under the limit, `/metrics`)
+    /// serve alongside.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
+        let lag = self.lag.clone();
+        surge_runtime::db::report_pool_usage(self.pool.clone(), "projector");
+        let (pool, max_lag, lag_seen) = (self.pool.clone(), self.config.max_lag, lag.clone());
+        let ready: surge_runtime::http::Readiness = Arc::new(move || {
+            let (pool, lag) = (pool.clone(), lag_seen.load(Ordering::Relaxed));
+            Box::pin(async move {
+                surge_runtime::db::check_ready(&pool).await?;
+                if lag > max_lag {
+                    return Err(format!(
+                        "projector is {lag} messages behind (limit {max_lag})"
+                    ));
+                }
+                Ok(())
+            })
+        });
+        let admin = tokio::spawn(surge_runtime::http::serve_admin(
+            self.config.admin_addr,
+            ready,
+            cancel.clone().cancelled_owned(),
+        ));
         for (projection, consumer) in self.consumers {
             let worker = Worker {
                 pool: self.pool.clone(),
@@ -142,6 +189,9 @@ impl Projector {
         for t in tasks {
             let _ = t.await;
         }
+        if let Ok(Err(e)) = admin.await {
+            tracing::warn!(error = %e, "projector admin endpoints failed");
+        }
         tracing::info!("projector stopped");
     }
 }
@@ -155,7 +205,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn consume(self, consumer: StreamConsumer, cancel: CancellationToken) {
+    async fn consume(self, consumer: StreamConsumer<LagContext>, cancel: CancellationToken) {
         tracing::info!(projection = self.projection.name(), topic = %self.topic, "projector consuming");
         loop {
             let first = tokio::select! {
@@ -209,6 +259,34 @@ impl Worker {
         );
     }
 }
+
+/// Receives librdkafka's statistics (every 2 s): consumer lag per assigned partition.
+pub struct LagContext {
+    projection: Projection,
+    /// Messages behind, summed over this process's projections (for readiness).
+    total: Arc<AtomicI64>,
+    mine: AtomicI64,
+}
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut lag = 0;
+        for topic in stats.topics.values() {
+            for (partition, p) in &topic.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                lag += p.consumer_lag;
+                metrics::gauge!("surge_consumer_lag", "projection" => self.projection.name(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+        let before = self.mine.swap(lag, Ordering::Relaxed);
+        self.total.fetch_add(lag - before, Ordering::Relaxed);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
 
 /// The next offset to read per partition after a batch.
 fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
@@ -328,6 +406,12 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    let now = chrono::Utc::now();
+    for t in std::mem::take(&mut stats.occurred) {
+        let latency = (now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+        metrics::histogram!("surge_event_to_view_seconds", "projection" => projection.name())
+            .record(latency);
+    }
     Ok(stats)
 }
 
@@ -423,6 +507,7 @@ async fn apply_catalog<'a>(
             };
             match catalog::fold(rows.remove(&sku), &env, &event) {
                 (Some(row), sale) => {
+                    stats.occurred.push(env.occurred_at);
                     rows.insert(sku.clone(), row);
                     sales.extend(sale);
                     touched.insert(sku.clone());
@@ -489,6 +574,7 @@ async fn apply_orders<'a>(
             };
             match orders::fold(rows.remove(&id), &env, &event) {
                 Some(row) => {
+                    stats.occurred.push(env.occurred_at);
                     rows.insert(id, row);
                     touched.insert(id);
                     stats.applied += 1;

@@ -482,14 +482,10 @@ async fn sales(State(ctx): State<QueryContext>, Params(p): Params<SalesParams>) 
         .into_response())
 }
 
+/// `GET /readyz`: ready when the views' database answers and its migrations are applied.
 async fn readyz(State(ctx): State<QueryContext>) -> Response {
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&ctx.pool),
-    )
-    .await;
-    match ping {
-        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
-        _ => Problem::unavailable("the views database is not reachable", 2).into_response(),
+    match surge_runtime::db::check_ready(&ctx.pool).await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reason) => Problem::unavailable(reason, 2).into_response(),
     }
 }

@@ -1,7 +1,7 @@
 //! The query API as a value: build (bind, connect, start the cache invalidator), run, stop.
 
 use crate::api::{router, ConsistencyMode, QueryContext};
-use crate::cache::{spawn_invalidator, ViewCache};
+use crate::cache::{spawn_invalidator, InvalidatorError, ViewCache};
 use axum::Router;
 use clap::Args;
 use std::future::Future;
@@ -83,11 +83,25 @@ impl QueryApp {
         };
         let pool = surge_runtime::db::connect(&read_db).await?;
         let ttl = Duration::from_secs(config.cache_ttl_secs.max(1));
-        let items = ViewCache::new(config.cache_capacity, ttl, config.cache_enabled);
-        let orders = ViewCache::new(config.cache_capacity, ttl, config.cache_enabled);
+        surge_runtime::db::report_pool_usage(pool.clone(), "query");
+        let items = ViewCache::new("items", config.cache_capacity, ttl, config.cache_enabled);
+        let orders = ViewCache::new("orders", config.cache_capacity, ttl, config.cache_enabled);
         let cancel = CancellationToken::new();
-        let invalidator =
-            spawn_invalidator(&config.kafka, items.clone(), orders.clone(), cancel.clone())?;
+        let invalidator = spawn_invalidator(
+            &config.kafka,
+            &pool,
+            items.clone(),
+            orders.clone(),
+            cancel.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            InvalidatorError::Kafka(e) => StartupError::Kafka(e),
+            InvalidatorError::Database(e) => StartupError::Database(e),
+            InvalidatorError::Setup => {
+                StartupError::Config("cache invalidator setup failed".into())
+            }
+        })?;
         let ctx = QueryContext {
             pool,
             items,

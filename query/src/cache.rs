@@ -2,8 +2,9 @@
 //!
 //! An entry is the response body of one row, serialized once, with its ETag and stream
 //! version. A miss loads the row once however many requests wait for it (`try_get_with`
-//! coalesces them). The invalidator consumes both event topics from the latest offset in a
-//! consumer group of its own (every query process sees every event) and, for an event of
+//! coalesces them). The invalidator of each query process reads every partition of both event
+//! topics, starting where the projectors' checkpoints are (so it sees every event the views
+//! may not reflect yet, and every process sees every event) and, for an event of
 //! version `v`, evicts the entry and remembers `v` as the key's floor: a row read from a view
 //! that has not reached `v` yet is served but not cached, so the cache never keeps a value
 //! older than an event it has already seen.
@@ -13,10 +14,13 @@ use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
+use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use surge_events::StreamType;
 use surge_runtime::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -57,17 +61,24 @@ enum Miss {
 
 #[derive(Clone)]
 pub struct ViewCache {
+    name: &'static str,
     entries: Cache<String, Arc<CachedView>>,
     floors: Cache<String, i64>,
     enabled: bool,
 }
 
 impl ViewCache {
-    pub fn new(capacity: u64, ttl: Duration, enabled: bool) -> Self {
+    pub fn new(name: &'static str, capacity: u64, ttl: Duration, enabled: bool) -> Self {
         ViewCache {
+            name,
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
+                .eviction_listener(move |_, _, cause| {
+                    let cause = format!("{cause:?}").to_lowercase();
+                    metrics::counter!("surge_cache_evictions_total", "cache" => name, "cause" => cause)
+                        .increment(1);
+                })
                 .build(),
             floors: Cache::builder()
                 .max_capacity(capacity)
@@ -79,6 +90,23 @@ impl ViewCache {
 
     /// The entry for `key`, loading it with `load` on a miss (once for all concurrent misses).
     pub async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Result<Option<(Arc<CachedView>, CacheStatus)>, sqlx::Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<CachedView>, sqlx::Error>>,
+    {
+        let found = self.lookup(key, load).await;
+        if let Ok(Some((_, status))) = &found {
+            metrics::counter!("surge_cache_requests_total", "cache" => self.name, "result" => status.as_str())
+                .increment(1);
+        }
+        found
+    }
+
+    async fn lookup<F, Fut>(
         &self,
         key: &str,
         load: F,
@@ -149,13 +177,35 @@ struct Head {
     version: i64,
 }
 
+/// Which projection keeps the views of a topic's events: the invalidator starts reading each
+/// topic where that projection's checkpoint is, so every event the views do not reflect yet
+/// passes through it (and sets its key's floor) before the cache serves anything.
+const PROJECTION_OF_TOPIC: [(StreamType, &str); 2] = [
+    (StreamType::Inventory, "catalog"),
+    (StreamType::Order, "orders"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidatorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading projection checkpoints: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the invalidator's setup task failed")]
+    Setup,
+}
+
 /// Starts the invalidator: evicts cache entries as events arrive, until `cancel`.
-pub fn spawn_invalidator(
+///
+/// It assigns itself every partition of both topics (no group rebalance to wait for), from the
+/// projectors' checkpoints, before it returns: from then on no event can slip past it.
+pub async fn spawn_invalidator(
     kafka: &KafkaConfig,
+    pool: &PgPool,
     items: ViewCache,
     orders: ViewCache,
     cancel: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, rdkafka::error::KafkaError> {
+) -> Result<tokio::task::JoinHandle<()>, InvalidatorError> {
     let group = format!(
         "{}surge-query-cache-{}",
         kafka.topic_prefix,
@@ -164,12 +214,47 @@ pub fn spawn_invalidator(
     let consumer: StreamConsumer = surge_runtime::kafka::client_config(kafka)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    let topics = surge_events::topics::all_topics(&kafka.topic_prefix);
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
+    let mut starts = Vec::new();
+    for (stream_type, projection) in PROJECTION_OF_TOPIC {
+        let topic = surge_events::topics::topic_for(&kafka.topic_prefix, stream_type);
+        let checkpoints: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM projection_checkpoints WHERE projection = $1 AND topic = $2",
+        )
+        .bind(projection)
+        .bind(&topic)
+        .fetch_all(pool)
+        .await?;
+        starts.push((
+            topic,
+            checkpoints
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        ));
+    }
+    // Metadata and assignment are blocking librdkafka calls.
+    let consumer = tokio::task::spawn_blocking(
+        move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, checkpoints) in &starts {
+                let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        let offset = checkpoints
+                            .get(&p.id())
+                            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        tpl.add_partition_offset(topic, p.id(), offset)?;
+                    }
+                }
+            }
+            consumer.assign(&tpl)?;
+            Ok(consumer)
+        },
+    )
+    .await
+    .map_err(|_| InvalidatorError::Setup)??;
     Ok(tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
@@ -216,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_miss_loads_once_then_hits() {
-        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
         let (_, s) = cache
             .get_or_load("a", || async { Ok(Some(view(1))) })
             .await
@@ -233,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_older_than_a_seen_event_are_served_but_not_cached() {
-        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
         cache
             .get_or_load("a", || async { Ok(Some(view(1))) })
             .await
@@ -263,7 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn not_found_is_not_cached() {
-        let cache = ViewCache::new(100, Duration::from_secs(60), true);
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
         assert!(cache
             .get_or_load("a", || async { Ok(None) })
             .await

@@ -20,3 +20,39 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// Ready when Postgres answers within 2 s and every migration this binary knows is applied.
+pub async fn check_ready(pool: &PgPool) -> Result<(), String> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(pool),
+    )
+    .await;
+    match applied {
+        Err(_) => Err("Postgres did not answer within 2 s".into()),
+        Ok(Err(e)) => Err(format!("Postgres is not reachable: {e}")),
+        Ok(Ok(v)) if v.unwrap_or(0) < latest => Err(format!(
+            "migrations not applied (run `surge migrate`): at {v:?}, need {latest}"
+        )),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Samples the pool's connections into `surge_db_pool_connections{pool, state}` every few
+/// seconds, until the pool is closed.
+pub fn report_pool_usage(pool: PgPool, name: &'static str) {
+    tokio::spawn(async move {
+        while !pool.is_closed() {
+            let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
+            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "idle")
+                .set(idle);
+            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "busy")
+                .set(size - idle);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}

@@ -5,11 +5,17 @@
 //! instead of a dropped connection.
 
 use crate::Problem;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
 use http::{HeaderName, Request};
 use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -26,9 +32,34 @@ fn panic_to_problem(err: Box<dyn Any + Send + 'static>) -> Response {
     Problem::internal().into_response()
 }
 
-/// Wraps a service's routes in the shared middleware stack.
+/// Counts and times every request by route template (not raw path: bounded labels).
+async fn track(req: axum::extract::Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("surge_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("surge_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+/// `GET /metrics`: Prometheus text of this process.
+pub async fn metrics_text() -> String {
+    crate::telemetry::prometheus().render()
+}
+
+/// Wraps a service's routes in the shared middleware stack, and adds `/metrics`.
 pub fn with_service_layers(router: Router, body_limit: usize) -> Router {
+    crate::telemetry::prometheus();
     router
+        .route_layer(middleware::from_fn(track))
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_to_problem))
         .layer(
@@ -48,4 +79,39 @@ pub fn with_service_layers(router: Router, body_limit: usize) -> Router {
 /// `GET /healthz`: the process is alive and serving.
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+/// A readiness check: `Err(reason)` while the process should not get traffic.
+pub type Readiness = std::sync::Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+/// `GET /readyz` answer for a readiness check.
+pub async fn readyz(check: &Readiness) -> Response {
+    match check().await {
+        Ok(()) => (http::StatusCode::OK, "ready").into_response(),
+        Err(reason) => Problem::unavailable(reason, 2).into_response(),
+    }
+}
+
+/// The admin endpoints of a worker without an API of its own (relay, projector):
+/// `/healthz`, `/readyz`, `/metrics`. Serves until `shutdown`.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::StartupError> {
+    let listener = crate::startup::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr().map_or(addr, |a| a), "admin endpoints listening");
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(move || async move { readyz(&ready).await }));
+    let router = with_service_layers(router, 1024);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| crate::StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
