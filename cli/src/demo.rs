@@ -11,11 +11,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Args)]
 pub struct DemoConfig {
     /// Base URL of the command API.
-    #[arg(
-        long,
-        env = "SURGE_COMMAND_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, env = "SURGE_COMMAND_URL", default_value = "http://127.0.0.1:8080")]
     pub command_url: String,
     /// Base URL of the query API.
     #[arg(long, env = "SURGE_QUERY_URL", default_value = "http://127.0.0.1:8081")]
@@ -68,13 +64,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     let hot = format!("DROP-{run}");
     let catalog = [
-        (
-            hot.clone(),
-            "Limited sneaker drop",
-            "shoes",
-            12_900,
-            config.hot_stock,
-        ),
+        (hot.clone(), "Limited sneaker drop", "shoes", 12_900, config.hot_stock),
         (format!("TEE-{run}"), "Logo tee", "apparel", 2_500, 500),
         (format!("CAP-{run}"), "Cap", "apparel", 1_900, 300),
     ];
@@ -137,23 +127,15 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let sold_out = results
         .iter()
         .filter(|(s, b)| {
-            *s == StatusCode::UNPROCESSABLE_ENTITY
-                && b["type"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("/out-of-stock"))
+            *s == StatusCode::UNPROCESSABLE_ENTITY && b["type"].as_str().is_some_and(|t| t.ends_with("/out-of-stock"))
         })
         .count();
     let mut other: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for (s, b) in &results {
-        let sold_out = *s == StatusCode::UNPROCESSABLE_ENTITY
-            && b["type"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("/out-of-stock"));
+        let sold_out =
+            *s == StatusCode::UNPROCESSABLE_ENTITY && b["type"].as_str().is_some_and(|t| t.ends_with("/out-of-stock"));
         if *s != StatusCode::ACCEPTED && !sold_out {
-            let kind = b["type"]
-                .as_str()
-                .and_then(|t| t.rsplit('/').next())
-                .unwrap_or("-");
+            let kind = b["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("-");
             *other.entry(format!("{} {kind}", s.as_u16())).or_default() += 1;
         }
     }
@@ -179,12 +161,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     };
     let order_id = first["order_id"].as_str().unwrap_or_default().to_string();
     println!("\n== One shopper changes their mind: cancel {order_id}");
-    let (status, body) = post(
-        &client,
-        format!("{cmd}/v1/orders/{order_id}/cancel"),
-        json!({}),
-    )
-    .await?;
+    let (status, body) = post(&client, format!("{cmd}/v1/orders/{order_id}/cancel"), json!({})).await?;
     println!("   {status}: {body}");
     let token = body["consistency_token"].as_i64().unwrap_or(0);
 
@@ -209,11 +186,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         header(&r, "x-cache"),
         header(&r, "x-data-age-ms")
     );
-    let r = client
-        .get(&item_url)
-        .header("if-none-match", &etag)
-        .send()
-        .await?;
+    let r = client.get(&item_url).header("if-none-match", &etag).send().await?;
     println!("   with If-None-Match {etag} -> {}", r.status());
     let order_url = format!("{qry}/v1/orders/{order_id}");
     let r = client
@@ -236,9 +209,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     }
     println!("\n== Where to look");
     println!("   command API   {cmd}  (POST /v1/orders, /v1/orders/{{id}}/cancel, /v1/inventory/{{sku}}/restock)");
-    println!(
-        "   query API     {qry}/v1/catalog/items  {qry}/v1/orders/{{id}}  {qry}/v1/stats/sales"
-    );
+    println!("   query API     {qry}/v1/catalog/items  {qry}/v1/orders/{{id}}  {qry}/v1/stats/sales");
     println!("   event store   psql \"$SURGE_DATABASE_URL\" -c 'SELECT position, stream_id, version, event_type FROM events ORDER BY position DESC LIMIT 20'");
     Ok(())
 }

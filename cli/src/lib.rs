@@ -57,24 +57,9 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::CommandApi(config) => {
-            CommandApp::build(config)
-                .await?
-                .run(shutdown::signal())
-                .await?
-        }
-        Command::QueryApi(config) => {
-            QueryApp::build(config)
-                .await?
-                .run(shutdown::signal())
-                .await?
-        }
-        Command::Project(config) => {
-            Projector::build(config)
-                .await?
-                .run(shutdown::signal())
-                .await
-        }
+        Command::CommandApi(config) => CommandApp::build(config).await?.run(shutdown::signal()).await?,
+        Command::QueryApi(config) => QueryApp::build(config).await?.run(shutdown::signal()).await?,
+        Command::Project(config) => Projector::build(config).await?.run(shutdown::signal()).await,
         Command::Relay(config) => Relay::build(config).await?.run(shutdown::signal()).await?,
         Command::Migrate(config) => migrate::run(config).await?,
         Command::Demo(config) => demo::run(config).await?,

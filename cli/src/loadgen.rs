@@ -33,11 +33,7 @@ pub enum Scenario {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReadsConfig {
-    #[arg(
-        long,
-        env = "SURGE_COMMAND_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, env = "SURGE_COMMAND_URL", default_value = "http://127.0.0.1:8080")]
     pub command_url: String,
     /// Query API with its cache on.
     #[arg(long, env = "SURGE_QUERY_URL", default_value = "http://127.0.0.1:8081")]
@@ -122,15 +118,12 @@ async fn phase(
         let workers = (0..concurrency).map(move |w| {
             let http = http.clone();
             async move {
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let mut rng = rand::rngs::SmallRng::seed_from_u64(w as u64);
                 let zipf = Zipf::new(urls.len() as u64, 1.1).expect("valid zipf");
                 while Instant::now() < deadline {
-                    let url = &urls[(zipf.sample(&mut rng) as usize)
-                        .saturating_sub(1)
-                        .min(urls.len() - 1)];
+                    let url = &urls[(zipf.sample(&mut rng) as usize).saturating_sub(1).min(urls.len() - 1)];
                     let t0 = Instant::now();
                     let good = match http.get(url).send().await {
                         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
@@ -202,12 +195,7 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
     println!("== Seeding {} items", c.items);
     let (skus, token) = seed_items(&http, &c.command_url, &run, c.items.max(1)).await?;
     let last = skus.last().cloned().unwrap_or_default();
-    wait_readable(
-        &http,
-        &format!("{}/v1/catalog/items/{last}", c.query_url),
-        token,
-    )
-    .await?;
+    wait_readable(&http, &format!("{}/v1/catalog/items/{last}", c.query_url), token).await?;
     wait_readable(
         &http,
         &format!("{}/v1/catalog/items/{last}", c.uncached_query_url),
@@ -215,31 +203,19 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
     )
     .await?;
 
-    let item_urls = |base: &str| -> Vec<String> {
-        skus.iter()
-            .map(|s| format!("{base}/v1/catalog/items/{s}"))
-            .collect()
-    };
+    let item_urls =
+        |base: &str| -> Vec<String> { skus.iter().map(|s| format!("{base}/v1/catalog/items/{s}")).collect() };
     let phases = [
         (
             "trivial handler (GET /healthz)",
             vec![format!("{}/healthz", c.query_url)],
         ),
-        (
-            "cached item (GET /v1/catalog/items/{sku})",
-            item_urls(&c.query_url),
-        ),
-        (
-            "uncached item (cache off)",
-            item_urls(&c.uncached_query_url),
-        ),
+        ("cached item (GET /v1/catalog/items/{sku})", item_urls(&c.query_url)),
+        ("uncached item (cache off)", item_urls(&c.uncached_query_url)),
     ];
     let mut reports = Vec::new();
     for (name, urls) in &phases {
-        println!(
-            "== {name}: {} connections for {} s",
-            c.concurrency, c.seconds
-        );
+        println!("== {name}: {} connections for {} s", c.concurrency, c.seconds);
         reports.push(phase(&http, name, urls, c.concurrency, c.seconds).await?);
     }
     println!();

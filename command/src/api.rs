@@ -1,5 +1,6 @@
 //! The command API: HTTP in, commands to [`Commands`], problem+json out.
 
+use crate::admission::{admit, Admission};
 use crate::commands::{AddItem, CommandError, Commands, OrderAccepted, PlaceOrder};
 use crate::domain::DomainError;
 use crate::idempotency::IdempotencyKey;
@@ -28,13 +29,14 @@ pub struct ApiContext {
     pub pool: PgPool,
 }
 
-pub fn router(ctx: ApiContext) -> Router {
+pub fn router(ctx: ApiContext, admission: Admission) -> Router {
     Router::new()
         .route("/v1/catalog/items", post(add_item))
         .route("/v1/inventory/{sku}/restock", post(restock))
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/orders/{order_id}/payment", post(submit_payment))
+        .route_layer(axum::middleware::from_fn_with_state(admission, admit))
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -89,11 +91,7 @@ impl From<Problem> for ApiError {
 }
 
 fn slug_of(p: &Problem) -> String {
-    p.type_uri
-        .rsplit('/')
-        .next()
-        .unwrap_or("unknown")
-        .to_string()
+    p.type_uri.rsplit('/').next().unwrap_or("unknown").to_string()
 }
 
 fn accepted(command: &'static str) {
@@ -107,15 +105,11 @@ impl From<CommandError> for ApiError {
             CommandError::Conflict {
                 stream_id,
                 current_version,
-            } => Problem::new(
-                StatusCode::CONFLICT,
-                "version-conflict",
-                "Concurrent modification",
-            )
-            .detail(e.to_string())
-            .with("stream_id", stream_id.clone())
-            .with("current_version", *current_version)
-            .retry_after(1),
+            } => Problem::new(StatusCode::CONFLICT, "version-conflict", "Concurrent modification")
+                .detail(e.to_string())
+                .with("stream_id", stream_id.clone())
+                .with("current_version", *current_version)
+                .retry_after(1),
             CommandError::IdempotencyKeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
@@ -131,9 +125,7 @@ impl From<CommandError> for ApiError {
             .with("sku", sku.as_str())
             .with("queue_depth", *queue_depth as u64)
             .retry_after(1),
-            CommandError::LaneStopped => {
-                Problem::unavailable("the order could not be sequenced; retry", 1)
-            }
+            CommandError::LaneStopped => Problem::unavailable("the order could not be sequenced; retry", 1),
             CommandError::Store(crate::store::StoreError::Database(db)) => Problem::database(db),
             CommandError::Store(s) => {
                 tracing::error!(error = %s, "command failed in the event store");
@@ -244,8 +236,7 @@ async fn add_item(
         )
         .await?;
     accepted("add_item");
-    let location = HeaderValue::from_str(&format!("/v1/catalog/items/{sku}"))
-        .map_err(|_| Problem::internal())?;
+    let location = HeaderValue::from_str(&format!("/v1/catalog/items/{sku}")).map_err(|_| Problem::internal())?;
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::LOCATION, location)],
@@ -312,9 +303,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         return Ok(None);
     };
     match v.to_str() {
-        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(s.to_string()))
-        }
+        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s.to_string())),
         _ => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-idempotency-key",
@@ -337,8 +326,7 @@ async fn place_order(
     headers: HeaderMap,
     Body(req): Body<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?
-        .map(|k| IdempotencyKey::new(format!("orders:{}", req.customer_id), k, &req));
+    let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(format!("orders:{}", req.customer_id), k, &req));
     let meta = metadata(&headers, format!("customer:{}", req.customer_id));
     let cmd = PlaceOrder {
         customer_id: req.customer_id,
@@ -347,8 +335,8 @@ async fn place_order(
     let placed: OrderAccepted = ctx.commands.place_order(cmd, key, &meta).await?;
     accepted("place_order");
     let accepted = placed;
-    let location = HeaderValue::from_str(&format!("/v1/orders/{}", accepted.order_id))
-        .map_err(|_| Problem::internal())?;
+    let location =
+        HeaderValue::from_str(&format!("/v1/orders/{}", accepted.order_id)).map_err(|_| Problem::internal())?;
     Ok((
         StatusCode::ACCEPTED,
         [(axum::http::header::LOCATION, location)],
@@ -414,10 +402,7 @@ async fn submit_payment(
     Body(req): Body<PaymentRequest>,
 ) -> Result<Response, ApiError> {
     let meta = metadata(&headers, "customer".into());
-    let committed = ctx
-        .commands
-        .submit_payment(order_id, &req.payment_token, &meta)
-        .await?;
+    let committed = ctx.commands.submit_payment(order_id, &req.payment_token, &meta).await?;
     accepted("submit_payment");
     Ok((
         StatusCode::ACCEPTED,

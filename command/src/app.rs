@@ -1,5 +1,6 @@
 //! The command API as a value: build it (bind, connect), ask its address, run it until shutdown.
 
+use crate::admission::{Admission, AdmissionSettings};
 use crate::api::{router, ApiContext};
 use crate::commands::{CommandSettings, Commands};
 use crate::expiry::ExpiryWorker;
@@ -19,11 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Args)]
 pub struct CommandApiConfig {
     /// Address the command API listens on.
-    #[arg(
-        long = "addr",
-        env = "SURGE_COMMAND_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long = "addr", env = "SURGE_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub db: DatabaseConfig,
@@ -48,6 +45,15 @@ pub struct CommandApiConfig {
     /// Orders that may wait in one SKU's sequencer lane before new ones are refused (503).
     #[arg(long, env = "SURGE_SKU_QUEUE_DEPTH", default_value_t = 4096)]
     pub sku_queue_depth: usize,
+    /// Sustained commands per second per client (API key, else IP) before 429.
+    #[arg(long, env = "SURGE_RATE_LIMIT_PER_SEC", default_value_t = 500)]
+    pub rate_limit_per_sec: u32,
+    /// Commands a client may send at once above its sustained rate.
+    #[arg(long, env = "SURGE_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub rate_limit_burst: u32,
+    /// Commands handled at once by this process before new ones are shed (503).
+    #[arg(long, env = "SURGE_MAX_IN_FLIGHT", default_value_t = 2048)]
+    pub max_in_flight: usize,
 }
 
 impl CommandApiConfig {
@@ -62,11 +68,15 @@ impl CommandApiConfig {
             gateway_timeout_ms: 5000,
             gateway_latency_ms: 50,
             sku_queue_depth: 4096,
+            rate_limit_per_sec: 500,
+            rate_limit_burst: 1000,
+            max_in_flight: 2048,
         }
     }
 }
 
 pub struct CommandApp {
+    admission: Admission,
     listener: TcpListener,
     router: Router,
     commands: Commands,
@@ -97,9 +107,16 @@ impl CommandApp {
             commands: commands.clone(),
             pool,
         };
-        let router = surge_runtime::http::with_service_layers(router(ctx), config.body_limit_bytes);
+        let admission = Admission::new(AdmissionSettings {
+            per_client_per_sec: config.rate_limit_per_sec,
+            per_client_burst: config.rate_limit_burst,
+            max_in_flight: config.max_in_flight,
+            ..AdmissionSettings::default()
+        });
+        let router = surge_runtime::http::with_service_layers(router(ctx, admission.clone()), config.body_limit_bytes);
         let listener = surge_runtime::startup::bind(config.addr).await?;
         Ok(CommandApp {
+            admission,
             listener,
             router,
             commands,
@@ -108,9 +125,7 @@ impl CommandApp {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn commands(&self) -> &Commands {
@@ -118,10 +133,7 @@ impl CommandApp {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests and stops the workers.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "command API listening");
         let stop = CancellationToken::new();
         let mut workers = Vec::new();
@@ -145,9 +157,14 @@ impl CommandApp {
             };
             workers.push(tokio::spawn(worker.run(stop.clone())));
         }
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        workers.push(self.admission.spawn_housekeeping(stop.clone()));
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         stop.cancel();
         for w in workers {
             let _ = w.await;

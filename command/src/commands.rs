@@ -6,9 +6,7 @@
 //! several streams (placing an order reserves each SKU) appends them all in one transaction:
 //! all or nothing.
 
-use crate::domain::{
-    Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus,
-};
+use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
 use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::payments::Settlement;
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
@@ -27,10 +25,7 @@ pub enum CommandError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error("stream {stream_id} kept changing; current version {current_version}")]
-    Conflict {
-        stream_id: String,
-        current_version: i64,
-    },
+    Conflict { stream_id: String, current_version: i64 },
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("too many orders are waiting for {sku} (queue of {queue_depth}); retry shortly")]
@@ -112,11 +107,7 @@ enum Bookkeeping<'a> {
 }
 
 impl Bookkeeping<'_> {
-    async fn apply(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        order_id: OrderId,
-    ) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut sqlx::PgConnection, order_id: OrderId) -> Result<(), sqlx::Error> {
         match self {
             Bookkeeping::ReservationSettled => {
                 sqlx::query("DELETE FROM reservation_deadlines WHERE order_id = $1")
@@ -125,13 +116,11 @@ impl Bookkeeping<'_> {
                     .await?;
             }
             Bookkeeping::PaymentSubmitted { token } => {
-                sqlx::query(
-                    "INSERT INTO pending_payments (order_id, payment_token) VALUES ($1, $2)",
-                )
-                .bind(order_id.0)
-                .bind(token)
-                .execute(conn)
-                .await?;
+                sqlx::query("INSERT INTO pending_payments (order_id, payment_token) VALUES ($1, $2)")
+                    .bind(order_id.0)
+                    .bind(token)
+                    .execute(conn)
+                    .await?;
             }
             Bookkeeping::PaymentSettled => {
                 sqlx::query(
@@ -192,11 +181,7 @@ impl Commands {
             .with_max_delay(Duration::from_millis(50))
             .with_max_times(self.settings.max_conflict_retries)
             .with_jitter();
-        match attempt
-            .retry(policy)
-            .when(CommandError::is_store_conflict)
-            .await
-        {
+        match attempt.retry(policy).when(CommandError::is_store_conflict).await {
             Err(CommandError::Store(StoreError::Conflict { stream_id, .. })) => {
                 let current_version = self
                     .store
@@ -233,11 +218,7 @@ impl Commands {
     }
 
     #[tracing::instrument(skip_all, fields(sku = %cmd.sku))]
-    pub async fn add_item(
-        &self,
-        cmd: AddItem,
-        meta: &EventMetadata,
-    ) -> Result<Committed, CommandError> {
+    pub async fn add_item(&self, cmd: AddItem, meta: &EventMetadata) -> Result<Committed, CommandError> {
         self.retrying(|| async {
             let (_, _, append) = self
                 .decide_inventory(
@@ -258,12 +239,7 @@ impl Commands {
     }
 
     #[tracing::instrument(skip_all, fields(sku = %sku, quantity))]
-    pub async fn restock(
-        &self,
-        sku: &Sku,
-        quantity: i64,
-        meta: &EventMetadata,
-    ) -> Result<Committed, CommandError> {
+    pub async fn restock(&self, sku: &Sku, quantity: i64, meta: &EventMetadata) -> Result<Committed, CommandError> {
         self.retrying(|| async {
             let (_, _, append) = self
                 .decide_inventory(
@@ -289,16 +265,13 @@ impl Commands {
         meta: &EventMetadata,
     ) -> Result<OrderAccepted, CommandError> {
         if let Some(key) = &key {
-            if let Some(answer) =
-                idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await?
-            {
+            if let Some(answer) = idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await? {
                 return answer;
             }
         }
         let order_id = OrderId::new();
         let expires_at = Utc::now()
-            + chrono::Duration::from_std(self.settings.reservation_ttl)
-                .unwrap_or(chrono::Duration::minutes(15));
+            + chrono::Duration::from_std(self.settings.reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
         if let Some(sequencer) = &self.sequencer {
             return sequencer
                 .place(PlaceJob {
@@ -355,9 +328,7 @@ impl Commands {
             if let Some(key) = &key {
                 if let Claim::Taken = idempotency::claim(&mut tx, key).await? {
                     drop(tx);
-                    return match idempotency::lookup::<OrderAccepted>(self.store.pool(), key)
-                        .await?
-                    {
+                    return match idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await? {
                         Some(answer) => answer,
                         None => Err(CommandError::IdempotencyKeyReused),
                     };
@@ -398,12 +369,7 @@ impl Commands {
         self.retrying(|| async {
             let (version, order) = self.load_order(order_id).await?;
             let events = order.decide(&cmd)?;
-            let mut appends = vec![StreamAppend::new(
-                order_id.stream_id(),
-                version,
-                &events,
-                meta,
-            )];
+            let mut appends = vec![StreamAppend::new(order_id.stream_id(), version, &events, meta)];
             let mut skus: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
             skus.sort();
             for sku in skus {
@@ -470,9 +436,7 @@ impl Commands {
             OrderStatus::PaymentPending => Ok(None),
             _ => {
                 let mut conn = self.store.pool().acquire().await?;
-                Bookkeeping::ReservationSettled
-                    .apply(&mut conn, order_id)
-                    .await?;
+                Bookkeeping::ReservationSettled.apply(&mut conn, order_id).await?;
                 Ok(None)
             }
         }
@@ -496,17 +460,10 @@ impl Commands {
             let mut tx = self.store.pool().begin().await?;
             let committed = EventStore::append_in(
                 &mut tx,
-                &[StreamAppend::new(
-                    order_id.stream_id(),
-                    version,
-                    &events,
-                    meta,
-                )],
+                &[StreamAppend::new(order_id.stream_id(), version, &events, meta)],
             )
             .await?;
-            Bookkeeping::PaymentSubmitted { token }
-                .apply(&mut tx, order_id)
-                .await?;
+            Bookkeeping::PaymentSubmitted { token }.apply(&mut tx, order_id).await?;
             tx.commit().await?;
             Ok(committed)
         })
@@ -525,9 +482,7 @@ impl Commands {
         let (_, order) = self.load_order(order_id).await?;
         if order.status != OrderStatus::PaymentPending {
             let mut conn = self.store.pool().acquire().await?;
-            Bookkeeping::PaymentSettled
-                .apply(&mut conn, order_id)
-                .await?;
+            Bookkeeping::PaymentSettled.apply(&mut conn, order_id).await?;
             return Ok(None);
         }
         let failed = |reason: String| {
@@ -560,9 +515,7 @@ impl Commands {
                     .await;
                 match paid {
                     Err(CommandError::Domain(DomainError::NoReservation { .. })) => {
-                        failed("the stock was no longer held".into())
-                            .await
-                            .map(Some)
+                        failed("the stock was no longer held".into()).await.map(Some)
                     }
                     other => other.map(Some),
                 }

@@ -40,13 +40,11 @@ pub async fn lookup<T: DeserializeOwned>(
     pool: &PgPool,
     key: &IdempotencyKey,
 ) -> Result<Option<Result<T, CommandError>>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
-    )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query("SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2")
+        .bind(&key.scope)
+        .bind(&key.key)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let hash: Vec<u8> = row.try_get("request_hash")?;
     if hash != key.request_hash {
@@ -85,24 +83,19 @@ pub async fn complete(
     status: u16,
     answer: &impl Serialize,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
-    )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .bind(status as i16)
-    .bind(serde_json::to_value(answer).unwrap_or_default())
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2")
+        .bind(&key.scope)
+        .bind(&key.key)
+        .bind(status as i16)
+        .bind(serde_json::to_value(answer).unwrap_or_default())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Claims several keys in one statement, in key order (so two transactions claiming
 /// overlapping keys cannot deadlock). Returns which of `keys` this transaction now holds.
-pub async fn claim_many(
-    conn: &mut PgConnection,
-    keys: &[&IdempotencyKey],
-) -> Result<Vec<bool>, sqlx::Error> {
+pub async fn claim_many(conn: &mut PgConnection, keys: &[&IdempotencyKey]) -> Result<Vec<bool>, sqlx::Error> {
     if keys.is_empty() {
         return Ok(vec![]);
     }
@@ -110,10 +103,7 @@ pub async fn claim_many(
     order.sort_by(|&a, &b| (&keys[a].scope, &keys[a].key).cmp(&(&keys[b].scope, &keys[b].key)));
     let scopes: Vec<&str> = order.iter().map(|&i| keys[i].scope.as_str()).collect();
     let names: Vec<&str> = order.iter().map(|&i| keys[i].key.as_str()).collect();
-    let hashes: Vec<&[u8]> = order
-        .iter()
-        .map(|&i| keys[i].request_hash.as_slice())
-        .collect();
+    let hashes: Vec<&[u8]> = order.iter().map(|&i| keys[i].request_hash.as_slice()).collect();
     let claimed: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (scope, key, request_hash, status, response) \
          SELECT s, k, h, 0, 'null' FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
@@ -159,10 +149,7 @@ pub async fn complete_many(
 }
 
 /// Gives back claims of requests that were refused, so a corrected retry can use the key.
-pub async fn release_many(
-    conn: &mut PgConnection,
-    keys: &[&IdempotencyKey],
-) -> Result<(), sqlx::Error> {
+pub async fn release_many(conn: &mut PgConnection, keys: &[&IdempotencyKey]) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
     }

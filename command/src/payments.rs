@@ -35,12 +35,7 @@ pub enum GatewayError {
 /// A payment service provider. `charge` must be idempotent per `order_id`.
 #[async_trait]
 pub trait PaymentGateway: Send + Sync + 'static {
-    async fn charge(
-        &self,
-        order_id: OrderId,
-        amount: &Money,
-        token: &str,
-    ) -> Result<ChargeOutcome, GatewayError>;
+    async fn charge(&self, order_id: OrderId, amount: &Money, token: &str) -> Result<ChargeOutcome, GatewayError>;
 }
 
 /// A stand-in gateway with the behaviours tests need, chosen by token:
@@ -71,12 +66,7 @@ impl SimulatedGateway {
 
 #[async_trait]
 impl PaymentGateway for SimulatedGateway {
-    async fn charge(
-        &self,
-        order_id: OrderId,
-        _amount: &Money,
-        token: &str,
-    ) -> Result<ChargeOutcome, GatewayError> {
+    async fn charge(&self, order_id: OrderId, _amount: &Money, token: &str) -> Result<ChargeOutcome, GatewayError> {
         let (attempt, earlier) = {
             let mut seen = self
                 .seen
@@ -221,8 +211,7 @@ impl<G: PaymentGateway> PaymentWorker<G> {
                 reason: format!("{e} after {} attempts", due.attempts),
             },
             Err(e) => {
-                let backoff =
-                    Duration::from_millis(200 * 2u64.pow(due.attempts.clamp(0, 8) as u32));
+                let backoff = Duration::from_millis(200 * 2u64.pow(due.attempts.clamp(0, 8) as u32));
                 tracing::warn!(error = %e, ?backoff, "payment gateway failed; retrying later");
                 sqlx::query("UPDATE pending_payments SET next_attempt_at = $2 WHERE order_id = $1")
                     .bind(due.order_id)
@@ -232,9 +221,7 @@ impl<G: PaymentGateway> PaymentWorker<G> {
                 return Ok(());
             }
         };
-        self.commands
-            .settle_payment(order_id, settlement, &meta)
-            .await?;
+        self.commands.settle_payment(order_id, settlement, &meta).await?;
         Ok(())
     }
 }

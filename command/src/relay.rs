@@ -84,11 +84,7 @@ impl Relay {
             .set("message.timeout.ms", "60000")
             .set("queue.buffering.max.messages", "200000")
             .create()?;
-        Ok(Relay {
-            config,
-            pool,
-            producer,
-        })
+        Ok(Relay { config, pool, producer })
     }
 
     /// Runs until `shutdown` resolves: waits to become the active relay, then publishes.
@@ -128,9 +124,7 @@ impl Relay {
                 }
             };
             tracing::info!("relay is active");
-            let stopped = self
-                .publish_while_leader(&mut lock_conn, &mut shutdown)
-                .await;
+            let stopped = self.publish_while_leader(&mut lock_conn, &mut shutdown).await;
             let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
             let _ = lock_conn.close().await;
             if stopped {
@@ -178,11 +172,7 @@ impl Relay {
         let mut failures = 0u32;
         loop {
             if last_lock_check.elapsed() > Duration::from_secs(2) {
-                if sqlx::query("SELECT 1")
-                    .execute(&mut *lock_conn)
-                    .await
-                    .is_err()
-                {
+                if sqlx::query("SELECT 1").execute(&mut *lock_conn).await.is_err() {
                     return false;
                 }
                 last_lock_check = tokio::time::Instant::now();
@@ -221,10 +211,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let envelopes = rows
-            .iter()
-            .map(envelope_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
         let deliveries = envelopes.iter().map(|env| self.publish(env));
         let results = join_all(deliveries).await;
         let mut delivered = Vec::with_capacity(results.len());
@@ -241,12 +228,10 @@ impl Relay {
             .execute(&self.pool)
             .await?;
         metrics::counter!("surge_relay_published_total").increment(delivered.len() as u64);
-        metrics::counter!("surge_relay_publish_failures_total")
-            .increment((envelopes.len() - delivered.len()) as u64);
-        let backlog: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) b")
-                .fetch_one(&self.pool)
-                .await?;
+        metrics::counter!("surge_relay_publish_failures_total").increment((envelopes.len() - delivered.len()) as u64);
+        let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) b")
+            .fetch_one(&self.pool)
+            .await?;
         metrics::gauge!("surge_outbox_backlog").set(backlog as f64);
         tracing::debug!(published = delivered.len(), "relay round");
         Ok(delivered.len())

@@ -22,9 +22,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-use surge_events::{
-    CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku,
-};
+use surge_events::{CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku};
 use tokio::sync::{mpsc, oneshot};
 
 /// One order, waiting in the lane of its hottest SKU.
@@ -68,11 +66,7 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    pub fn new(
-        store: EventStore,
-        inventory: StateCache<Inventory>,
-        settings: SequencerSettings,
-    ) -> Self {
+    pub fn new(store: EventStore, inventory: StateCache<Inventory>, settings: SequencerSettings) -> Self {
         Sequencer {
             // An idle lane is dropped; its task ends once its queue is drained.
             lanes: moka::sync::Cache::builder()
@@ -166,13 +160,8 @@ enum Outcome {
 impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<(PlaceJob, Reply)>) {
         let mut batch = Vec::with_capacity(self.settings.max_batch);
-        while rx
-            .recv_many(&mut batch, self.settings.max_batch.max(1))
-            .await
-            > 0
-        {
-            let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) =
-                std::mem::take(&mut batch).into_iter().unzip();
+        while rx.recv_many(&mut batch, self.settings.max_batch.max(1)).await > 0 {
+            let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
             let policy = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(1))
                 .with_max_delay(Duration::from_millis(50))
@@ -205,8 +194,7 @@ impl Lane {
     }
 
     async fn answer(&self, jobs: &[PlaceJob], outcomes: Vec<Outcome>, replies: Vec<Reply>) {
-        let mut answers: Vec<Option<Result<OrderAccepted, CommandError>>> =
-            Vec::with_capacity(jobs.len());
+        let mut answers: Vec<Option<Result<OrderAccepted, CommandError>>> = Vec::with_capacity(jobs.len());
         for (job, outcome) in jobs.iter().zip(&outcomes) {
             answers.push(match outcome {
                 Outcome::Accepted(a) => Some(Ok(a.clone())),
@@ -246,10 +234,7 @@ impl Lane {
     async fn commit_batch(&self, jobs: &[PlaceJob]) -> Result<Vec<Outcome>, StoreError> {
         // The state of every SKU in the batch (the lane's own, and those of multi-SKU orders),
         // in one order for every writer.
-        let mut skus: Vec<&Sku> = jobs
-            .iter()
-            .flat_map(|j| j.lines.iter().map(|(s, _)| s))
-            .collect();
+        let mut skus: Vec<&Sku> = jobs.iter().flat_map(|j| j.lines.iter().map(|(s, _)| s)).collect();
         skus.sort();
         skus.dedup();
         let mut states: BTreeMap<Sku, SkuBatch> = BTreeMap::new();
@@ -281,10 +266,7 @@ impl Lane {
                 }
             }
         }
-        let keys: Vec<&IdempotencyKey> = to_claim
-            .iter()
-            .filter_map(|&i| jobs[i].key.as_ref())
-            .collect();
+        let keys: Vec<&IdempotencyKey> = to_claim.iter().filter_map(|&i| jobs[i].key.as_ref()).collect();
         let claimed = idempotency::claim_many(&mut tx, &keys).await?;
         for (&i, ok) in to_claim.iter().zip(claimed) {
             if !ok {
@@ -306,12 +288,7 @@ impl Lane {
                             b.events.push(NewEvent::new(&e, &job.meta));
                         }
                     }
-                    orders.push(StreamAppend::new(
-                        job.order_id.stream_id(),
-                        0,
-                        &order_events,
-                        &job.meta,
-                    ));
+                    orders.push(StreamAppend::new(job.order_id.stream_id(), 0, &order_events, &job.meta));
                     accepted_idx.push((i, total));
                 }
                 Err(e) => outcomes[i] = Some(Outcome::Refused(e)),
@@ -339,14 +316,8 @@ impl Lane {
             let n_reserved: usize = appends.iter().map(|a| a.events.len()).sum();
             appends.extend(orders);
             let committed = EventStore::append_in(&mut tx, &appends).await?;
-            let ids: Vec<uuid::Uuid> = accepted_idx
-                .iter()
-                .map(|(i, _)| jobs[*i].order_id.0)
-                .collect();
-            let deadlines: Vec<DateTime<Utc>> = accepted_idx
-                .iter()
-                .map(|(i, _)| jobs[*i].expires_at)
-                .collect();
+            let ids: Vec<uuid::Uuid> = accepted_idx.iter().map(|(i, _)| jobs[*i].order_id.0).collect();
+            let deadlines: Vec<DateTime<Utc>> = accepted_idx.iter().map(|(i, _)| jobs[*i].expires_at).collect();
             sqlx::query(
                 "INSERT INTO reservation_deadlines (order_id, expires_at) \
                  SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])",
@@ -364,11 +335,7 @@ impl Lane {
                     status: "placed".into(),
                     total,
                     reservation_expires_at: job.expires_at,
-                    consistency_token: committed
-                        .positions
-                        .get(n_reserved + n)
-                        .copied()
-                        .unwrap_or(0),
+                    consistency_token: committed.positions.get(n_reserved + n).copied().unwrap_or(0),
                 };
                 if let Some(k) = &job.key {
                     keyed_answers.push((k, serde_json::to_value(&answer).unwrap_or_default()));
@@ -378,10 +345,7 @@ impl Lane {
             idempotency::complete_many(&mut tx, &keyed_answers, 202).await?;
         }
         tx.commit().await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Replay))
-            .collect())
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Replay)).collect())
     }
 }
 
@@ -403,11 +367,7 @@ fn decide(states: &BTreeMap<Sku, SkuBatch>, job: &PlaceJob) -> Result<Decision, 
     for (sku, quantity) in &job.lines {
         let unknown = || DomainError::UnknownItem { sku: sku.clone() };
         let state = &states.get(sku).ok_or_else(unknown)?.state;
-        let price = state
-            .item
-            .as_ref()
-            .map(|i| i.price.clone())
-            .ok_or_else(unknown)?;
+        let price = state.item.as_ref().map(|i| i.price.clone()).ok_or_else(unknown)?;
         lines.push(OrderLine {
             sku: sku.clone(),
             quantity: *quantity,
@@ -457,8 +417,6 @@ fn clone_error(e: &CommandError) -> CommandError {
             queue_depth: *queue_depth,
         },
         CommandError::LaneStopped => CommandError::LaneStopped,
-        CommandError::Store(s) => {
-            CommandError::Store(StoreError::Database(sqlx::Error::Protocol(s.to_string())))
-        }
+        CommandError::Store(s) => CommandError::Store(StoreError::Database(sqlx::Error::Protocol(s.to_string()))),
     }
 }

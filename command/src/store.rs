@@ -11,8 +11,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use std::sync::Arc;
 use surge_events::{
-    decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamId, StreamType,
-    ENVELOPE_COLUMNS,
+    decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamId, StreamType, ENVELOPE_COLUMNS,
 };
 use uuid::Uuid;
 
@@ -75,12 +74,7 @@ pub struct StreamAppend {
 }
 
 impl StreamAppend {
-    pub fn new<P: Payload>(
-        stream_id: StreamId,
-        expected_version: i64,
-        events: &[P],
-        metadata: &EventMetadata,
-    ) -> Self {
+    pub fn new<P: Payload>(stream_id: StreamId, expected_version: i64, events: &[P], metadata: &EventMetadata) -> Self {
         StreamAppend {
             stream_id,
             stream_type: P::STREAM_TYPE,
@@ -126,10 +120,7 @@ impl EventStore {
     /// Appends the events of every stream in `appends`, and their outbox rows, on `conn`
     /// (normally inside the caller's transaction). Versions continue from each expected version.
     #[tracing::instrument(skip_all, fields(streams = appends.len()))]
-    pub async fn append_in(
-        conn: &mut PgConnection,
-        appends: &[StreamAppend],
-    ) -> Result<Committed, StoreError> {
+    pub async fn append_in(conn: &mut PgConnection, appends: &[StreamAppend]) -> Result<Committed, StoreError> {
         let started = std::time::Instant::now();
         let n: usize = appends.iter().map(|a| a.events.len()).sum();
         let mut ids = Vec::with_capacity(n);
@@ -183,8 +174,7 @@ impl EventStore {
         .await;
         match result {
             Ok(row) => {
-                metrics::histogram!("surge_event_store_append_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("surge_event_store_append_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("surge_event_store_append_batch_size").record(n as f64);
                 let positions: Vec<i64> = row.try_get("positions")?;
                 let last_position = positions.last().copied().unwrap_or(0);
@@ -200,10 +190,7 @@ impl EventStore {
                     .iter()
                     .find(|a| a.stream_id.0 == stream_id)
                     .map_or(0, |a| a.expected_version);
-                Err(StoreError::Conflict {
-                    stream_id,
-                    expected,
-                })
+                Err(StoreError::Conflict { stream_id, expected })
             }
             Err(e) => Err(e.into()),
         }
@@ -218,14 +205,9 @@ impl EventStore {
     }
 
     /// The events of a stream after `after_version`, in order.
-    pub async fn read_stream(
-        &self,
-        stream: &StreamId,
-        after_version: i64,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let sql = format!(
-            "SELECT {ENVELOPE_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version"
-        );
+    pub async fn read_stream(&self, stream: &StreamId, after_version: i64) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql =
+            format!("SELECT {ENVELOPE_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version");
         let rows = sqlx::query(&sql)
             .bind(stream.as_str())
             .bind(after_version)
@@ -236,21 +218,16 @@ impl EventStore {
 
     /// The current version of a stream (0 when it has no events).
     pub async fn stream_version(&self, stream: &StreamId) -> Result<i64, StoreError> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
-                .bind(stream.as_str())
-                .fetch_one(&self.pool)
-                .await?;
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(v.unwrap_or(0))
     }
 
     /// The state of an aggregate and the version it is at: the cached state plus the events
     /// appended since (by any process).
-    pub async fn load<A: Aggregate>(
-        &self,
-        cache: &StateCache<A>,
-        stream: &StreamId,
-    ) -> Result<(i64, A), StoreError> {
+    pub async fn load<A: Aggregate>(&self, cache: &StateCache<A>, stream: &StreamId) -> Result<(i64, A), StoreError> {
         let (mut version, mut state) = match cache.get(stream).await {
             Some(s) => (s.0, s.1.clone()),
             None => (0, A::default()),
@@ -263,9 +240,7 @@ impl EventStore {
             state.evolve(&decode::<A::Event>(env)?);
             version = env.version;
         }
-        cache
-            .insert(stream.clone(), Arc::new((version, state.clone())))
-            .await;
+        cache.insert(stream.clone(), Arc::new((version, state.clone()))).await;
         Ok((version, state))
     }
 }

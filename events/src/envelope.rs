@@ -90,15 +90,9 @@ pub struct EventEnvelope {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("event of stream type {found:?} where {expected:?} was expected")]
-    WrongStreamType {
-        expected: StreamType,
-        found: StreamType,
-    },
+    WrongStreamType { expected: StreamType, found: StreamType },
     #[error("unknown event type {event_type} (schema version {schema_version})")]
-    UnknownType {
-        event_type: String,
-        schema_version: i32,
-    },
+    UnknownType { event_type: String, schema_version: i32 },
     #[error("payload of {event_type} v{schema_version} does not decode: {source}")]
     Payload {
         event_type: String,
@@ -118,16 +112,11 @@ pub fn decode<P: Payload>(env: &EventEnvelope) -> Result<P, DecodeError> {
         });
     }
     let mut value = env.payload.clone();
-    let obj = value
-        .as_object_mut()
-        .ok_or_else(|| DecodeError::UnknownType {
-            event_type: env.event_type.clone(),
-            schema_version: env.schema_version,
-        })?;
-    obj.insert(
-        "type".into(),
-        serde_json::Value::String(env.event_type.clone()),
-    );
+    let obj = value.as_object_mut().ok_or_else(|| DecodeError::UnknownType {
+        event_type: env.event_type.clone(),
+        schema_version: env.schema_version,
+    })?;
+    obj.insert("type".into(), serde_json::Value::String(env.event_type.clone()));
     serde_json::from_value(value).map_err(|source| {
         if source.to_string().starts_with("unknown variant") {
             DecodeError::UnknownType {
@@ -145,8 +134,7 @@ pub fn decode<P: Payload>(env: &EventEnvelope) -> Result<P, DecodeError> {
 }
 
 /// The columns of the `events` table that make an envelope, in the order [`EventEnvelope::from_row`] reads.
-pub const ENVELOPE_COLUMNS: &str =
-    "position, event_id, stream_id, stream_type, version, event_type, \
+pub const ENVELOPE_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, event_type, \
      schema_version, payload, correlation_id, causation_id, actor, occurred_at";
 
 #[cfg(feature = "sqlx")]
@@ -155,11 +143,10 @@ impl EventEnvelope {
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         use sqlx::Row;
         let stream_type: String = row.try_get("stream_type")?;
-        let stream_type =
-            StreamType::parse(&stream_type).ok_or_else(|| sqlx::Error::ColumnDecode {
-                index: "stream_type".into(),
-                source: format!("unknown stream type {stream_type}").into(),
-            })?;
+        let stream_type = StreamType::parse(&stream_type).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "stream_type".into(),
+            source: format!("unknown stream type {stream_type}").into(),
+        })?;
         Ok(EventEnvelope {
             event_id: row.try_get("event_id")?,
             position: row.try_get("position")?,
@@ -217,10 +204,7 @@ mod tests {
             quantity: 5,
         });
         let env = envelope_of(&e);
-        assert!(
-            env.payload.get("type").is_none(),
-            "tag lives in the envelope"
-        );
+        assert!(env.payload.get("type").is_none(), "tag lives in the envelope");
         let wire = EventEnvelope::from_json(&env.to_json()).unwrap();
         assert_eq!(wire, env);
         assert_eq!(decode::<InventoryEvent>(&wire).unwrap(), e);

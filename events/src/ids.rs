@@ -15,9 +15,8 @@ pub enum IdError {
 fn valid_token(s: &str, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || extra.contains(&c)
-        })
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || extra.contains(&c))
 }
 
 /// A stock-keeping unit: the identity of a sellable item and of its inventory stream.
@@ -155,10 +154,7 @@ mod tests {
 
     #[test]
     fn stream_ids_name_their_type() {
-        assert_eq!(
-            Sku::parse("X1").unwrap().stream_id().as_str(),
-            "inventory-X1"
-        );
+        assert_eq!(Sku::parse("X1").unwrap().stream_id().as_str(), "inventory-X1");
         assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
     }
 }

@@ -17,9 +17,7 @@ pub mod money;
 pub mod order;
 pub mod topics;
 
-pub use envelope::{
-    decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS,
-};
+pub use envelope::{decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
 pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId};
 pub use inventory::InventoryEvent;
 pub use money::{Currency, Money, MoneyError};

@@ -94,10 +94,7 @@ impl Money {
         if self.currency != other.currency {
             return Err(MoneyError::CurrencyMismatch);
         }
-        let minor = self
-            .minor
-            .checked_add(other.minor)
-            .ok_or(MoneyError::Overflow)?;
+        let minor = self.minor.checked_add(other.minor).ok_or(MoneyError::Overflow)?;
         Ok(Money {
             minor,
             currency: self.currency.clone(),
@@ -152,10 +149,7 @@ mod tests {
         assert_eq!(eur(150).checked_add(&eur(250)).unwrap(), eur(400));
         let usd = Money::new(1, Currency::parse("USD").unwrap()).unwrap();
         assert_eq!(eur(1).checked_add(&usd), Err(MoneyError::CurrencyMismatch));
-        assert_eq!(
-            eur(i64::MAX).checked_add(&eur(1)),
-            Err(MoneyError::Overflow)
-        );
+        assert_eq!(eur(i64::MAX).checked_add(&eur(1)), Err(MoneyError::Overflow));
         assert_eq!(eur(i64::MAX).checked_mul(2), Err(MoneyError::Overflow));
         assert_eq!(eur(250).checked_mul(3).unwrap(), eur(750));
     }

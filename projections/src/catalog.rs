@@ -127,21 +127,14 @@ pub async fn load(
 }
 
 /// Every row of the table (tests and audits compare it with a fold of the event store).
-pub async fn load_all(
-    conn: &mut PgConnection,
-    table: &str,
-) -> Result<Vec<CatalogRow>, sqlx::Error> {
+pub async fn load_all(conn: &mut PgConnection, table: &str) -> Result<Vec<CatalogRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} ORDER BY sku");
     let rows = sqlx::query(&sql).fetch_all(conn).await?;
     rows.iter().map(row_from).collect()
 }
 
 /// Writes the rows in one statement.
-pub async fn upsert(
-    conn: &mut PgConnection,
-    table: &str,
-    rows: &[&CatalogRow],
-) -> Result<(), sqlx::Error> {
+pub async fn upsert(conn: &mut PgConnection, table: &str, rows: &[&CatalogRow]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -176,11 +169,7 @@ pub async fn upsert(
 }
 
 /// Adds the sales of a batch, summed per (SKU, minute) first.
-pub async fn add_sales(
-    conn: &mut PgConnection,
-    table: &str,
-    deltas: &[SaleDelta],
-) -> Result<(), sqlx::Error> {
+pub async fn add_sales(conn: &mut PgConnection, table: &str, deltas: &[SaleDelta]) -> Result<(), sqlx::Error> {
     if deltas.is_empty() {
         return Ok(());
     }

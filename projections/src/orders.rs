@@ -74,11 +74,7 @@ fn row_from(r: &sqlx::postgres::PgRow) -> Result<OrderRow, sqlx::Error> {
     })
 }
 
-pub async fn load(
-    conn: &mut PgConnection,
-    table: &str,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
+pub async fn load(conn: &mut PgConnection, table: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} WHERE order_id = ANY($1) FOR UPDATE");
     let rows = sqlx::query(&sql).bind(ids).fetch_all(conn).await?;
     rows.iter()
@@ -92,11 +88,7 @@ pub async fn load_all(conn: &mut PgConnection, table: &str) -> Result<Vec<OrderR
     rows.iter().map(row_from).collect()
 }
 
-pub async fn upsert(
-    conn: &mut PgConnection,
-    table: &str,
-    rows: &[&OrderRow],
-) -> Result<(), sqlx::Error> {
+pub async fn upsert(conn: &mut PgConnection, table: &str, rows: &[&OrderRow]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -112,11 +104,7 @@ pub async fn upsert(
     );
     sqlx::query(&sql)
         .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.customer_id.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(rows.iter().map(|r| r.customer_id.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.lines.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())

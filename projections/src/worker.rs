@@ -19,10 +19,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{
-    decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType,
-    ENVELOPE_COLUMNS,
-};
+use surge_events::{decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType, ENVELOPE_COLUMNS};
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use tokio_util::sync::CancellationToken;
 
@@ -117,25 +114,20 @@ impl Projector {
         let mut consumers = Vec::new();
         let lag = Arc::new(AtomicI64::new(0));
         for &projection in &config.projections {
-            let group = format!(
-                "{}surge-projector-{}",
-                config.kafka.topic_prefix,
-                projection.name()
-            );
-            let consumer: StreamConsumer<LagContext> =
-                surge_runtime::kafka::client_config(&config.kafka)
-                    .set("group.id", &group)
-                    .set("enable.auto.commit", "false")
-                    .set("auto.offset.reset", "earliest")
-                    .set("fetch.wait.max.ms", "10")
-                    .set("session.timeout.ms", "10000")
-                    .set("heartbeat.interval.ms", "1000")
-                    .set("statistics.interval.ms", "2000")
-                    .create_with_context(LagContext {
-                        projection,
-                        total: lag.clone(),
-                        mine: AtomicI64::new(0),
-                    })?;
+            let group = format!("{}surge-projector-{}", config.kafka.topic_prefix, projection.name());
+            let consumer: StreamConsumer<LagContext> = surge_runtime::kafka::client_config(&config.kafka)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.wait.max.ms", "10")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "1000")
+                .set("statistics.interval.ms", "2000")
+                .create_with_context(LagContext {
+                    projection,
+                    total: lag.clone(),
+                    mine: AtomicI64::new(0),
+                })?;
             let topic = topics::topic_for(&config.kafka.topic_prefix, projection.stream_type());
             consumer.subscribe(&[&topic])?;
             consumers.push((projection, consumer));
@@ -162,9 +154,7 @@ impl Projector {
             Box::pin(async move {
                 surge_runtime::db::check_ready(&pool).await?;
                 if lag > max_lag {
-                    return Err(format!(
-                        "projector is {lag} messages behind (limit {max_lag})"
-                    ));
+                    return Err(format!("projector is {lag} messages behind (limit {max_lag})"));
                 }
                 Ok(())
             })
@@ -253,10 +243,7 @@ impl Worker {
                 tracing::debug!(error = %e, "offset commit failed; the checkpoint table still holds it");
             }
         }
-        tracing::info!(
-            projection = self.projection.name(),
-            "projector worker stopped"
-        );
+        tracing::info!(projection = self.projection.name(), "projector worker stopped");
     }
 }
 
@@ -346,24 +333,14 @@ pub async fn apply_batch(
                 entry.1 = entry.1.max(env.position);
                 envelopes.push((m, env));
             }
-            Ok(env) => dead.push((
-                m,
-                format!("stream type {:?} on the {} topic", env.stream_type, topic),
-            )),
+            Ok(env) => dead.push((m, format!("stream type {:?} on the {} topic", env.stream_type, topic))),
             Err(e) => dead.push((m, e.to_string())),
         }
     }
 
     let failed = match projection {
         Projection::Catalog => {
-            apply_catalog(
-                &mut tx,
-                "catalog_items",
-                "sales_by_minute",
-                envelopes,
-                &mut stats,
-            )
-            .await?
+            apply_catalog(&mut tx, "catalog_items", "sales_by_minute", envelopes, &mut stats).await?
         }
         Projection::Orders => apply_orders(&mut tx, "orders", envelopes, &mut stats).await?,
     };
@@ -391,8 +368,7 @@ pub async fn apply_batch(
         .execute(&mut *tx)
         .await?;
     }
-    let (parts, (offsets, positions)): (Vec<i32>, (Vec<i64>, Vec<i64>)) =
-        advanced.into_iter().unzip();
+    let (parts, (offsets, positions)): (Vec<i32>, (Vec<i64>, Vec<i64>)) = advanced.into_iter().unzip();
     sqlx::query(
         "UPDATE projection_checkpoints c SET next_offset = v.o, position = greatest(c.position, v.pos), updated_at = now() \
          FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS v(p, o, pos) \
@@ -409,8 +385,7 @@ pub async fn apply_batch(
     let now = chrono::Utc::now();
     for t in std::mem::take(&mut stats.occurred) {
         let latency = (now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-        metrics::histogram!("surge_event_to_view_seconds", "projection" => projection.name())
-            .record(latency);
+        metrics::histogram!("surge_event_to_view_seconds", "projection" => projection.name()).record(latency);
     }
     Ok(stats)
 }
@@ -473,27 +448,14 @@ async fn apply_catalog<'a>(
     let mut dead = Vec::new();
     let skus: Vec<String> = envelopes
         .iter()
-        .filter_map(|(_, e)| {
-            e.stream_id
-                .as_str()
-                .strip_prefix("inventory-")
-                .map(str::to_owned)
-        })
+        .filter_map(|(_, e)| e.stream_id.as_str().strip_prefix("inventory-").map(str::to_owned))
         .collect();
     let mut rows = catalog::load(conn, items_table, &skus).await?;
     let mut touched = std::collections::HashSet::new();
     let mut sales = Vec::new();
     for (m, env) in envelopes {
-        let Some(sku) = env
-            .stream_id
-            .as_str()
-            .strip_prefix("inventory-")
-            .map(str::to_owned)
-        else {
-            dead.push((
-                m,
-                format!("stream id {} is not an inventory stream", env.stream_id),
-            ));
+        let Some(sku) = env.stream_id.as_str().strip_prefix("inventory-").map(str::to_owned) else {
+            dead.push((m, format!("stream id {} is not an inventory stream", env.stream_id)));
             continue;
         };
         let version = rows.get(&sku).map_or(0, |r| r.version);
@@ -516,10 +478,7 @@ async fn apply_catalog<'a>(
                 (None, _) => {
                     dead.push((
                         m,
-                        format!(
-                            "{} of {} before the item was added",
-                            env.event_type, env.stream_id
-                        ),
+                        format!("{} of {} before the item was added", env.event_type, env.stream_id),
                     ));
                     break;
                 }
@@ -541,12 +500,7 @@ async fn apply_orders<'a>(
     let mut dead = Vec::new();
     let ids: Vec<uuid::Uuid> = envelopes
         .iter()
-        .filter_map(|(_, e)| {
-            e.stream_id
-                .as_str()
-                .strip_prefix("order-")
-                .and_then(|s| s.parse().ok())
-        })
+        .filter_map(|(_, e)| e.stream_id.as_str().strip_prefix("order-").and_then(|s| s.parse().ok()))
         .collect();
     let mut rows = orders::load(conn, table, &ids).await?;
     let mut touched = std::collections::HashSet::new();
@@ -557,10 +511,7 @@ async fn apply_orders<'a>(
             .strip_prefix("order-")
             .and_then(|s| s.parse::<uuid::Uuid>().ok())
         else {
-            dead.push((
-                m,
-                format!("stream id {} is not an order stream", env.stream_id),
-            ));
+            dead.push((m, format!("stream id {} is not an order stream", env.stream_id)));
             continue;
         };
         let version = rows.get(&id).map_or(0, |r| r.version);
@@ -582,10 +533,7 @@ async fn apply_orders<'a>(
                 None => {
                     dead.push((
                         m,
-                        format!(
-                            "{} of {} before the order was placed",
-                            env.event_type, env.stream_id
-                        ),
+                        format!("{} of {} before the order was placed", env.event_type, env.stream_id),
                     ));
                     break;
                 }

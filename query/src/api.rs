@@ -63,12 +63,7 @@ fn db(e: sqlx::Error) -> Problem {
 fn token(headers: &HeaderMap, after: Option<i64>) -> Result<Option<i64>, Problem> {
     let raw = match headers.get(CONSISTENCY_TOKEN) {
         None => after,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .unwrap_or(-1),
-        ),
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(-1)),
     };
     match raw {
         Some(t) if t < 0 => Err(Problem::new(
@@ -179,37 +174,24 @@ fn view_response(
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = (StatusCode::OK, v.body.clone()).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r
     };
     let h = res.headers_mut();
     if let Ok(etag) = HeaderValue::from_str(&v.etag) {
         h.insert(header::ETAG, etag);
     }
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     h.insert("x-cache", HeaderValue::from_static(status.as_str()));
-    h.insert(
-        "x-data-age-ms",
-        HeaderValue::from(data_age_ms(v.updated_at)),
-    );
+    h.insert("x-data-age-ms", HeaderValue::from(data_age_ms(v.updated_at)));
     if let Freshness::Stale = freshness {
         h.insert("x-consistency", HeaderValue::from_static("stale"));
     }
     res
 }
 
-fn cached<T: Serialize>(
-    dto: &T,
-    version: i64,
-    last_position: i64,
-    updated_at: DateTime<Utc>,
-) -> CachedView {
+fn cached<T: Serialize>(dto: &T, version: i64, last_position: i64, updated_at: DateTime<Utc>) -> CachedView {
     CachedView {
         body: Bytes::from(serde_json::to_vec(dto).unwrap_or_default()),
         etag: format!("\"v{version}\""),
@@ -233,14 +215,9 @@ async fn get_item(
         let pool = pool.clone();
         let key = key.clone();
         async move {
-            Ok(views::item(&pool, &key).await?.map(|r| {
-                cached(
-                    &CatalogItem::from(&r),
-                    r.version,
-                    r.last_position,
-                    r.updated_at,
-                )
-            }))
+            Ok(views::item(&pool, &key)
+                .await?
+                .map(|r| cached(&CatalogItem::from(&r), r.version, r.last_position, r.updated_at)))
         }
     };
     let stream = sku.stream_id();
@@ -268,16 +245,7 @@ async fn get_order(
         }
     };
     let stream = format!("order-{order_id}");
-    match read_view(
-        &ctx,
-        &ctx.orders,
-        &order_id.to_string(),
-        &stream,
-        token,
-        load,
-    )
-    .await?
-    {
+    match read_view(&ctx, &ctx.orders, &order_id.to_string(), &stream, token, load).await? {
         Some((v, s, f)) => Ok(view_response(&headers, &v, s, f, "private, no-cache")),
         None => Err(Problem::not_found(format!("no order {order_id}"))),
     }
@@ -287,14 +255,10 @@ fn page_size(limit: Option<i64>) -> Result<i64, Problem> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
         Some(l) if (1..=MAX_PAGE_SIZE).contains(&l) => Ok(l),
-        Some(l) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-page-size",
-            "Invalid page size",
-        )
-        .detail(format!(
-            "limit must be between 1 and {MAX_PAGE_SIZE}, got {l}"
-        ))),
+        Some(l) => Err(
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-page-size", "Invalid page size")
+                .detail(format!("limit must be between 1 and {MAX_PAGE_SIZE}, got {l}")),
+        ),
     }
 }
 
@@ -336,16 +300,9 @@ pub struct Page<T> {
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_items(
-    State(ctx): State<QueryContext>,
-    Params(p): Params<ListItemsParams>,
-) -> ApiResult {
+async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItemsParams>) -> ApiResult {
     let limit = page_size(p.limit)?;
-    let after = p
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<ItemCursor>)
-        .transpose()?;
+    let after = p.cursor.as_deref().map(decode_cursor::<ItemCursor>).transpose()?;
     if let (Some(lo), Some(hi)) = (p.min_price, p.max_price) {
         if lo > hi {
             return Err(Problem::bad_request("min_price must not exceed max_price"));
@@ -366,11 +323,7 @@ async fn list_items(
     .await
     .map_err(db)?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<CatalogItem> = rows
-        .iter()
-        .take(limit as usize)
-        .map(CatalogItem::from)
-        .collect();
+    let items: Vec<CatalogItem> = rows.iter().take(limit as usize).map(CatalogItem::from).collect();
     let next_cursor = more
         .then(|| {
             items.last().map(|i| {
@@ -407,11 +360,7 @@ async fn customer_orders(
     Params(p): Params<PageParams>,
 ) -> ApiResult {
     let limit = page_size(p.limit)?;
-    let after = p
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<OrderCursor>)
-        .transpose()?;
+    let after = p.cursor.as_deref().map(decode_cursor::<OrderCursor>).transpose()?;
     let rows = views::customer_orders(
         &ctx.pool,
         customer.as_str(),

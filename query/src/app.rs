@@ -15,11 +15,7 @@ use tower_http::compression::CompressionLayer;
 #[derive(Debug, Clone, Args)]
 pub struct QueryApiConfig {
     /// Address the query API listens on.
-    #[arg(
-        long = "addr",
-        env = "SURGE_QUERY_ADDR",
-        default_value = "127.0.0.1:8081"
-    )]
+    #[arg(long = "addr", env = "SURGE_QUERY_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub db: DatabaseConfig,
@@ -87,21 +83,13 @@ impl QueryApp {
         let items = ViewCache::new("items", config.cache_capacity, ttl, config.cache_enabled);
         let orders = ViewCache::new("orders", config.cache_capacity, ttl, config.cache_enabled);
         let cancel = CancellationToken::new();
-        let invalidator = spawn_invalidator(
-            &config.kafka,
-            &pool,
-            items.clone(),
-            orders.clone(),
-            cancel.clone(),
-        )
-        .await
-        .map_err(|e| match e {
-            InvalidatorError::Kafka(e) => StartupError::Kafka(e),
-            InvalidatorError::Database(e) => StartupError::Database(e),
-            InvalidatorError::Setup => {
-                StartupError::Config("cache invalidator setup failed".into())
-            }
-        })?;
+        let invalidator = spawn_invalidator(&config.kafka, &pool, items.clone(), orders.clone(), cancel.clone())
+            .await
+            .map_err(|e| match e {
+                InvalidatorError::Kafka(e) => StartupError::Kafka(e),
+                InvalidatorError::Database(e) => StartupError::Database(e),
+                InvalidatorError::Setup => StartupError::Config("cache invalidator setup failed".into()),
+            })?;
         let ctx = QueryContext {
             pool,
             items,
@@ -121,16 +109,11 @@ impl QueryApp {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, drains in-flight requests, then stops the invalidator.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "query API listening");
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

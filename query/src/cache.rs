@@ -76,8 +76,7 @@ impl ViewCache {
                 .time_to_live(ttl)
                 .eviction_listener(move |_, _, cause| {
                     let cause = format!("{cause:?}").to_lowercase();
-                    metrics::counter!("surge_cache_evictions_total", "cache" => name, "cause" => cause)
-                        .increment(1);
+                    metrics::counter!("surge_cache_evictions_total", "cache" => name, "cause" => cause).increment(1);
                 })
                 .build(),
             floors: Cache::builder()
@@ -106,11 +105,7 @@ impl ViewCache {
         found
     }
 
-    async fn lookup<F, Fut>(
-        &self,
-        key: &str,
-        load: F,
-    ) -> Result<Option<(Arc<CachedView>, CacheStatus)>, sqlx::Error>
+    async fn lookup<F, Fut>(&self, key: &str, load: F) -> Result<Option<(Arc<CachedView>, CacheStatus)>, sqlx::Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<CachedView>, sqlx::Error>>,
@@ -180,10 +175,8 @@ struct Head {
 /// Which projection keeps the views of a topic's events: the invalidator starts reading each
 /// topic where that projection's checkpoint is, so every event the views do not reflect yet
 /// passes through it (and sets its key's floor) before the cache serves anything.
-const PROJECTION_OF_TOPIC: [(StreamType, &str); 2] = [
-    (StreamType::Inventory, "catalog"),
-    (StreamType::Order, "orders"),
-];
+const PROJECTION_OF_TOPIC: [(StreamType, &str); 2] =
+    [(StreamType::Inventory, "catalog"), (StreamType::Order, "orders")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidatorError {
@@ -206,11 +199,7 @@ pub async fn spawn_invalidator(
     orders: ViewCache,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, InvalidatorError> {
-    let group = format!(
-        "{}surge-query-cache-{}",
-        kafka.topic_prefix,
-        uuid::Uuid::now_v7()
-    );
+    let group = format!("{}surge-query-cache-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
     let consumer: StreamConsumer = surge_runtime::kafka::client_config(kafka)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
@@ -229,30 +218,26 @@ pub async fn spawn_invalidator(
         .await?;
         starts.push((
             topic,
-            checkpoints
-                .into_iter()
-                .collect::<std::collections::HashMap<_, _>>(),
+            checkpoints.into_iter().collect::<std::collections::HashMap<_, _>>(),
         ));
     }
     // Metadata and assignment are blocking librdkafka calls.
-    let consumer = tokio::task::spawn_blocking(
-        move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-            let mut tpl = TopicPartitionList::new();
-            for (topic, checkpoints) in &starts {
-                let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                for t in md.topics() {
-                    for p in t.partitions() {
-                        let offset = checkpoints
-                            .get(&p.id())
-                            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                        tpl.add_partition_offset(topic, p.id(), offset)?;
-                    }
+    let consumer = tokio::task::spawn_blocking(move || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, checkpoints) in &starts {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let offset = checkpoints
+                        .get(&p.id())
+                        .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                    tpl.add_partition_offset(topic, p.id(), offset)?;
                 }
             }
-            consumer.assign(&tpl)?;
-            Ok(consumer)
-        },
-    )
+        }
+        consumer.assign(&tpl)?;
+        Ok(consumer)
+    })
     .await
     .map_err(|_| InvalidatorError::Setup)??;
     Ok(tokio::spawn(async move {
@@ -269,10 +254,7 @@ pub async fn spawn_invalidator(
                     continue;
                 }
             };
-            let Some(head) = msg
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Head>(p).ok())
-            else {
+            let Some(head) = msg.payload().and_then(|p| serde_json::from_slice::<Head>(p).ok()) else {
                 continue;
             };
             if let Some(sku) = head.stream_id.strip_prefix("inventory-") {
@@ -319,10 +301,7 @@ mod tests {
     #[tokio::test]
     async fn rows_older_than_a_seen_event_are_served_but_not_cached() {
         let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
-        cache
-            .get_or_load("a", || async { Ok(Some(view(1))) })
-            .await
-            .unwrap();
+        cache.get_or_load("a", || async { Ok(Some(view(1))) }).await.unwrap();
         cache.invalidate("a", 2).await;
         let (v, s) = cache
             .get_or_load("a", || async { Ok(Some(view(1))) })
@@ -349,11 +328,7 @@ mod tests {
     #[tokio::test]
     async fn not_found_is_not_cached() {
         let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
-        assert!(cache
-            .get_or_load("a", || async { Ok(None) })
-            .await
-            .unwrap()
-            .is_none());
+        assert!(cache.get_or_load("a", || async { Ok(None) }).await.unwrap().is_none());
         let (_, s) = cache
             .get_or_load("a", || async { Ok(Some(view(1))) })
             .await

@@ -204,11 +204,7 @@ pub async fn sales(
 
 /// The position of the last event of `stream_id` at or before `token`: the position a view
 /// row of that stream must have reached to reflect a write that returned `token`.
-pub async fn stream_position_at(
-    pool: &PgPool,
-    stream_id: &str,
-    token: i64,
-) -> Result<Option<i64>, sqlx::Error> {
+pub async fn stream_position_at(pool: &PgPool, stream_id: &str, token: i64) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT position FROM events WHERE stream_id = $1 AND position <= $2 ORDER BY version DESC LIMIT 1",
     )

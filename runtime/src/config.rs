@@ -42,11 +42,7 @@ pub struct KafkaConfig {
     #[arg(long = "topic-prefix", env = "SURGE_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
     /// Partitions of each event topic when `surge migrate` creates it.
-    #[arg(
-        long = "topic-partitions",
-        env = "SURGE_TOPIC_PARTITIONS",
-        default_value_t = 6
-    )]
+    #[arg(long = "topic-partitions", env = "SURGE_TOPIC_PARTITIONS", default_value_t = 6)]
     pub partitions: i32,
 }
 

@@ -26,10 +26,7 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), String> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT max(version) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(pool),
+        sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool),
     )
     .await;
     match applied {
@@ -48,10 +45,8 @@ pub fn report_pool_usage(pool: PgPool, name: &'static str) {
     tokio::spawn(async move {
         while !pool.is_closed() {
             let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
-            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "idle")
-                .set(idle);
-            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "busy")
-                .set(size - idle);
+            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "idle").set(idle);
+            metrics::gauge!("surge_db_pool_connections", "pool" => name, "state" => "busy").set(size - idle);
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });

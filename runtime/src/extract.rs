@@ -35,22 +35,16 @@ fn json_problem(rejection: JsonRejection) -> Problem {
             "Unsupported media type",
         )
         .detail("send the body as application/json"),
-        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Request body too large",
-            )
-            .detail(b.body_text())
-        }
-        JsonRejection::JsonDataError(e) => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            "Invalid request body",
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
         )
-        .detail(error_chain(&e)),
-        other => Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-            .detail(other.body_text()),
+        .detail(b.body_text()),
+        JsonRejection::JsonDataError(e) => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-body", "Invalid request body").detail(error_chain(&e))
+        }
+        other => Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON").detail(other.body_text()),
     }
 }
 
@@ -78,18 +72,16 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Params(v)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-query",
-                "Invalid query parameters",
-            )
-            .detail(error_chain(&e))),
-            Err(e) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-query",
-                "Invalid query parameters",
-            )
-            .detail(e.body_text())),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
+                Err(
+                    Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters")
+                        .detail(error_chain(&e)),
+                )
+            }
+            Err(e) => Err(
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters")
+                    .detail(e.body_text()),
+            ),
         }
     }
 }
@@ -107,18 +99,15 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(v)) => Ok(PathParam(v)),
-            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-path",
-                "Invalid path parameter",
-            )
-            .detail(error_chain(&e))),
-            Err(e) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-path",
-                "Invalid path parameter",
-            )
-            .detail(e.body_text())),
+            Err(e @ PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(
+                    Problem::new(StatusCode::BAD_REQUEST, "invalid-path", "Invalid path parameter")
+                        .detail(error_chain(&e)),
+                )
+            }
+            Err(e) => Err(
+                Problem::new(StatusCode::BAD_REQUEST, "invalid-path", "Invalid path parameter").detail(e.body_text()),
+            ),
         }
     }
 }

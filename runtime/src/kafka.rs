@@ -12,10 +12,7 @@ pub enum KafkaAdminError {
     #[error("kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
-    CreateTopic {
-        topic: String,
-        code: RDKafkaErrorCode,
-    },
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
 }
 
 /// The base client settings every producer, consumer and admin client starts from.

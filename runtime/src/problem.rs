@@ -50,24 +50,15 @@ impl Problem {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "The request is not valid",
-        )
-        .detail(detail)
+        Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "The request is not valid").detail(detail)
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource").detail(detail)
     }
     /// The opaque answer to a failure of ours; the cause is logged, never sent.
     pub fn internal() -> Self {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-        )
-        .detail("The server could not handle the request; it has been logged.")
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            .detail("The server could not handle the request; it has been logged.")
     }
     /// The answer to a database failure: 503 when the pool is exhausted or the database is
     /// unreachable (worth a retry), otherwise an opaque 500. The cause is logged here, once.
@@ -85,13 +76,9 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-        )
-        .detail(detail)
-        .retry_after(retry_after_secs)
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail(detail)
+            .retry_after(retry_after_secs)
     }
 }
 
@@ -105,8 +92,7 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Some(secs) = self.retry_after_secs {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

@@ -3,10 +3,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("connecting to Postgres: {0}")]
     Database(#[from] sqlx::Error),
     #[error("Kafka client: {0}")]

@@ -57,14 +57,9 @@ impl TestEnv {
             url: with_database(&admin_url, &db_name),
             max_connections: 20,
         };
-        let pool = surge_runtime::db::connect(&db)
-            .await
-            .expect("test database reachable");
-        surge_runtime::db::migrate(&pool)
-            .await
-            .expect("migrations apply");
-        let brokers =
-            std::env::var("SURGE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let pool = surge_runtime::db::connect(&db).await.expect("test database reachable");
+        surge_runtime::db::migrate(&pool).await.expect("migrations apply");
+        let brokers = std::env::var("SURGE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
         let kafka = KafkaConfig {
             brokers,
             topic_prefix: format!("t{}.", &id[..12]),
@@ -90,8 +85,8 @@ impl TestEnv {
     /// test are dropped by the next `./dev test`.
     pub async fn cleanup(self) {
         self.pool.close().await;
-        if let Ok(admin) = surge_runtime::kafka::client_config(&self.kafka)
-            .create::<AdminClient<DefaultClientContext>>()
+        if let Ok(admin) =
+            surge_runtime::kafka::client_config(&self.kafka).create::<AdminClient<DefaultClientContext>>()
         {
             let topics = surge_events::topics::all_topics(&self.kafka.topic_prefix);
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -99,12 +94,9 @@ impl TestEnv {
             let _ = admin.delete_topics(&refs, &opts).await;
         }
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            ))
-            .execute(&mut admin)
-            .await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))
+                .execute(&mut admin)
+                .await;
         }
     }
 }

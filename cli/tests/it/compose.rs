@@ -7,13 +7,9 @@ use std::collections::BTreeSet;
 use surge_cli::Cli;
 
 fn compose() -> serde_yaml::Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docker-compose.yml"
-    ))
-    .expect("docker-compose.yml at the repository root");
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml"))
+        .expect("docker-compose.yml at the repository root");
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
     // `<<: *surge` merge keys, as Compose applies them.
     doc.apply_merge().expect("merge keys apply");
     doc
@@ -56,9 +52,7 @@ fn every_service_runs_a_real_subcommand_with_known_settings() {
         }
         surge_services += 1;
         let command: Vec<String> = match &svc["command"] {
-            serde_yaml::Value::Sequence(s) => {
-                s.iter().map(|v| v.as_str().unwrap().to_string()).collect()
-            }
+            serde_yaml::Value::Sequence(s) => s.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
             serde_yaml::Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
             other => panic!("service {name}: command must be set, got {other:?}"),
         };
@@ -74,32 +68,17 @@ fn every_service_runs_a_real_subcommand_with_known_settings() {
             for (k, _) in env {
                 let k = k.as_str().unwrap();
                 if k.starts_with("SURGE_") {
-                    assert!(
-                        known.contains(k),
-                        "service {name} sets {k}, which no config reads"
-                    );
+                    assert!(known.contains(k), "service {name} sets {k}, which no config reads");
                 }
             }
         }
     }
-    assert_eq!(
-        surge_services, 5,
-        "migrate, command-api, relay, projector, query-api"
-    );
+    assert_eq!(surge_services, 5, "migrate, command-api, relay, projector, query-api");
     for infra in ["kafka", "postgres", "proxy"] {
-        assert!(
-            services.contains_key(infra),
-            "compose has a {infra} service"
-        );
+        assert!(services.contains_key(infra), "compose has a {infra} service");
     }
-    let kafka_image = services[&serde_yaml::Value::from("kafka")]["image"]
-        .as_str()
-        .unwrap();
-    let pom = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/kafka/pom.xml"
-    ))
-    .unwrap();
+    let kafka_image = services[&serde_yaml::Value::from("kafka")]["image"].as_str().unwrap();
+    let pom = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kafka/pom.xml")).unwrap();
     let local_version = pom
         .split("<kafka.version>")
         .nth(1)

@@ -48,10 +48,8 @@ async fn an_order_flows_from_http_through_kafka_to_the_query_api() {
 
     let r = http
         .post(format!("{}/v1/catalog/items", stack.command_url))
-        .json(
-            &json!({"sku": "SNEAKER-1", "name": "Sneaker", "category": "shoes",
-                      "price": {"minor": 9900, "currency": "EUR"}, "initial_stock": 10}),
-        )
+        .json(&json!({"sku": "SNEAKER-1", "name": "Sneaker", "category": "shoes",
+                      "price": {"minor": 9900, "currency": "EUR"}, "initial_stock": 10}))
         .send()
         .await
         .unwrap();
@@ -69,20 +67,16 @@ async fn an_order_flows_from_http_through_kafka_to_the_query_api() {
     let order_id = accepted["order_id"].as_str().unwrap().to_string();
     let token = accepted["consistency_token"].as_i64().unwrap();
     assert_eq!(location, format!("/v1/orders/{order_id}"));
-    assert_eq!(
-        accepted["total"],
-        json!({"minor": 19800, "currency": "EUR"})
-    );
+    assert_eq!(accepted["total"], json!({"minor": 19800, "currency": "EUR"}));
 
     // 1. In the event store: the order's stream and the SKU's reservation, in one commit.
     let stream = format!("order-{order_id}");
-    let (event_type, position): (String, i64) = sqlx::query_as(
-        "SELECT event_type, position FROM events WHERE stream_id = $1 AND version = 1",
-    )
-    .bind(&stream)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let (event_type, position): (String, i64) =
+        sqlx::query_as("SELECT event_type, position FROM events WHERE stream_id = $1 AND version = 1")
+            .bind(&stream)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!((event_type.as_str(), position), ("OrderPlaced", token));
     let reserved: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE stream_id = 'inventory-SNEAKER-1' AND event_type = 'StockReserved'",
@@ -98,31 +92,20 @@ async fn an_order_flows_from_http_through_kafka_to_the_query_api() {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer
-        .subscribe(&[&env.topic(StreamType::Order)])
-        .unwrap();
+    consumer.subscribe(&[&env.topic(StreamType::Order)]).unwrap();
     let envelope = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let m = consumer.recv().await.expect("kafka message");
             if m.key() == Some(stream.as_bytes()) {
-                let headers = m
-                    .headers()
-                    .map(rdkafka::message::Headers::count)
-                    .unwrap_or(0);
-                assert_eq!(
-                    headers, 4,
-                    "event_type, schema_version, event_id, correlation_id"
-                );
+                let headers = m.headers().map(rdkafka::message::Headers::count).unwrap_or(0);
+                assert_eq!(headers, 4, "event_type, schema_version, event_id, correlation_id");
                 return EventEnvelope::from_json(m.payload().unwrap()).unwrap();
             }
         }
     })
     .await
     .expect("the order's event reaches Kafka");
-    assert_eq!(
-        (envelope.event_type.as_str(), envelope.version),
-        ("OrderPlaced", 1)
-    );
+    assert_eq!((envelope.event_type.as_str(), envelope.version), ("OrderPlaced", 1));
 
     // 3. In the view, and 4. from the query API (read-your-writes with the token).
     let r = http

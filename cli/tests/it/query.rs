@@ -12,9 +12,7 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, reqwest::header::Header
 }
 
 fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
-    h.get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
+    h.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,8 +28,10 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     for (i, sku) in ["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"].iter().enumerate() {
         let r = http
             .post(format!("{cmd}/v1/catalog/items"))
-            .json(&json!({"sku": sku, "name": sku, "category": if i % 2 == 0 { "even" } else { "odd" },
-                          "price": {"minor": 100 * (i as i64 + 1), "currency": "EUR"}, "initial_stock": 5}))
+            .json(
+                &json!({"sku": sku, "name": sku, "category": if i % 2 == 0 { "even" } else { "odd" },
+                          "price": {"minor": 100 * (i as i64 + 1), "currency": "EUR"}, "initial_stock": 5}),
+            )
             .send()
             .await
             .unwrap();
@@ -54,12 +54,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     let etag = header(&h, "etag");
     let (_, h, _) = get(&http, &item_url).await;
     assert_eq!(header(&h, "x-cache"), "hit");
-    let r = http
-        .get(&item_url)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(&item_url).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 304);
 
     // A restock changes the cached item without a restart, within a bounded time.
@@ -79,12 +74,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     .expect("the cached item follows the restock within 5 s");
     assert_ne!(fresh, etag);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let r = http
-        .get(&item_url)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(&item_url).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "an old ETag gets the new body");
 
     // Keyset pagination walks every item once.
@@ -106,11 +96,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
         }
     }
     assert_eq!(seen, ["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"]);
-    let (_, _, page) = get(
-        &http,
-        &format!("{qry}/v1/catalog/items?category=odd&min_price=150"),
-    )
-    .await;
+    let (_, _, page) = get(&http, &format!("{qry}/v1/catalog/items?category=odd&min_price=150")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
 
     // A customer's orders, newest first, paginated.
@@ -134,15 +120,8 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     assert_eq!(r.status().as_u16(), 200);
     let (_, _, page) = get(&http, &format!("{qry}/v1/customers/zoe/orders?limit=2")).await;
     assert_eq!(page["items"][0]["order_id"], last.as_str(), "newest first");
-    let cursor = page["next_cursor"]
-        .as_str()
-        .expect("a second page")
-        .to_string();
-    let (_, _, page2) = get(
-        &http,
-        &format!("{qry}/v1/customers/zoe/orders?limit=2&cursor={cursor}"),
-    )
-    .await;
+    let cursor = page["next_cursor"].as_str().expect("a second page").to_string();
+    let (_, _, page2) = get(&http, &format!("{qry}/v1/customers/zoe/orders?limit=2&cursor={cursor}")).await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 1);
     assert!(page2["next_cursor"].is_null());
 
@@ -151,26 +130,14 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
         ("/v1/catalog/items?limit=0", 400, "invalid-page-size"),
         ("/v1/catalog/items?limit=201", 400, "invalid-page-size"),
         ("/v1/catalog/items?cursor=%%%", 400, "invalid-query"),
-        (
-            "/v1/catalog/items?cursor=bm90LWpzb24",
-            400,
-            "invalid-cursor",
-        ),
+        ("/v1/catalog/items?cursor=bm90LWpzb24", 400, "invalid-cursor"),
         ("/v1/catalog/items?limit=abc", 400, "invalid-query"),
         ("/v1/catalog/items?colour=red", 400, "invalid-query"),
-        (
-            "/v1/catalog/items?min_price=5&max_price=1",
-            400,
-            "invalid-request",
-        ),
+        ("/v1/catalog/items?min_price=5&max_price=1", 400, "invalid-request"),
         ("/v1/customers/zoe/orders?cursor=xyz", 400, "invalid-cursor"),
         ("/v1/orders/not-a-uuid", 400, "invalid-path"),
         ("/v1/catalog/items/bad%20sku", 400, "invalid-path"),
-        (
-            "/v1/orders/01900000-0000-7000-8000-000000000000",
-            404,
-            "not-found",
-        ),
+        ("/v1/orders/01900000-0000-7000-8000-000000000000", 404, "not-found"),
         ("/v1/catalog/items/NOPE", 404, "not-found"),
         (
             "/v1/stats/sales?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
@@ -186,11 +153,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     for (path, status, slug) in cases {
         let (s, h, p) = get(&http, &format!("{qry}{path}")).await;
         assert_eq!(s, status, "{path}: {p}");
-        assert_eq!(
-            header(&h, "content-type"),
-            "application/problem+json",
-            "{path}"
-        );
+        assert_eq!(header(&h, "content-type"), "application/problem+json", "{path}");
         let want = format!("https://surge.dev/problems/{slug}");
         if p["type"] != want.as_str() {
             // Path and query rejections may be classed by the extractor that saw them first.

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
-use surge_events::{
-    decode, EventEnvelope, InventoryEvent, OrderEvent, StreamType, ENVELOPE_COLUMNS,
-};
+use surge_events::{decode, EventEnvelope, InventoryEvent, OrderEvent, StreamType, ENVELOPE_COLUMNS};
 use surge_projections::catalog::{self, CatalogRow};
 use surge_projections::orders::{self, OrderRow};
 use surge_projections::{Projector, ProjectorConfig};
@@ -22,9 +20,7 @@ pub struct Service {
 }
 
 impl Service {
-    fn spawn<F: Future<Output = ()> + Send + 'static>(
-        run: impl FnOnce(CancellationToken) -> F,
-    ) -> Service {
+    fn spawn<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(CancellationToken) -> F) -> Service {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(stop.clone()));
         Service { stop, task }
@@ -47,12 +43,9 @@ pub fn db(env: &TestEnv) -> DatabaseConfig {
 }
 
 pub async fn command_api(env: &TestEnv) -> (String, Service) {
-    let app = CommandApp::build(CommandApiConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        db(env),
-    ))
-    .await
-    .expect("command API starts");
+    let app = CommandApp::build(CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env)))
+        .await
+        .expect("command API starts");
     let url = format!("http://{}", app.local_addr());
     (
         url,
@@ -61,8 +54,7 @@ pub async fn command_api(env: &TestEnv) -> (String, Service) {
 }
 
 pub async fn query_api(env: &TestEnv, cache_enabled: bool) -> (String, Service) {
-    let mut config =
-        QueryApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env), env.kafka.clone());
+    let mut config = QueryApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env), env.kafka.clone());
     config.cache_enabled = cache_enabled;
     let app = QueryApp::build(config).await.expect("query API starts");
     let url = format!("http://{}", app.local_addr());
@@ -109,8 +101,7 @@ pub async fn fold_event_store(env: &TestEnv) -> Expected {
             StreamType::Order => {
                 let e: OrderEvent = decode(&env).unwrap();
                 let key = e.order_id().0;
-                let row =
-                    orders::fold(orders.remove(&key), &env, &e).expect("starts with OrderPlaced");
+                let row = orders::fold(orders.remove(&key), &env, &e).expect("starts with OrderPlaced");
                 orders.insert(key, row);
             }
         }

@@ -8,11 +8,7 @@ use std::time::Duration;
 use surge_events::StreamType;
 use surge_testkit::{eventually, TestEnv};
 
-async fn post(
-    http: &reqwest::Client,
-    url: String,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
+async fn post(http: &reqwest::Client, url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
     let r = http.post(url).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
@@ -52,17 +48,11 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
             let id = body["order_id"].as_str().unwrap().to_string();
             if i % 7 == 0 {
                 assert_eq!(
-                    post(&http, format!("{cmd}/v1/orders/{id}/cancel"), json!({}))
-                        .await
-                        .0,
+                    post(&http, format!("{cmd}/v1/orders/{id}/cancel"), json!({})).await.0,
                     200
                 );
             } else if i % 6 == 0 {
-                let token = if i % 12 == 0 {
-                    "tok_decline_1"
-                } else {
-                    "tok_visa_1234"
-                };
+                let token = if i % 12 == 0 { "tok_decline_1" } else { "tok_visa_1234" };
                 assert_eq!(
                     post(
                         &http,
@@ -129,9 +119,7 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
     assert_eq!(sold, units, "sales per minute add up to what was sold");
 
     // A poison message goes to the dead letters; the projector keeps going.
-    let producer: FutureProducer = surge_runtime::kafka::client_config(&env.kafka)
-        .create()
-        .unwrap();
+    let producer: FutureProducer = surge_runtime::kafka::client_config(&env.kafka).create().unwrap();
     producer
         .send(
             FutureRecord::to(&env.topic(StreamType::Inventory))
@@ -141,12 +129,7 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
         )
         .await
         .unwrap();
-    let (s, _) = post(
-        &http,
-        format!("{cmd}/v1/inventory/V-1/restock"),
-        json!({"quantity": 1}),
-    )
-    .await;
+    let (s, _) = post(&http, format!("{cmd}/v1/inventory/V-1/restock"), json!({"quantity": 1})).await;
     assert_eq!(s, 200);
     let pool = env.pool.clone();
     eventually(Duration::from_secs(20), || {
@@ -165,10 +148,7 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
         views_match_event_store(&env).await.then_some(())
     })
     .await;
-    assert!(
-        matched.is_some(),
-        "the restock after the poison message is applied"
-    );
+    assert!(matched.is_some(), "the restock after the poison message is applied");
 
     for p in later {
         p.stop().await;

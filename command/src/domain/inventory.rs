@@ -7,8 +7,7 @@ use super::{Aggregate, DomainError, MAX_QUANTITY, MAX_RESTOCK};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use surge_events::inventory::{
-    InventoryEvent, ItemAdded, ReservationExpired, ReservationReleased, StockCommitted,
-    StockReserved, StockRestocked,
+    InventoryEvent, ItemAdded, ReservationExpired, ReservationReleased, StockCommitted, StockReserved, StockRestocked,
 };
 use surge_events::{Money, OrderId, Sku};
 
@@ -191,23 +190,18 @@ impl Aggregate for Inventory {
                     sku: sku.clone(),
                     order_id: *order_id,
                 }),
-                Some(h) => Ok(vec![InventoryEvent::ReservationExpired(
-                    ReservationExpired {
-                        sku: sku.clone(),
-                        order_id: *order_id,
-                        quantity: h.quantity,
-                    },
-                )]),
+                Some(h) => Ok(vec![InventoryEvent::ReservationExpired(ReservationExpired {
+                    sku: sku.clone(),
+                    order_id: *order_id,
+                    quantity: h.quantity,
+                })]),
             },
             C::CommitReservation { sku, order_id } => {
                 let item = self.item(sku)?;
-                let hold = self
-                    .holds
-                    .get(order_id)
-                    .ok_or_else(|| DomainError::NoReservation {
-                        sku: sku.clone(),
-                        order_id: *order_id,
-                    })?;
+                let hold = self.holds.get(order_id).ok_or_else(|| DomainError::NoReservation {
+                    sku: sku.clone(),
+                    order_id: *order_id,
+                })?;
                 Ok(vec![InventoryEvent::StockCommitted(StockCommitted {
                     sku: sku.clone(),
                     order_id: *order_id,
@@ -240,12 +234,8 @@ impl Aggregate for Inventory {
                     },
                 );
             }
-            InventoryEvent::ReservationReleased(ReservationReleased {
-                order_id, quantity, ..
-            })
-            | InventoryEvent::ReservationExpired(ReservationExpired {
-                order_id, quantity, ..
-            }) => {
+            InventoryEvent::ReservationReleased(ReservationReleased { order_id, quantity, .. })
+            | InventoryEvent::ReservationExpired(ReservationExpired { order_id, quantity, .. }) => {
                 if self.holds.remove(order_id).is_some() {
                     self.available += quantity;
                 }
@@ -312,10 +302,7 @@ mod tests {
             price: eur(1),
             initial_stock: 1,
         };
-        assert!(matches!(
-            state.decide(&cmd),
-            Err(DomainError::ItemAlreadyExists { .. })
-        ));
+        assert!(matches!(state.decide(&cmd), Err(DomainError::ItemAlreadyExists { .. })));
     }
 
     #[test]
@@ -333,18 +320,13 @@ mod tests {
             Err(DomainError::InvalidField { field: "name", .. })
         ));
         if let InventoryCommand::AddItem {
-            name,
-            initial_stock,
-            ..
+            name, initial_stock, ..
         } = &mut cmd
         {
             *name = "ok".into();
             *initial_stock = -1;
         }
-        assert!(matches!(
-            state.decide(&cmd),
-            Err(DomainError::InvalidQuantity { .. })
-        ));
+        assert!(matches!(state.decide(&cmd), Err(DomainError::InvalidQuantity { .. })));
     }
 
     #[test]
@@ -401,10 +383,7 @@ mod tests {
             sku: sku(),
             quantity: 1,
         };
-        assert!(matches!(
-            state.decide(&restock),
-            Err(DomainError::UnknownItem { .. })
-        ));
+        assert!(matches!(state.decide(&restock), Err(DomainError::UnknownItem { .. })));
     }
 
     #[test]
@@ -451,10 +430,7 @@ mod tests {
             now: t0() + Duration::minutes(16),
         };
         let events = state.decide(&due).unwrap();
-        assert!(matches!(
-            events[..],
-            [InventoryEvent::ReservationExpired(_)]
-        ));
+        assert!(matches!(events[..], [InventoryEvent::ReservationExpired(_)]));
         state.evolve(&events[0]);
         assert_eq!(state.available, 5);
         assert_eq!(state.decide(&due).unwrap(), vec![]);
@@ -471,10 +447,7 @@ mod tests {
         let events = state.decide(&cmd).unwrap();
         state.evolve(&events[0]);
         assert_eq!((state.available, state.reserved(), state.sold), (3, 0, 2));
-        assert!(matches!(
-            state.decide(&cmd),
-            Err(DomainError::NoReservation { .. })
-        ));
+        assert!(matches!(state.decide(&cmd), Err(DomainError::NoReservation { .. })));
     }
 
     fn any_command() -> impl Strategy<Value = InventoryCommand> {
@@ -485,12 +458,10 @@ mod tests {
                 quantity: q
             }),
             (order.clone(), -3i64..20).prop_map(|(o, q)| reserve(o, q)),
-            order
-                .clone()
-                .prop_map(|o| InventoryCommand::ReleaseReservation {
-                    sku: sku(),
-                    order_id: o
-                }),
+            order.clone().prop_map(|o| InventoryCommand::ReleaseReservation {
+                sku: sku(),
+                order_id: o
+            }),
             (order.clone(), 0i64..40).prop_map(|(o, m)| InventoryCommand::ExpireReservation {
                 sku: sku(),
                 order_id: o,

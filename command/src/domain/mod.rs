@@ -43,11 +43,7 @@ pub enum DomainError {
     #[error("item {sku} already exists")]
     ItemAlreadyExists { sku: Sku },
     #[error("only {available} of {sku} available, {requested} requested")]
-    OutOfStock {
-        sku: Sku,
-        requested: i64,
-        available: i64,
-    },
+    OutOfStock { sku: Sku, requested: i64, available: i64 },
     #[error("order {order_id} already holds stock of {sku}")]
     AlreadyReserved { sku: Sku, order_id: OrderId },
     #[error("order {order_id} holds no stock of {sku}")]
@@ -69,10 +65,7 @@ pub enum DomainError {
     #[error("payment token must be tok_ followed by 4 to 64 letters, digits, '_' or '-'")]
     InvalidPaymentToken,
     #[error("cannot {action} an order that is {status}")]
-    InvalidTransition {
-        action: &'static str,
-        status: OrderStatus,
-    },
+    InvalidTransition { action: &'static str, status: OrderStatus },
 }
 
 impl DomainError {

@@ -13,8 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use surge_events::order::{
-    CancelReason, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, PaymentFailed,
-    PaymentSubmitted,
+    CancelReason, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, PaymentFailed, PaymentSubmitted,
 };
 use surge_events::{CustomerId, Money, OrderEvent, OrderId, OrderLine};
 
@@ -90,11 +89,7 @@ impl Order {
             .ok_or(DomainError::UnknownOrder(OrderId(uuid::Uuid::nil())))
     }
 
-    fn require(
-        &self,
-        action: &'static str,
-        allowed: &[OrderStatus],
-    ) -> Result<OrderId, DomainError> {
+    fn require(&self, action: &'static str, allowed: &[OrderStatus]) -> Result<OrderId, DomainError> {
         let id = self.id()?;
         if allowed.contains(&self.status) {
             Ok(id)
@@ -122,9 +117,7 @@ pub fn total_of(lines: &[OrderLine]) -> Result<Money, DomainError> {
             .unit_price
             .checked_mul(line.quantity)
             .map_err(|_| DomainError::AmountOverflow)?;
-        total = total
-            .checked_add(&amount)
-            .map_err(|_| DomainError::AmountOverflow)?;
+        total = total.checked_add(&amount).map_err(|_| DomainError::AmountOverflow)?;
     }
     Ok(total)
 }
@@ -185,15 +178,11 @@ impl Aggregate for Order {
                 })])
             }
             C::ConfirmPayment { payment_reference } => {
-                let order_id =
-                    self.require("confirm payment of", &[OrderStatus::PaymentPending])?;
+                let order_id = self.require("confirm payment of", &[OrderStatus::PaymentPending])?;
                 Ok(vec![OrderEvent::OrderPaid(OrderPaid {
                     order_id,
                     payment_reference: payment_reference.clone(),
-                    amount: self
-                        .total
-                        .clone()
-                        .ok_or(DomainError::UnknownOrder(order_id))?,
+                    amount: self.total.clone().ok_or(DomainError::UnknownOrder(order_id))?,
                 })])
             }
             C::FailPayment { reason } => {
@@ -289,24 +278,15 @@ mod tests {
     #[test]
     fn an_order_needs_lines_with_positive_quantities_in_one_currency() {
         let empty = Order::default().decide(&place(vec![]));
-        assert!(matches!(
-            empty,
-            Err(DomainError::InvalidLineCount { count: 0, .. })
-        ));
+        assert!(matches!(empty, Err(DomainError::InvalidLineCount { count: 0, .. })));
         let zero = Order::default().decide(&place(vec![line("A", 0, 1)]));
-        assert!(matches!(
-            zero,
-            Err(DomainError::InvalidQuantity { quantity: 0, .. })
-        ));
+        assert!(matches!(zero, Err(DomainError::InvalidQuantity { quantity: 0, .. })));
         let mut usd = line("B", 1, 1);
         usd.unit_price = money(1, "USD");
         let mixed = Order::default().decide(&place(vec![line("A", 1, 1), usd]));
         assert_eq!(mixed, Err(DomainError::MixedCurrencies));
         let dup = Order::default().decide(&place(vec![line("A", 1, 1), line("A", 2, 1)]));
-        assert!(matches!(
-            dup,
-            Err(DomainError::InvalidField { field: "lines", .. })
-        ));
+        assert!(matches!(dup, Err(DomainError::InvalidField { field: "lines", .. })));
         let huge = Order::default().decide(&place(vec![line("A", MAX_QUANTITY, i64::MAX / 2)]));
         assert_eq!(huge, Err(DomainError::AmountOverflow));
     }

@@ -9,10 +9,7 @@ pub fn check_token(token: &str) -> Result<(), DomainError> {
         return Err(DomainError::CardNumberRejected);
     }
     let valid = token.strip_prefix("tok_").is_some_and(|rest| {
-        (4..=64).contains(&rest.len())
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        (4..=64).contains(&rest.len()) && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     });
     if valid {
         Ok(())
@@ -57,11 +54,7 @@ mod tests {
             "tok_4111111111111111",
             "371449635398431",
         ] {
-            assert_eq!(
-                check_token(pan),
-                Err(DomainError::CardNumberRejected),
-                "{pan}"
-            );
+            assert_eq!(check_token(pan), Err(DomainError::CardNumberRejected), "{pan}");
         }
     }
 
@@ -75,11 +68,7 @@ mod tests {
             "tok_has space",
             &format!("tok_{}", "a".repeat(65)),
         ] {
-            assert_eq!(
-                check_token(bad),
-                Err(DomainError::InvalidPaymentToken),
-                "{bad}"
-            );
+            assert_eq!(check_token(bad), Err(DomainError::InvalidPaymentToken), "{bad}");
         }
     }
 }

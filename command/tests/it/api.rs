@@ -4,12 +4,7 @@ use crate::support::start_api;
 use serde_json::{json, Value};
 use surge_testkit::TestEnv;
 
-async fn raw(
-    api: &crate::support::Api,
-    path: &str,
-    content_type: &str,
-    body: &'static str,
-) -> (u16, String, Value) {
+async fn raw(api: &crate::support::Api, path: &str, content_type: &str, body: &'static str) -> (u16, String, Value) {
     let r = api
         .http
         .post(format!("{}{path}", api.url))
@@ -35,13 +30,7 @@ async fn malformed_requests_are_problems_with_stable_types() {
     let problem = |slug: &str| format!("https://surge.dev/problems/{slug}");
 
     let cases: [(&str, &str, &'static str, u16, &str); 8] = [
-        (
-            "/v1/orders",
-            "application/json",
-            "{not json",
-            400,
-            "malformed-json",
-        ),
+        ("/v1/orders", "application/json", "{not json", 400, "malformed-json"),
         (
             "/v1/orders",
             "application/json",
@@ -56,13 +45,7 @@ async fn malformed_requests_are_problems_with_stable_types() {
             400,
             "invalid-body",
         ),
-        (
-            "/v1/orders",
-            "text/plain",
-            "{}",
-            415,
-            "unsupported-media-type",
-        ),
+        ("/v1/orders", "text/plain", "{}", 415, "unsupported-media-type"),
         (
             "/v1/orders",
             "application/json",
@@ -109,10 +92,7 @@ async fn malformed_requests_are_problems_with_stable_types() {
         (400, problem("invalid-path").as_str())
     );
     let (s, p) = api
-        .post(
-            &format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()),
-            json!({}),
-        )
+        .post(&format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()), json!({}))
         .await;
     assert_eq!(
         (s, p["type"].as_str().unwrap()),
@@ -124,16 +104,10 @@ async fn malformed_requests_are_problems_with_stable_types() {
             json!({"sku": "P-1", "name": "again", "category": "x", "price": {"minor": 1, "currency": "EUR"}}),
         )
         .await;
-    assert_eq!(
-        (s, p["type"].as_str().unwrap()),
-        (409, problem("item-exists").as_str())
-    );
+    assert_eq!((s, p["type"].as_str().unwrap()), (409, problem("item-exists").as_str()));
 
     // Too large a body is refused before it is read.
-    let big = format!(
-        r#"{{"customer_id":"a","lines":[],"pad":"{}"}}"#,
-        "x".repeat(100_000)
-    );
+    let big = format!(r#"{{"customer_id":"a","lines":[],"pad":"{}"}}"#, "x".repeat(100_000));
     let r = api
         .http
         .post(format!("{}/v1/orders", api.url))
@@ -145,9 +119,7 @@ async fn malformed_requests_are_problems_with_stable_types() {
     assert_eq!(r.status().as_u16(), 413);
 
     // Restock works and moves the token forward.
-    let (s, a) = api
-        .post("/v1/inventory/P-1/restock", json!({"quantity": 5}))
-        .await;
+    let (s, a) = api.post("/v1/inventory/P-1/restock", json!({"quantity": 5})).await;
     assert_eq!(s, 200);
     assert!(a["consistency_token"].as_i64().unwrap() > 1);
 
@@ -179,6 +151,43 @@ async fn the_openapi_document_lists_every_command() {
         assert!(paths[path]["post"].is_object(), "{path} documented");
     }
     assert!(doc["components"]["schemas"]["PlaceOrderRequest"].is_object());
+    api.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_clients_get_429_with_retry_after() {
+    let env = TestEnv::new().await;
+    let api = crate::support::start_api_with(&env, |c| {
+        c.rate_limit_per_sec = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    let restock = |key: &'static str| {
+        api.http
+            .post(format!("{}/v1/inventory/NOPE/restock", api.url))
+            .header("x-api-key", key)
+            .json(&json!({"quantity": 1}))
+            .send()
+    };
+    for left in (0..3).rev() {
+        let r = restock("client-a").await.unwrap();
+        assert_eq!(r.status().as_u16(), 422, "within the burst the command itself answers");
+        assert_eq!(r.headers()["ratelimit-limit"], "3");
+        assert_eq!(r.headers()["ratelimit-remaining"], left.to_string().as_str());
+    }
+    let r = restock("client-a").await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://surge.dev/problems/rate-limited");
+    // Another client is not held back by the first one's limit; health is never limited.
+    assert_eq!(restock("client-b").await.unwrap().status().as_u16(), 422);
+    for _ in 0..5 {
+        let r = api.http.get(format!("{}/healthz", api.url)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
     api.stop().await;
     env.cleanup().await;
 }

@@ -56,11 +56,7 @@ async fn two_hundred_shoppers_fifty_units_exactly_fifty_orders() {
     let orders = read_topic(&env, StreamType::Order, |seen| seen.len() >= 50).await;
     let inventory = read_topic(&env, StreamType::Inventory, |seen| seen.len() >= 51).await;
     assert_eq!(orders.len(), 50, "each OrderPlaced once");
-    assert_eq!(
-        inventory.len(),
-        51,
-        "ItemAdded + 50 StockReserved, once each"
-    );
+    assert_eq!(inventory.len(), 51, "ItemAdded + 50 StockReserved, once each");
     let accepted_ids: HashSet<String> = accepted
         .iter()
         .map(|(_, b)| format!("order-{}", b["order_id"].as_str().unwrap()))
@@ -85,11 +81,7 @@ async fn the_same_idempotency_key_ten_times_at_once_makes_one_order() {
     api.add_item("SKU-I", 100).await;
     let body = json!({"customer_id": "bob", "lines": [{"sku": "SKU-I", "quantity": 2}]});
     let sends = (0..10).map(|_| {
-        let (http, url, body) = (
-            api.http.clone(),
-            format!("{}/v1/orders", api.url),
-            body.clone(),
-        );
+        let (http, url, body) = (api.http.clone(), format!("{}/v1/orders", api.url), body.clone());
         async move {
             let r = http
                 .post(url)
@@ -98,30 +90,22 @@ async fn the_same_idempotency_key_ten_times_at_once_makes_one_order() {
                 .send()
                 .await
                 .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
         }
     });
     let results = join_all(sends).await;
     assert!(results.iter().all(|(s, _)| *s == 202), "{results:?}");
-    let ids: HashSet<&str> = results
-        .iter()
-        .map(|(_, b)| b["order_id"].as_str().unwrap())
-        .collect();
+    let ids: HashSet<&str> = results.iter().map(|(_, b)| b["order_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "one order for one key");
-    let placed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(placed, 1);
-    let reserved: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReserved'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let reserved: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReserved'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(reserved, 1);
 
     // The same key with another body is refused, and the first answer stands.
@@ -135,10 +119,7 @@ async fn the_same_idempotency_key_ten_times_at_once_makes_one_order() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 422);
     let problem: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        problem["type"],
-        "https://surge.dev/problems/idempotency-key-reused"
-    );
+    assert_eq!(problem["type"], "https://surge.dev/problems/idempotency-key-reused");
 
     api.stop().await;
     env.cleanup().await;
@@ -154,11 +135,10 @@ async fn multi_sku_orders_reserve_all_lines_or_none() {
     let (s, body) = api.post("/v1/orders", order(2, 2)).await;
     assert_eq!(s, 422, "{body}");
     assert_eq!(body["sku"], "B-1");
-    let reserved: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReserved'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let reserved: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'StockReserved'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(reserved, 0, "nothing of A-1 was held for a refused order");
     let (s, body) = api.post("/v1/orders", order(2, 1)).await;
     assert_eq!(s, 202, "{body}");
@@ -166,13 +146,9 @@ async fn multi_sku_orders_reserve_all_lines_or_none() {
 
     // Cancel puts both lines back.
     let id = body["order_id"].as_str().unwrap();
-    let (s, _) = api
-        .post(&format!("/v1/orders/{id}/cancel"), json!({}))
-        .await;
+    let (s, _) = api.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
     assert_eq!(s, 200);
-    let (s, body) = api
-        .post(&format!("/v1/orders/{id}/cancel"), json!({}))
-        .await;
+    let (s, body) = api.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
     assert_eq!(s, 422, "cancelling twice is refused: {body}");
     let (s, _) = api.post("/v1/orders", order(5, 1)).await;
     assert_eq!(s, 202, "all stock is back after the cancel");
@@ -194,11 +170,8 @@ async fn two_command_api_processes_never_oversell_together() {
             lines.push(json!({"sku": "COLD-2", "quantity": 1}));
         }
         async move {
-            api.post(
-                "/v1/orders",
-                json!({"customer_id": format!("m{i}"), "lines": lines}),
-            )
-            .await
+            api.post("/v1/orders", json!({"customer_id": format!("m{i}"), "lines": lines}))
+                .await
         }
     });
     let results = join_all(attempts).await;

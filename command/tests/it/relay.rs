@@ -77,8 +77,7 @@ async fn a_relay_killed_mid_publish_loses_nothing() {
     assert_eq!(published_ids, stored_ids, "every stored event is on Kafka");
 
     // A duplicate is the same event: same id, same stream and version.
-    let by_id: HashMap<Uuid, (String, i64)> =
-        stored.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
+    let by_id: HashMap<Uuid, (String, i64)> = stored.into_iter().map(|(id, s, v)| (id, (s, v))).collect();
     for e in &published {
         assert_eq!(by_id[&e.event_id], (e.stream_id.0.clone(), e.version));
     }
@@ -88,13 +87,7 @@ async fn a_relay_killed_mid_publish_loses_nothing() {
     for e in &published {
         if first_seen.insert(e.event_id) {
             let last = last_version.entry(e.stream_id.0.clone()).or_insert(0);
-            assert!(
-                e.version > *last,
-                "{} v{} after v{}",
-                e.stream_id,
-                e.version,
-                last
-            );
+            assert!(e.version > *last, "{} v{} after v{}", e.stream_id, e.version, last);
             *last = e.version;
         }
     }

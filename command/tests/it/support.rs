@@ -26,12 +26,13 @@ pub fn db(env: &TestEnv, connections: u32) -> DatabaseConfig {
 }
 
 pub async fn start_api(env: &TestEnv) -> Api {
-    let app = CommandApp::build(CommandApiConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        db(env, 10),
-    ))
-    .await
-    .expect("command API starts");
+    start_api_with(env, |_| {}).await
+}
+
+pub async fn start_api_with(env: &TestEnv, tweak: impl FnOnce(&mut CommandApiConfig)) -> Api {
+    let mut config = CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env, 10));
+    tweak(&mut config);
+    let app = CommandApp::build(config).await.expect("command API starts");
     let url = format!("http://{}", app.local_addr());
     let stop = CancellationToken::new();
     let s = stop.clone();
@@ -107,11 +108,7 @@ pub async fn read_topic(
         while !done(&seen) {
             let m = consumer.recv().await.expect("kafka message");
             let env = EventEnvelope::from_json(m.payload().unwrap()).expect("envelope");
-            assert_eq!(
-                m.key(),
-                Some(env.stream_id.as_str().as_bytes()),
-                "keyed by stream id"
-            );
+            assert_eq!(m.key(), Some(env.stream_id.as_str().as_bytes()), "keyed by stream id");
             seen.push(env);
         }
     })

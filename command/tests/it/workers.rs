@@ -54,11 +54,7 @@ async fn order(c: &Commands, sku: &Sku, qty: i64) -> OrderId {
     .order_id
 }
 
-fn worker(
-    c: &Commands,
-    gateway: Arc<SimulatedGateway>,
-    timeout: Duration,
-) -> PaymentWorker<SimulatedGateway> {
+fn worker(c: &Commands, gateway: Arc<SimulatedGateway>, timeout: Duration) -> PaymentWorker<SimulatedGateway> {
     PaymentWorker {
         commands: c.clone(),
         gateway,
@@ -93,21 +89,12 @@ async fn payments_end_paid_or_failed_with_stock_released() {
     let paid = order(&c, &sku, 2).await;
     let declined = order(&c, &sku, 3).await;
     let flaky = order(&c, &sku, 1).await;
-    c.submit_payment(paid, "tok_visa_4242", &meta)
-        .await
-        .unwrap();
-    c.submit_payment(declined, "tok_decline_0002", &meta)
-        .await
-        .unwrap();
-    c.submit_payment(flaky, "tok_flaky_0003", &meta)
-        .await
-        .unwrap();
+    c.submit_payment(paid, "tok_visa_4242", &meta).await.unwrap();
+    c.submit_payment(declined, "tok_decline_0002", &meta).await.unwrap();
+    c.submit_payment(flaky, "tok_flaky_0003", &meta).await.unwrap();
 
     // Paying twice is refused while the first payment is pending.
-    assert!(c
-        .submit_payment(paid, "tok_visa_4242", &meta)
-        .await
-        .is_err());
+    assert!(c.submit_payment(paid, "tok_visa_4242", &meta).await.is_err());
 
     let gateway = Arc::new(SimulatedGateway::new(Duration::from_millis(5)));
     let w = worker(&c, gateway.clone(), Duration::from_secs(2));
@@ -120,10 +107,7 @@ async fn payments_end_paid_or_failed_with_stock_released() {
     settle_until_done(&w, &env).await;
 
     assert_eq!(c.order(paid).await.unwrap().1.status, OrderStatus::Paid);
-    assert_eq!(
-        c.order(declined).await.unwrap().1.status,
-        OrderStatus::PaymentFailed
-    );
+    assert_eq!(c.order(declined).await.unwrap().1.status, OrderStatus::PaymentFailed);
     assert_eq!(c.order(flaky).await.unwrap().1.status, OrderStatus::Paid);
     assert_eq!(gateway.attempts(flaky), 2, "one outage, one success");
     let (_, inv) = c.inventory(&sku).await.unwrap();
@@ -160,10 +144,7 @@ async fn a_gateway_that_never_answers_fails_the_payment_after_bounded_attempts()
     })
     .await
     .expect("the payment gives up");
-    assert_eq!(
-        c.order(id).await.unwrap().1.status,
-        OrderStatus::PaymentFailed
-    );
+    assert_eq!(c.order(id).await.unwrap().1.status, OrderStatus::PaymentFailed);
     assert_eq!(gateway.attempts(id), 3);
     assert_eq!(c.inventory(&sku).await.unwrap().1.available, 4);
     env.cleanup().await;
@@ -271,10 +252,7 @@ async fn unpaid_holds_expire_exactly_once_with_two_workers() {
     .unwrap();
     assert_eq!(
         per_order,
-        vec![
-            ("OrderCancelled".into(), 7),
-            ("ReservationExpired".into(), 7)
-        ]
+        vec![("OrderCancelled".into(), 7), ("ReservationExpired".into(), 7)]
     );
     for id in &ids[1..] {
         assert_eq!(c.order(*id).await.unwrap().1.status, OrderStatus::Cancelled);
