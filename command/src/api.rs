@@ -126,6 +126,10 @@ impl From<CommandError> for ApiError {
             .with("queue_depth", *queue_depth as u64)
             .retry_after(1),
             CommandError::LaneStopped => Problem::unavailable("the order could not be sequenced; retry", 1),
+            CommandError::StoreUnavailable(cause) => {
+                tracing::warn!(cause, "event store unavailable");
+                Problem::unavailable("the event store is busy or unreachable; retry shortly", 1)
+            }
             CommandError::Store(crate::store::StoreError::Database(db)) => Problem::database(db),
             CommandError::Store(s) => {
                 tracing::error!(error = %s, "command failed in the event store");

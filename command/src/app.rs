@@ -4,7 +4,7 @@ use crate::admission::{Admission, AdmissionSettings};
 use crate::api::{router, ApiContext};
 use crate::commands::{CommandSettings, Commands};
 use crate::expiry::ExpiryWorker;
-use crate::payments::{PaymentWorker, PaymentWorkerSettings, SimulatedGateway};
+use crate::payments::{gateway_breaker, PaymentWorker, PaymentWorkerSettings, SimulatedGateway};
 use crate::sequencer::SequencerSettings;
 use crate::store::EventStore;
 use axum::Router;
@@ -154,6 +154,7 @@ impl CommandApp {
                     gateway_timeout: Duration::from_millis(self.config.gateway_timeout_ms),
                     ..PaymentWorkerSettings::default()
                 },
+                breaker: gateway_breaker(),
             };
             workers.push(tokio::spawn(worker.run(stop.clone())));
         }

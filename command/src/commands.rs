@@ -32,6 +32,8 @@ pub enum CommandError {
     Overloaded { sku: Sku, queue_depth: usize },
     #[error("the sequencer lane stopped before answering")]
     LaneStopped,
+    #[error("the event store is unreachable or busy: {0}")]
+    StoreUnavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

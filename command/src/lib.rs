@@ -5,13 +5,15 @@
 //! runs load → decide → append with bounded conflict retries ([`commands`]), the per-SKU
 //! group-commit lanes that single-SKU orders of a hot item queue in ([`sequencer`]), the HTTP command
 //! API ([`api`], behind rate limits and load shedding: [`admission`]; started through [`app`]), the workers that settle payments ([`payments`]) and
-//! expire unpaid holds ([`expiry`]), and the outbox relay to Kafka ([`relay`]).
+//! expire unpaid holds ([`expiry`]), and the outbox relay to Kafka ([`relay`]); both
+//! workers call out through circuit breakers ([`breaker`]).
 //! All I/O lives outside [`domain`]; the event store's version check is the final guard
 //! against oversell, whatever runs in front of it.
 
 pub mod admission;
 pub mod api;
 pub mod app;
+pub mod breaker;
 pub mod commands;
 pub mod domain;
 pub mod expiry;

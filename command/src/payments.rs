@@ -8,6 +8,7 @@
 //! settles: `OrderPaid` + `StockCommitted` per line, or `PaymentFailed` + the stock released.
 //! A timeout or an unavailable gateway is retried with backoff, a bounded number of times.
 
+use crate::breaker::Breaker;
 use crate::commands::{CommandError, Commands};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -128,6 +129,13 @@ pub struct PaymentWorker<G: PaymentGateway> {
     pub commands: Commands,
     pub gateway: std::sync::Arc<G>,
     pub settings: PaymentWorkerSettings,
+    /// Opens when the gateway keeps failing: payments then wait in the queue.
+    pub breaker: Breaker,
+}
+
+/// The breaker the payment worker uses: 5 failures in a row open it for 1 s, doubling to 30 s.
+pub fn gateway_breaker() -> Breaker {
+    Breaker::new("payment_gateway", 5, Duration::from_secs(1), Duration::from_secs(30))
 }
 
 struct Due {
@@ -175,6 +183,9 @@ impl<G: PaymentGateway> PaymentWorker<G> {
 
     /// One round: claim due payments and settle each. Returns how many were handled.
     pub async fn settle_due(&self) -> Result<usize, CommandError> {
+        if !self.breaker.permits() {
+            return Ok(0);
+        }
         let due = claim_due(self.commands.store().pool(), self.settings.lease, 20).await?;
         let n = due.len();
         let rounds = due.into_iter().map(|d| self.settle_one(d));
@@ -204,6 +215,10 @@ impl<G: PaymentGateway> PaymentWorker<G> {
         )
         .await
         .unwrap_or(Err(GatewayError::Timeout));
+        match &charge {
+            Ok(_) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(),
+        }
         let settlement = match charge {
             Ok(ChargeOutcome::Approved { reference }) => Settlement::Paid { reference },
             Ok(ChargeOutcome::Declined { reason }) => Settlement::Failed { reason },

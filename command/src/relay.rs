@@ -7,6 +7,7 @@
 //! then deletes the rows it saw delivered. A crash between delivery and delete re-publishes
 //! those events: consumers dedupe by stream version / event id.
 
+use crate::breaker::Breaker;
 use crate::store::{envelope_from_row, StoreError};
 use clap::Args;
 use futures::future::join_all;
@@ -34,6 +35,10 @@ pub struct RelayConfig {
     /// Pause when the outbox is empty, in milliseconds.
     #[arg(long, env = "SURGE_RELAY_IDLE_MS", default_value_t = 10)]
     pub idle_ms: u64,
+    /// How long one event may wait for Kafka's acknowledgement before its round counts as
+    /// failed (it stays in the outbox and is sent again), in milliseconds.
+    #[arg(long, env = "SURGE_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub delivery_timeout_ms: u64,
     /// Address of the relay's /healthz, /readyz and /metrics.
     #[arg(
         long = "relay-admin-addr",
@@ -50,9 +55,17 @@ impl RelayConfig {
             kafka,
             batch_size: 1000,
             idle_ms: 10,
+            delivery_timeout_ms: 10_000,
             admin_addr: ([127, 0, 0, 1], 0).into(),
         }
     }
+}
+
+/// What one publishing round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub read: usize,
+    pub delivered: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +80,9 @@ pub struct Relay {
     config: RelayConfig,
     pool: PgPool,
     producer: FutureProducer,
+    /// Opens when deliveries keep failing (Kafka down): the relay pauses, the outbox buffers,
+    /// and commands are still accepted since Postgres is the source of truth.
+    breaker: Breaker,
 }
 
 impl Relay {
@@ -81,10 +97,17 @@ impl Relay {
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "60000")
+            .set("message.timeout.ms", config.delivery_timeout_ms.max(1000).to_string())
+            .set("reconnect.backoff.max.ms", "1000")
             .set("queue.buffering.max.messages", "200000")
             .create()?;
-        Ok(Relay { config, pool, producer })
+        let breaker = Breaker::new("kafka_publish", 3, Duration::from_secs(1), Duration::from_secs(15));
+        Ok(Relay {
+            config,
+            pool,
+            producer,
+            breaker,
+        })
     }
 
     /// Runs until `shutdown` resolves: waits to become the active relay, then publishes.
@@ -169,7 +192,6 @@ impl Relay {
     ) -> bool {
         let idle = Duration::from_millis(self.config.idle_ms);
         let mut last_lock_check = tokio::time::Instant::now();
-        let mut failures = 0u32;
         loop {
             if last_lock_check.elapsed() > Duration::from_secs(2) {
                 if sqlx::query("SELECT 1").execute(&mut *lock_conn).await.is_err() {
@@ -177,19 +199,29 @@ impl Relay {
                 }
                 last_lock_check = tokio::time::Instant::now();
             }
-            let pause = match self.publish_batch().await {
-                Ok(0) => {
-                    failures = 0;
-                    idle
-                }
-                Ok(_) => {
-                    failures = 0;
-                    Duration::ZERO
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "relay round failed; retrying");
-                    Duration::from_millis(100 * u64::from(failures.min(50)))
+            let pause = if !self.breaker.permits() {
+                // Kafka keeps failing: leave the events in the outbox until the breaker's pause is over.
+                Duration::from_millis(100)
+            } else {
+                match self.publish_batch().await {
+                    Ok(Round { read: 0, .. }) => idle,
+                    Ok(Round { read, delivered }) if delivered == read => {
+                        self.breaker.succeeded();
+                        Duration::ZERO
+                    }
+                    Ok(Round { read, delivered }) => {
+                        self.breaker.failed();
+                        tracing::warn!(
+                            read,
+                            delivered,
+                            "some events were not delivered; they stay in the outbox"
+                        );
+                        Duration::from_millis(100)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay round failed; retrying");
+                        Duration::from_millis(500)
+                    }
                 }
             };
             tokio::select! {
@@ -200,7 +232,7 @@ impl Relay {
     }
 
     /// One round: read a batch of the outbox, publish, delete what was delivered.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+    pub async fn publish_batch(&self) -> Result<Round, RelayError> {
         let rows = sqlx::query(
             "SELECT e.* FROM outbox o JOIN events e ON e.position = o.position \
              ORDER BY o.position LIMIT $1",
@@ -209,7 +241,7 @@ impl Relay {
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Round { read: 0, delivered: 0 });
         }
         let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
         let deliveries = envelopes.iter().map(|env| self.publish(env));
@@ -234,7 +266,10 @@ impl Relay {
             .await?;
         metrics::gauge!("surge_outbox_backlog").set(backlog as f64);
         tracing::debug!(published = delivered.len(), "relay round");
-        Ok(delivered.len())
+        Ok(Round {
+            read: envelopes.len(),
+            delivered: delivered.len(),
+        })
     }
 
     async fn publish(&self, env: &EventEnvelope) -> Result<(), rdkafka::error::KafkaError> {
@@ -265,7 +300,10 @@ impl Relay {
             .payload(&payload)
             .headers(headers);
         self.producer
-            .send(record, Timeout::After(Duration::from_secs(60)))
+            .send(
+                record,
+                Timeout::After(Duration::from_millis(self.config.delivery_timeout_ms.max(1000))),
+            )
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)

@@ -417,6 +417,11 @@ fn clone_error(e: &CommandError) -> CommandError {
             queue_depth: *queue_depth,
         },
         CommandError::LaneStopped => CommandError::LaneStopped,
+        CommandError::StoreUnavailable(s) => CommandError::StoreUnavailable(s.clone()),
+        // Every caller of a failed batch gets the failure; an outage stays an outage (503).
+        CommandError::Store(StoreError::Database(
+            e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
+        )) => CommandError::StoreUnavailable(e.to_string()),
         CommandError::Store(s) => CommandError::Store(StoreError::Database(sqlx::Error::Protocol(s.to_string()))),
     }
 }

@@ -3,7 +3,10 @@
 //! [`TestEnv::new`] creates a database of its own (migrated) on the Postgres named by
 //! `DATABASE_URL` and a topic prefix of its own on the broker named by `SURGE_KAFKA_BROKERS`,
 //! with the event topics created, so tests run in parallel without seeing each other.
-//! `./dev test` starts both and drops what tests left behind on its next run.
+//! `./dev test` starts both and drops what tests left behind on its next run. [`faults`] has
+//! what fault tests need: a private broker to stop, a proxy to cut Postgres off.
+
+pub mod faults;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -75,6 +78,28 @@ impl TestEnv {
             db_name,
             admin_url,
         }
+    }
+
+    /// The URL of this test's database through `proxy` (same credentials and name).
+    pub fn url_via(&self, proxy: std::net::SocketAddr) -> String {
+        let (scheme_creds, rest) = self.db.url.split_once('@').expect("URL with credentials");
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        format!("{scheme_creds}@{proxy}/{path}")
+    }
+
+    /// Host and port of the Postgres server.
+    pub fn postgres_addr(&self) -> std::net::SocketAddr {
+        let rest = self.db.url.split_once('@').map_or("", |(_, r)| r);
+        let host_port = rest.split('/').next().unwrap_or("127.0.0.1:5432");
+        let host_port = if host_port.contains(':') {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:5432")
+        };
+        std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("Postgres address resolves")
     }
 
     pub fn topic(&self, stream_type: surge_events::StreamType) -> String {

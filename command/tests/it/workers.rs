@@ -64,6 +64,7 @@ fn worker(c: &Commands, gateway: Arc<SimulatedGateway>, timeout: Duration) -> Pa
             poll_interval: Duration::from_millis(10),
             lease: Duration::from_secs(60),
         },
+        breaker: surge_command::payments::gateway_breaker(),
     }
 }
 
