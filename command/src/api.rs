@@ -136,7 +136,8 @@ impl From<CommandError> for ApiError {
                 Problem::internal()
             }
         };
-        ApiError(p)
+        // Counted (by reason) where every refusal passes: From<Problem>.
+        ApiError::from(p)
     }
 }
 

@@ -85,6 +85,7 @@ pub struct CommandApp {
 
 impl CommandApp {
     pub async fn build(config: CommandApiConfig) -> Result<Self, StartupError> {
+        surge_runtime::telemetry::prometheus();
         if config.reservation_ttl_secs == 0 {
             return Err(StartupError::Config(
                 "SURGE_RESERVATION_TTL_SECS must be at least 1".into(),

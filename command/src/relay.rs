@@ -87,6 +87,7 @@ pub struct Relay {
 
 impl Relay {
     pub async fn build(config: RelayConfig) -> Result<Self, StartupError> {
+        surge_runtime::telemetry::prometheus();
         let pool = surge_runtime::db::connect(&DatabaseConfig {
             max_connections: 4,
             ..config.db.clone()
@@ -241,9 +242,15 @@ impl Relay {
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
+            metrics::gauge!("surge_relay_lag_seconds").set(0.0);
+            metrics::gauge!("surge_outbox_backlog").set(0.0);
             return Ok(Round { read: 0, delivered: 0 });
         }
         let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
+        if let Some(oldest) = envelopes.first() {
+            let lag = (chrono::Utc::now() - oldest.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("surge_relay_lag_seconds").set(lag);
+        }
         let deliveries = envelopes.iter().map(|env| self.publish(env));
         let results = join_all(deliveries).await;
         let mut delivered = Vec::with_capacity(results.len());

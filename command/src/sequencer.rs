@@ -161,6 +161,8 @@ impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<(PlaceJob, Reply)>) {
         let mut batch = Vec::with_capacity(self.settings.max_batch);
         while rx.recv_many(&mut batch, self.settings.max_batch.max(1)).await > 0 {
+            metrics::histogram!("surge_sequencer_batch_size").record(batch.len() as f64);
+            metrics::histogram!("surge_sequencer_queue_depth").record((batch.len() + rx.len()) as f64);
             let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
             let policy = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(1))

@@ -110,6 +110,8 @@ pub(crate) fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<EventEnve
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
+        // Counters start at zero, so dashboards show "none" rather than "no data".
+        metrics::counter!("surge_event_store_conflicts_total").increment(0);
         EventStore { pool }
     }
 

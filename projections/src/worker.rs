@@ -110,6 +110,7 @@ pub struct Projector {
 
 impl Projector {
     pub async fn build(config: ProjectorConfig) -> Result<Self, StartupError> {
+        surge_runtime::telemetry::prometheus();
         let pool = surge_runtime::db::connect(&config.db).await?;
         let mut consumers = Vec::new();
         let lag = Arc::new(AtomicI64::new(0));
@@ -231,7 +232,17 @@ impl Worker {
             };
             match stats {
                 Ok(stats) => {
-                    tracing::debug!(projection = self.projection.name(), ?stats, "batch applied")
+                    let p = self.projection.name();
+                    metrics::counter!("surge_projection_events_applied_total", "projection" => p)
+                        .increment(stats.applied as u64);
+                    metrics::counter!("surge_projection_duplicates_total", "projection" => p)
+                        .increment(stats.duplicates as u64);
+                    metrics::counter!("surge_projection_gap_events_healed_total", "projection" => p)
+                        .increment(stats.healed as u64);
+                    metrics::counter!("surge_projection_dead_letters_total", "projection" => p)
+                        .increment(stats.dead_letters as u64);
+                    metrics::histogram!("surge_projection_batch_size", "projection" => p).record(batch.len() as f64);
+                    tracing::debug!(projection = p, ?stats, "batch applied");
                 }
                 Err(e) => tracing::error!(error = %e, "batch abandoned"),
             }

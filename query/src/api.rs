@@ -185,7 +185,7 @@ fn view_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     h.insert("x-cache", HeaderValue::from_static(status.as_str()));
     h.insert("x-data-age-ms", HeaderValue::from(data_age_ms(v.updated_at)));
-    if let Freshness::Stale = freshness {
+    if matches!(freshness, Freshness::Stale) || status == CacheStatus::Stale {
         h.insert("x-consistency", HeaderValue::from_static("stale"));
     }
     res
@@ -333,8 +333,10 @@ async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItems
             })
         })
         .flatten();
+    let age = newest_age_ms(items.iter().map(|i| i.updated_at));
     Ok((
         [(header::CACHE_CONTROL, "public, max-age=1")],
+        [("x-data-age-ms", HeaderValue::from(age))],
         Json(Page { items, next_cursor }),
     )
         .into_response())
@@ -381,8 +383,10 @@ async fn customer_orders(
             })
         })
         .flatten();
+    let age = newest_age_ms(items.iter().map(|o| o.updated_at));
     Ok((
         [(header::CACHE_CONTROL, "private, no-cache")],
+        [("x-data-age-ms", HeaderValue::from(age))],
         Json(Page { items, next_cursor }),
     )
         .into_response())

@@ -33,6 +33,10 @@ pub struct QueryApiConfig {
     /// Longest an entry lives even without an event, in seconds.
     #[arg(long, env = "SURGE_CACHE_TTL_SECS", default_value_t = 60)]
     pub cache_ttl_secs: u64,
+    /// Longest a cached view read may wait for Postgres before the last known value is served
+    /// (flagged `X-Consistency: stale`), in milliseconds.
+    #[arg(long, env = "SURGE_QUERY_DB_TIMEOUT_MS", default_value_t = 1000)]
+    pub db_timeout_ms: u64,
     /// Longest a read waits for the view to reach a consistency token, in milliseconds.
     #[arg(long, env = "SURGE_CONSISTENCY_WAIT_MS", default_value_t = 2000)]
     pub consistency_wait_ms: u64,
@@ -54,6 +58,7 @@ impl QueryApiConfig {
             cache_enabled: true,
             cache_capacity: 100_000,
             cache_ttl_secs: 60,
+            db_timeout_ms: 1000,
             consistency_wait_ms: 2000,
             consistency_mode: ConsistencyMode::Fail,
             body_limit_bytes: 16 * 1024,
@@ -70,6 +75,7 @@ pub struct QueryApp {
 
 impl QueryApp {
     pub async fn build(config: QueryApiConfig) -> Result<Self, StartupError> {
+        surge_runtime::telemetry::prometheus();
         let read_db = DatabaseConfig {
             url: config
                 .read_database_url
@@ -80,8 +86,11 @@ impl QueryApp {
         let pool = surge_runtime::db::connect(&read_db).await?;
         let ttl = Duration::from_secs(config.cache_ttl_secs.max(1));
         surge_runtime::db::report_pool_usage(pool.clone(), "query");
-        let items = ViewCache::new("items", config.cache_capacity, ttl, config.cache_enabled);
-        let orders = ViewCache::new("orders", config.cache_capacity, ttl, config.cache_enabled);
+        let db_timeout = Duration::from_millis(config.db_timeout_ms.max(1));
+        let items =
+            ViewCache::new("items", config.cache_capacity, ttl, config.cache_enabled).with_db_timeout(db_timeout);
+        let orders =
+            ViewCache::new("orders", config.cache_capacity, ttl, config.cache_enabled).with_db_timeout(db_timeout);
         let cancel = CancellationToken::new();
         let invalidator = spawn_invalidator(&config.kafka, &pool, items.clone(), orders.clone(), cancel.clone())
             .await

@@ -40,6 +40,8 @@ pub enum CacheStatus {
     Miss,
     /// Read through: caching is off, or the row is older than an event already seen.
     Bypass,
+    /// The views' database failed or was too slow: the last value this process saw.
+    Stale,
 }
 
 impl CacheStatus {
@@ -48,6 +50,7 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Bypass => "bypass",
+            CacheStatus::Stale => "stale",
         }
     }
 }
@@ -63,14 +66,25 @@ enum Miss {
 pub struct ViewCache {
     name: &'static str,
     entries: Cache<String, Arc<CachedView>>,
+    /// The last value loaded per key, kept after eviction: served (flagged stale) when the
+    /// database fails, so a Postgres hiccup during a spike does not blank the catalog.
+    last_known: Cache<String, Arc<CachedView>>,
+    db_timeout: Duration,
     floors: Cache<String, i64>,
     enabled: bool,
 }
 
 impl ViewCache {
     pub fn new(name: &'static str, capacity: u64, ttl: Duration, enabled: bool) -> Self {
+        // Counters start at zero, so dashboards show "none" rather than "no data".
+        metrics::counter!("surge_cache_evictions_total", "cache" => name, "cause" => "size").increment(0);
         ViewCache {
             name,
+            last_known: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            db_timeout: Duration::from_secs(1),
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
@@ -117,10 +131,14 @@ impl ViewCache {
             return Ok(Some((hit, CacheStatus::Hit)));
         }
         let floor = self.floors.get(key).await.unwrap_or(0);
+        let db_timeout = self.db_timeout;
         let loaded = self
             .entries
             .try_get_with(key.to_string(), async move {
-                match load().await {
+                let loaded = tokio::time::timeout(db_timeout, load())
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+                match loaded {
                     Ok(Some(v)) if v.version >= floor => Ok(Arc::new(v)),
                     Ok(Some(v)) => Err(Miss::Stale(v)),
                     Ok(None) => Err(Miss::NotFound),
@@ -129,11 +147,20 @@ impl ViewCache {
             })
             .await;
         match loaded {
-            Ok(v) => Ok(Some((v, CacheStatus::Miss))),
+            Ok(v) => {
+                self.last_known.insert(key.to_string(), v.clone()).await;
+                Ok(Some((v, CacheStatus::Miss)))
+            }
             Err(e) => match Arc::try_unwrap(e).unwrap_or_else(|e| clone_miss(&e)) {
                 Miss::NotFound => Ok(None),
                 Miss::Stale(v) => Ok(Some((Arc::new(v), CacheStatus::Bypass))),
-                Miss::Db(e) => Err(e),
+                Miss::Db(e) => match self.last_known.get(key).await {
+                    Some(v) => {
+                        tracing::warn!(cache = self.name, key, error = %e, "views unavailable; serving the last known value");
+                        Ok(Some((v, CacheStatus::Stale)))
+                    }
+                    None => Err(e),
+                },
             },
         }
     }
@@ -149,6 +176,12 @@ impl ViewCache {
                 self.entries.invalidate(key).await;
             }
         }
+    }
+
+    /// Longest a view read may take before the last known value is served instead.
+    pub fn with_db_timeout(mut self, timeout: Duration) -> Self {
+        self.db_timeout = timeout;
+        self
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -323,6 +356,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
+    async fn a_database_failure_serves_the_last_known_value_flagged_stale() {
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
+        cache.get_or_load("a", || async { Ok(Some(view(1))) }).await.unwrap();
+        cache.invalidate("a", 2).await;
+        let (v, s) = cache
+            .get_or_load("a", || async { Err(sqlx::Error::PoolTimedOut) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Stale, 1));
+        assert!(cache
+            .get_or_load("b", || async { Err(sqlx::Error::PoolTimedOut) })
+            .await
+            .is_err());
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 mod compose;
 mod faults;
 mod flow;
+mod observability;
 mod query;
 mod support;
 mod views;

@@ -96,6 +96,11 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
         }
     }
     assert_eq!(seen, ["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"]);
+    let (_, h, _) = get(&http, &format!("{qry}/v1/catalog/items")).await;
+    assert!(
+        header(&h, "x-data-age-ms").parse::<i64>().is_ok(),
+        "lists carry the data age too"
+    );
     let (_, _, page) = get(&http, &format!("{qry}/v1/catalog/items?category=odd&min_price=150")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
 
