@@ -22,6 +22,11 @@ pub struct DemoConfig {
     /// Units of the hot item on sale.
     #[arg(long, default_value_t = 50)]
     pub hot_stock: i64,
+    /// Admin endpoints (/metrics) of the relay and the projector.
+    #[arg(long, default_value = "http://127.0.0.1:9101")]
+    pub relay_admin_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:9102")]
+    pub projector_admin_url: String,
 }
 
 async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
@@ -207,11 +212,86 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
             item["reserved"]
         );
     }
+    println!("\n== Three shoppers pay (one card is declined)");
+    let payers: Vec<String> = accepted
+        .iter()
+        .skip(1)
+        .take(3)
+        .filter_map(|b| b["order_id"].as_str().map(str::to_string))
+        .collect();
+    for (i, id) in payers.iter().enumerate() {
+        let token = if i == 2 { "tok_decline_demo" } else { "tok_visa_demo" };
+        let (status, _) = post(
+            &client,
+            format!("{cmd}/v1/orders/{id}/payment"),
+            json!({"payment_token": token}),
+        )
+        .await?;
+        println!("   POST /v1/orders/{id}/payment ({token}) -> {status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in &payers {
+        loop {
+            let r = client.get(format!("{qry}/v1/orders/{id}")).send().await?;
+            let order: Value = r.json().await.unwrap_or(Value::Null);
+            let status = order["status"].as_str().unwrap_or_default().to_string();
+            if status == "paid" || status == "payment_failed" || Instant::now() > deadline {
+                println!("   order {id}: {status}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!("\n== Metrics (sum over labels, from each process's /metrics)");
+    let sources = [
+        ("command API", format!("{cmd}/metrics")),
+        ("query API", format!("{qry}/metrics")),
+        (
+            "relay",
+            format!("{}/metrics", config.relay_admin_url.trim_end_matches('/')),
+        ),
+        (
+            "projector",
+            format!("{}/metrics", config.projector_admin_url.trim_end_matches('/')),
+        ),
+    ];
+    for (name, url) in sources {
+        let Ok(r) = client.get(&url).send().await else {
+            println!("   {name}: {url} not reachable");
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        println!("   {name} ({url})");
+        for (family, total) in metric_totals(&text) {
+            println!("     {family:<48} {total:>12.3}");
+        }
+    }
+
     println!("\n== Where to look");
     println!("   command API   {cmd}  (POST /v1/orders, /v1/orders/{{id}}/cancel, /v1/inventory/{{sku}}/restock)");
     println!("   query API     {qry}/v1/catalog/items  {qry}/v1/orders/{{id}}  {qry}/v1/stats/sales");
+    println!(
+        "   metrics       {cmd}/metrics  {qry}/metrics  {}/metrics  {}/metrics",
+        config.relay_admin_url, config.projector_admin_url
+    );
+    println!("   dashboards    deploy/grafana/surge.json, alerts in deploy/prometheus/alerts.yml");
     println!("   event store   psql \"$SURGE_DATABASE_URL\" -c 'SELECT position, stream_id, version, event_type FROM events ORDER BY position DESC LIMIT 20'");
     Ok(())
+}
+
+/// Each `surge_` family's samples summed (histograms by their `_count`).
+fn metric_totals(exposition: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for line in exposition.lines().filter(|l| l.starts_with("surge_")) {
+        let name = &line[..line.find(['{', ' ']).unwrap_or(line.len())];
+        if name.ends_with("_bucket") || name.ends_with("_sum") {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *totals.entry(name.to_string()).or_insert(0.0) += value;
+    }
+    totals
 }
 
 fn header(r: &reqwest::Response, name: &str) -> String {
