@@ -439,7 +439,14 @@ async fn events_to_fold(
             missing_to,
         } => {
             let mut events = missing_events(conn, &env.stream_id, missing_from, missing_to).await?;
-            tracing::warn!(stream = %env.stream_id, missing_from, missing_to, found = events.len(), "version gap healed from the event store");
+            tracing::warn!(
+                stream = %env.stream_id,
+                correlation_id = %env.metadata.correlation_id,
+                missing_from,
+                missing_to,
+                found = events.len(),
+                "version gap healed from the event store"
+            );
             stats.healed += events.len();
             events.push(env);
             Ok(events)
@@ -481,6 +488,7 @@ async fn apply_catalog<'a>(
             match catalog::fold(rows.remove(&sku), &env, &event) {
                 (Some(row), sale) => {
                     stats.occurred.push(env.occurred_at);
+                    tracing::debug!(correlation_id = %env.metadata.correlation_id, stream = %env.stream_id, version = env.version, "event applied");
                     rows.insert(sku.clone(), row);
                     sales.extend(sale);
                     touched.insert(sku.clone());
@@ -537,6 +545,7 @@ async fn apply_orders<'a>(
             match orders::fold(rows.remove(&id), &env, &event) {
                 Some(row) => {
                     stats.occurred.push(env.occurred_at);
+                    tracing::debug!(correlation_id = %env.metadata.correlation_id, stream = %env.stream_id, version = env.version, "event applied");
                     rows.insert(id, row);
                     touched.insert(id);
                     stats.applied += 1;
