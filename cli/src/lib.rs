@@ -8,6 +8,7 @@
 pub mod demo;
 pub mod loadgen;
 pub mod migrate;
+pub mod schemas;
 
 use clap::{Parser, Subcommand};
 use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
@@ -45,6 +46,8 @@ pub enum Command {
     Demo(demo::DemoConfig),
     /// Put bounded load on running services (loopback) and report latencies and throughput.
     Loadgen(loadgen::LoadgenConfig),
+    /// Write the JSON Schema of every event type and version to schema/events/.
+    Schemas(schemas::SchemasConfig),
 }
 
 impl Cli {
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(config) => migrate::run(config).await?,
         Command::Demo(config) => demo::run(config).await?,
         Command::Loadgen(config) => loadgen::run(config).await?,
+        Command::Schemas(config) => schemas::run(config)?,
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ pub fn decode<P: Payload>(env: &EventEnvelope) -> Result<P, DecodeError> {
             found: env.stream_type,
         });
     }
-    let mut value = env.payload.clone();
+    let mut value = crate::upcast::upcast(&env.event_type, env.schema_version, env.payload.clone())?;
     let obj = value.as_object_mut().ok_or_else(|| DecodeError::UnknownType {
         event_type: env.event_type.clone(),
         schema_version: env.schema_version,

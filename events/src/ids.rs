@@ -158,3 +158,34 @@ mod tests {
         assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
     }
 }
+
+fn string_schema(pattern: &str, description: &str) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "pattern": pattern, "description": description })
+}
+
+impl schemars::JsonSchema for Sku {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Sku".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_schema("^[A-Za-z0-9._-]{1,64}$", "A stock-keeping unit")
+    }
+}
+
+impl schemars::JsonSchema for CustomerId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CustomerId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        string_schema("^[A-Za-z0-9._@-]{1,64}$", "The customer an order belongs to")
+    }
+}
+
+impl schemars::JsonSchema for OrderId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OrderId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "uuid", "description": "An order's id (UUIDv7)" })
+    }
+}

@@ -2,9 +2,10 @@
 
 use crate::{Money, OrderId, Payload, Sku, StreamType};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemAdded {
     pub sku: Sku,
@@ -14,14 +15,14 @@ pub struct ItemAdded {
     pub initial_stock: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockRestocked {
     pub sku: Sku,
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockReserved {
     pub sku: Sku,
@@ -31,7 +32,7 @@ pub struct StockReserved {
 }
 
 /// Stock held for an order goes back on sale (the order was cancelled or its payment failed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationReleased {
     pub sku: Sku,
@@ -40,7 +41,7 @@ pub struct ReservationReleased {
 }
 
 /// Stock held for an unpaid order goes back on sale because its hold ran out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationExpired {
     pub sku: Sku,
@@ -49,7 +50,7 @@ pub struct ReservationExpired {
 }
 
 /// Stock held for a paid order is sold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StockCommitted {
     pub sku: Sku,

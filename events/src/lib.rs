@@ -8,14 +8,17 @@
 //!
 //! Layout: [`ids`] (OrderId, Sku, CustomerId, StreamId), [`money`] (Money, Currency),
 //! [`order`] and [`inventory`] (payloads per stream type), [`envelope`] (envelope, metadata,
-//! decoding), [`topics`] (which Kafka topic a stream type goes to).
+//! decoding), [`upcast`] (old schema versions to current ones), [`schemas`] (JSON Schemas of
+//! every event type and version), [`topics`] (which Kafka topic a stream type goes to).
 
 pub mod envelope;
 pub mod ids;
 pub mod inventory;
 pub mod money;
 pub mod order;
+pub mod schemas;
 pub mod topics;
+pub mod upcast;
 
 pub use envelope::{decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
 pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId};

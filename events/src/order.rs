@@ -2,10 +2,11 @@
 
 use crate::{CustomerId, Money, OrderId, Payload, Sku, StreamType};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One line of an order, priced by the catalog when the order was placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub sku: Sku,
@@ -13,7 +14,7 @@ pub struct OrderLine {
     pub unit_price: Money,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderPlaced {
     pub order_id: OrderId,
@@ -24,7 +25,7 @@ pub struct OrderPlaced {
     pub reservation_expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSubmitted {
     pub order_id: OrderId,
@@ -32,7 +33,7 @@ pub struct PaymentSubmitted {
     pub token_fingerprint: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderPaid {
     pub order_id: OrderId,
@@ -40,7 +41,7 @@ pub struct OrderPaid {
     pub amount: Money,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     pub order_id: OrderId,
@@ -48,7 +49,7 @@ pub struct PaymentFailed {
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     CustomerRequest,
@@ -56,14 +57,14 @@ pub enum CancelReason {
     PaymentFailed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderCancelled {
     pub order_id: OrderId,
     pub reason: CancelReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderShipped {
     pub order_id: OrderId,
@@ -83,6 +84,14 @@ pub enum OrderEvent {
 
 impl Payload for OrderEvent {
     const STREAM_TYPE: StreamType = StreamType::Order;
+
+    fn schema_version(&self) -> i32 {
+        match self {
+            // v2 priced lines and totals as Money (with a currency); v1 rows are upcast on read.
+            OrderEvent::OrderPlaced(_) => 2,
+            _ => 1,
+        }
+    }
 
     fn event_type(&self) -> &'static str {
         match self {
@@ -106,5 +115,52 @@ impl OrderEvent {
             OrderEvent::OrderCancelled(e) => e.order_id,
             OrderEvent::OrderShipped(e) => e.order_id,
         }
+    }
+}
+
+/// The currency every amount was in before orders carried one (schema v1 of `OrderPlaced`).
+pub const LEGACY_CURRENCY: &str = "EUR";
+
+/// `OrderPlaced` as schema v1 stored it: amounts in minor units of the shop's one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderPlacedV1 {
+    pub order_id: OrderId,
+    pub customer_id: CustomerId,
+    pub lines: Vec<OrderLineV1>,
+    pub total_minor: i64,
+    pub reservation_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineV1 {
+    pub sku: Sku,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+}
+
+impl OrderPlacedV1 {
+    /// The v2 form of a v1 event: every amount in the legacy currency.
+    pub fn upcast(self) -> Result<OrderPlaced, crate::MoneyError> {
+        let currency = crate::Currency::parse(LEGACY_CURRENCY)?;
+        let lines = self
+            .lines
+            .into_iter()
+            .map(|l| {
+                Ok(OrderLine {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price: Money::new(l.unit_price_minor, currency.clone())?,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::MoneyError>>()?;
+        Ok(OrderPlaced {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            lines,
+            total: Money::new(self.total_minor, currency)?,
+            reservation_expires_at: self.reservation_expires_at,
+        })
     }
 }

@@ -4,4 +4,5 @@ mod api;
 mod checkout;
 mod relay;
 mod support;
+mod upcasting;
 mod workers;
