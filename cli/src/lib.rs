@@ -2,10 +2,12 @@
 //!
 //! Owns nothing but wiring and user-facing output: [`Cli`] lists the subcommands, [`run`]
 //! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`loadgen`] puts
-//! measured load on running services, [`migrate`]
+//! measured load on running services, [`export`] moves events out and back in for analysts,
+//! [`schemas`] writes the event JSON Schemas, [`migrate`]
 //! applies the schema and creates the topics. Every service's logic lives in its own crate.
 
 pub mod demo;
+pub mod export;
 pub mod loadgen;
 pub mod migrate;
 pub mod schemas;
@@ -46,6 +48,10 @@ pub enum Command {
     Demo(demo::DemoConfig),
     /// Put bounded load on running services (loopback) and report latencies and throughput.
     Loadgen(loadgen::LoadgenConfig),
+    /// Export events (filtered) as NDJSON or CSV, in constant memory.
+    Export(export::ExportConfig),
+    /// Import an NDJSON export into an empty event store, every event as it was.
+    Import(export::ImportConfig),
     /// Write the JSON Schema of every event type and version to schema/events/.
     Schemas(schemas::SchemasConfig),
 }
@@ -68,6 +74,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(config) => demo::run(config).await?,
         Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
+        Command::Export(config) => {
+            let n = export::export(&config).await?;
+            tracing::info!(events = n, "export done");
+        }
+        Command::Import(config) => {
+            let n = export::import(&config).await?;
+            println!("imported {n} events");
+        }
     }
     Ok(())
 }

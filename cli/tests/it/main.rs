@@ -1,5 +1,6 @@
 //! Integration tests of the whole system, on the real Postgres and the real Kafka broker.
 
+mod analyst;
 mod compose;
 mod faults;
 mod flow;

@@ -1,0 +1,219 @@
+//! `surge export` and `surge import`: events out of the store as NDJSON or CSV, filtered, in
+//! constant memory (a server-side cursor read in batches); and NDJSON back into an empty
+//! store, every event as it was (ids, positions, versions, times, metadata).
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use sqlx::Connection;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use surge_events::{EventEnvelope, StreamType, ENVELOPE_COLUMNS};
+use surge_runtime::DatabaseConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One event envelope (JSON) per line.
+    Ndjson,
+    /// One event per row; the payload as a JSON string.
+    Csv,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportConfig {
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+    #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+    pub format: Format,
+    /// File to write (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only this stream (e.g. `order-<uuid>`, `inventory-<sku>`).
+    #[arg(long)]
+    pub stream_id: Option<String>,
+    /// Only this stream type: `order` or `inventory`.
+    #[arg(long)]
+    pub stream_type: Option<String>,
+    /// Only these event types (comma-separated).
+    #[arg(long = "event-type", value_delimiter = ',')]
+    pub event_types: Vec<String>,
+    /// Events at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from_time: Option<DateTime<Utc>>,
+    /// Events before this time (RFC 3339).
+    #[arg(long)]
+    pub to_time: Option<DateTime<Utc>>,
+    /// Events at or after this global position.
+    #[arg(long)]
+    pub from_position: Option<i64>,
+    /// Events at or before this global position.
+    #[arg(long)]
+    pub to_position: Option<i64>,
+}
+
+const BATCH: i64 = 5000;
+
+enum Sink {
+    Ndjson(BufWriter<Box<dyn Write>>),
+    Csv(csv::Writer<Box<dyn Write>>),
+}
+
+/// Writes the selected events; returns how many.
+pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
+    if let Some(t) = &config.stream_type {
+        if StreamType::parse(t).is_none() {
+            bail!("--stream-type must be `order` or `inventory`, not `{t}`");
+        }
+    }
+    let sink: Box<dyn Write> = match &config.out {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = match config.format {
+        Format::Ndjson => Sink::Ndjson(BufWriter::new(sink)),
+        Format::Csv => Sink::Csv(csv::Writer::from_writer(sink)),
+    };
+    if let Sink::Csv(w) = &mut out {
+        w.write_record([
+            "position",
+            "event_id",
+            "stream_id",
+            "stream_type",
+            "version",
+            "event_type",
+            "schema_version",
+            "occurred_at",
+            "correlation_id",
+            "causation_id",
+            "actor",
+            "payload",
+        ])?;
+    }
+    let mut conn = sqlx::PgConnection::connect(&config.db.url).await?;
+    let mut tx = conn.begin().await?;
+    let declare = format!(
+        "DECLARE export CURSOR FOR SELECT {ENVELOPE_COLUMNS} FROM events \
+         WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR stream_type = $2) \
+           AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
+           AND ($4::timestamptz IS NULL OR occurred_at >= $4) AND ($5::timestamptz IS NULL OR occurred_at < $5) \
+           AND ($6::bigint IS NULL OR position >= $6) AND ($7::bigint IS NULL OR position <= $7) \
+         ORDER BY position"
+    );
+    sqlx::query(&declare)
+        .bind(&config.stream_id)
+        .bind(&config.stream_type)
+        .bind(&config.event_types)
+        .bind(config.from_time)
+        .bind(config.to_time)
+        .bind(config.from_position)
+        .bind(config.to_position)
+        .execute(&mut *tx)
+        .await?;
+    let mut count = 0u64;
+    loop {
+        let rows = sqlx::query(&format!("FETCH {BATCH} FROM export"))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let e = EventEnvelope::from_row(row)?;
+            match &mut out {
+                Sink::Ndjson(w) => {
+                    w.write_all(&e.to_json())?;
+                    w.write_all(b"\n")?;
+                }
+                Sink::Csv(w) => {
+                    w.write_record([
+                        e.position.to_string(),
+                        e.event_id.to_string(),
+                        e.stream_id.0.clone(),
+                        e.stream_type.as_str().to_string(),
+                        e.version.to_string(),
+                        e.event_type.clone(),
+                        e.schema_version.to_string(),
+                        e.occurred_at.to_rfc3339(),
+                        e.metadata.correlation_id.to_string(),
+                        e.metadata.causation_id.map(|c| c.to_string()).unwrap_or_default(),
+                        e.metadata.actor.clone(),
+                        e.payload.to_string(),
+                    ])?;
+                }
+            }
+            count += 1;
+        }
+    }
+    tx.commit().await?;
+    match &mut out {
+        Sink::Ndjson(w) => w.flush()?,
+        Sink::Csv(w) => w.flush()?,
+    }
+    Ok(count)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportConfig {
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+    /// NDJSON file written by `surge export`.
+    #[arg(long = "in")]
+    pub input: PathBuf,
+}
+
+/// Inserts every event of an NDJSON export as it was; the store must not hold them yet.
+/// Returns how many. Positions are kept, and the store's position counter moves past them.
+pub async fn import(config: &ImportConfig) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(&config.input).with_context(|| format!("opening {}", config.input.display()))?;
+    let pool = surge_runtime::db::connect(&config.db).await?;
+    let mut tx = pool.begin().await?;
+    let mut batch = Vec::with_capacity(1000);
+    let mut count = 0u64;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e = EventEnvelope::from_json(line.as_bytes()).with_context(|| format!("line {}", n + 1))?;
+        batch.push(e);
+        if batch.len() == 1000 {
+            count += insert(&mut tx, &std::mem::take(&mut batch)).await?;
+        }
+    }
+    count += insert(&mut tx, &batch).await?;
+    sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('events', 'position'), greatest((SELECT max(position) FROM events), 1))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(count)
+}
+
+async fn insert(conn: &mut sqlx::PgConnection, events: &[EventEnvelope]) -> anyhow::Result<u64> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&EventEnvelope) -> String| events.iter().map(f).collect::<Vec<_>>();
+    let done = sqlx::query(
+        "INSERT INTO events (position, event_id, stream_id, stream_type, version, event_type, schema_version, \
+                             payload, correlation_id, causation_id, actor, occurred_at) OVERRIDING SYSTEM VALUE \
+         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
+                              $8::jsonb[], $9::uuid[], $10::uuid[], $11::text[], $12::timestamptz[])",
+    )
+    .bind(events.iter().map(|e| e.position).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(col(|e| e.stream_id.0.clone()))
+    .bind(col(|e| e.stream_type.as_str().to_string()))
+    .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
+    .bind(col(|e| e.event_type.clone()))
+    .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.metadata.correlation_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.metadata.causation_id).collect::<Vec<_>>())
+    .bind(col(|e| e.metadata.actor.clone()))
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
