@@ -55,7 +55,7 @@ const BATCH: i64 = 5000;
 
 enum Sink {
     Ndjson(BufWriter<Box<dyn Write>>),
-    Csv(csv::Writer<Box<dyn Write>>),
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
 }
 
 /// Writes the selected events; returns how many.
@@ -71,7 +71,7 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
     };
     let mut out = match config.format {
         Format::Ndjson => Sink::Ndjson(BufWriter::new(sink)),
-        Format::Csv => Sink::Csv(csv::Writer::from_writer(sink)),
+        Format::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(sink))),
     };
     if let Sink::Csv(w) = &mut out {
         w.write_record([

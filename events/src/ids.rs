@@ -133,32 +133,6 @@ impl fmt::Display for StreamId {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sku_rejects_empty_long_and_odd_characters() {
-        assert!(Sku::parse("SKU-1").is_ok());
-        assert_eq!(Sku::parse(""), Err(IdError::InvalidSku));
-        assert_eq!(Sku::parse("a".repeat(65)), Err(IdError::InvalidSku));
-        assert_eq!(Sku::parse("a b"), Err(IdError::InvalidSku));
-        assert_eq!(Sku::parse("a/b"), Err(IdError::InvalidSku));
-    }
-
-    #[test]
-    fn sku_deserialization_validates() {
-        assert!(serde_json::from_str::<Sku>("\"ok-1\"").is_ok());
-        assert!(serde_json::from_str::<Sku>("\"not ok\"").is_err());
-    }
-
-    #[test]
-    fn stream_ids_name_their_type() {
-        assert_eq!(Sku::parse("X1").unwrap().stream_id().as_str(), "inventory-X1");
-        assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
-    }
-}
-
 fn string_schema(pattern: &str, description: &str) -> schemars::Schema {
     schemars::json_schema!({ "type": "string", "pattern": pattern, "description": description })
 }
@@ -187,5 +161,31 @@ impl schemars::JsonSchema for OrderId {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({ "type": "string", "format": "uuid", "description": "An order's id (UUIDv7)" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_rejects_empty_long_and_odd_characters() {
+        assert!(Sku::parse("SKU-1").is_ok());
+        assert_eq!(Sku::parse(""), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a".repeat(65)), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a b"), Err(IdError::InvalidSku));
+        assert_eq!(Sku::parse("a/b"), Err(IdError::InvalidSku));
+    }
+
+    #[test]
+    fn sku_deserialization_validates() {
+        assert!(serde_json::from_str::<Sku>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<Sku>("\"not ok\"").is_err());
+    }
+
+    #[test]
+    fn stream_ids_name_their_type() {
+        assert_eq!(Sku::parse("X1").unwrap().stream_id().as_str(), "inventory-X1");
+        assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
     }
 }
