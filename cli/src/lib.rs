@@ -48,6 +48,8 @@ pub enum Command {
     Demo(demo::DemoConfig),
     /// Put bounded load on running services (loopback) and report latencies and throughput.
     Loadgen(loadgen::LoadgenConfig),
+    /// Rebuild projections from the event store into a new generation and switch to it.
+    Replay(surge_projections::replay::ReplayConfig),
     /// Export events (filtered) as NDJSON or CSV, in constant memory.
     Export(export::ExportConfig),
     /// Import an NDJSON export into an empty event store, every event as it was.
@@ -74,6 +76,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(config) => demo::run(config).await?,
         Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
+        Command::Replay(config) => {
+            for r in surge_projections::replay::replay(&config).await? {
+                println!(
+                    "{}: {} events folded ({} while switching) in {:.1} s ({:.0} events/s)",
+                    r.projection.name(),
+                    r.events,
+                    r.caught_up,
+                    r.seconds,
+                    r.events as f64 / r.seconds.max(1e-9)
+                );
+            }
+        }
         Command::Export(config) => {
             let n = export::export(&config).await?;
             tracing::info!(events = n, "export done");

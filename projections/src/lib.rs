@@ -5,10 +5,13 @@
 //! the projector worker ([`worker`]) that applies each batch of messages in one transaction
 //! together with its checkpoint (`projection_checkpoints`), dead-letters what it cannot decode,
 //! skips what it already applied (by stream version) and heals a version gap by reading the
-//! missing events from the event store. It never writes the event store.
+//! missing events from the event store; and the replay that rebuilds views from the event store
+//! into a new generation and switches to it without read downtime ([`replay`]). It never writes
+//! the event store.
 
 pub mod catalog;
 pub mod orders;
+pub mod replay;
 pub mod worker;
 
 pub use worker::{Projection, Projector, ProjectorConfig};

@@ -454,15 +454,16 @@ async fn events_to_fold(
     }
 }
 
-type DeadLetters<'a> = Vec<(&'a OwnedMessage, String)>;
+/// Events that could not be applied, each with where it came from and why.
+type DeadLetters<S> = Vec<(S, String)>;
 
-async fn apply_catalog<'a>(
+pub(crate) async fn apply_catalog<S: Clone>(
     conn: &mut PgConnection,
     items_table: &str,
     sales_table: &str,
-    envelopes: Vec<(&'a OwnedMessage, EventEnvelope)>,
+    envelopes: Vec<(S, EventEnvelope)>,
     stats: &mut BatchStats,
-) -> Result<DeadLetters<'a>, sqlx::Error> {
+) -> Result<DeadLetters<S>, sqlx::Error> {
     let mut dead = Vec::new();
     let skus: Vec<String> = envelopes
         .iter()
@@ -481,7 +482,7 @@ async fn apply_catalog<'a>(
             let event = match decode::<InventoryEvent>(&env) {
                 Ok(e) => e,
                 Err(e) => {
-                    dead.push((m, e.to_string()));
+                    dead.push((m.clone(), e.to_string()));
                     break;
                 }
             };
@@ -510,12 +511,12 @@ async fn apply_catalog<'a>(
     Ok(dead)
 }
 
-async fn apply_orders<'a>(
+pub(crate) async fn apply_orders<S: Clone>(
     conn: &mut PgConnection,
     table: &str,
-    envelopes: Vec<(&'a OwnedMessage, EventEnvelope)>,
+    envelopes: Vec<(S, EventEnvelope)>,
     stats: &mut BatchStats,
-) -> Result<DeadLetters<'a>, sqlx::Error> {
+) -> Result<DeadLetters<S>, sqlx::Error> {
     let mut dead = Vec::new();
     let ids: Vec<uuid::Uuid> = envelopes
         .iter()
@@ -538,7 +539,7 @@ async fn apply_orders<'a>(
             let event = match decode::<OrderEvent>(&env) {
                 Ok(e) => e,
                 Err(e) => {
-                    dead.push((m, e.to_string()));
+                    dead.push((m.clone(), e.to_string()));
                     break;
                 }
             };

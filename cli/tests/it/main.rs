@@ -6,5 +6,6 @@ mod faults;
 mod flow;
 mod observability;
 mod query;
+mod replay;
 mod support;
 mod views;
