@@ -11,6 +11,7 @@ pub mod export;
 pub mod loadgen;
 pub mod migrate;
 pub mod schemas;
+pub mod seed;
 
 use clap::{Parser, Subcommand};
 use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
@@ -54,6 +55,8 @@ pub enum Command {
     Export(export::ExportConfig),
     /// Import an NDJSON export into an empty event store, every event as it was.
     Import(export::ImportConfig),
+    /// Write a generated history straight into the event store (benchmarks, practice).
+    Seed(seed::SeedConfig),
     /// Write the JSON Schema of every event type and version to schema/events/.
     Schemas(schemas::SchemasConfig),
 }
@@ -76,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(config) => demo::run(config).await?,
         Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
+        Command::Seed(config) => seed::run(config).await?,
         Command::Replay(config) => {
             for r in surge_projections::replay::replay(&config).await? {
                 println!(
