@@ -12,6 +12,7 @@ pub mod loadgen;
 pub mod migrate;
 pub mod schemas;
 pub mod seed;
+pub mod stats;
 
 use clap::{Parser, Subcommand};
 use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
@@ -55,6 +56,8 @@ pub enum Command {
     Export(export::ExportConfig),
     /// Import an NDJSON export into an empty event store, every event as it was.
     Import(export::ImportConfig),
+    /// Quick answers from the event log: orders per minute, top SKUs, reservation conversion.
+    Stats(stats::StatsConfig),
     /// Write a generated history straight into the event store (benchmarks, practice).
     Seed(seed::SeedConfig),
     /// Write the JSON Schema of every event type and version to schema/events/.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
         Command::Seed(config) => seed::run(config).await?,
+        Command::Stats(config) => stats::run(config).await?,
         Command::Replay(config) => {
             for r in surge_projections::replay::replay(&config).await? {
                 println!(

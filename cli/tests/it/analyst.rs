@@ -97,6 +97,22 @@ async fn a_filtered_export_round_trips_into_an_empty_store() {
     assert_eq!(text.lines().count(), 7);
     assert!(text.starts_with("position,event_id,stream_id"));
 
+    // The event log's quick answers.
+    let stats = surge_cli::stats::compute(&surge_cli::stats::StatsConfig {
+        db: source.db.clone(),
+        from_time: None,
+        to_time: None,
+        top: 5,
+    })
+    .await
+    .unwrap();
+    assert_eq!(stats.orders_per_minute.iter().map(|(_, n)| n).sum::<i64>(), 12);
+    assert_eq!(
+        (stats.reserved_orders, stats.paid_orders, stats.expired_or_released),
+        (12, 0, 3)
+    );
+    assert!(stats.top_skus.is_empty(), "nothing was paid, so nothing sold");
+
     let mut bad = config(&source, Format::Ndjson, dir.join("bad.ndjson"));
     bad.stream_type = Some("invoices".into());
     assert!(export(&bad).await.is_err());
