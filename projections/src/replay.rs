@@ -2,7 +2,7 @@
 //! tables, then switches the query side to it without read downtime.
 //!
 //! 1. `<view>_g<millis>` tables (a new generation) are made like the live ones and filled by folding every event of the
-//!    projection's stream type from the event store (server-side cursor, in batches), with the
+//!    projection's stream type from the event store (or, with `--source kafka`, from its topic from offset 0), with the
 //!    same folds the live projector uses. Only views are written: no side effects run.
 //! 2. Catch-up and switch happen in one transaction: it locks the projection's checkpoint rows,
 //!    which pauses the live projector between batches (it locks them first in each batch), folds
@@ -32,6 +32,151 @@ pub struct ReplayConfig {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Where events are read from: the event store (the truth), or the Kafka topics from offset 0.
+    #[arg(long, value_enum, default_value_t = Source::Store)]
+    pub source: Source,
+    #[command(flatten)]
+    pub kafka: surge_runtime::KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    Store,
+    Kafka,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading Kafka offsets: {0}")]
+    Offsets(String),
+}
+
+/// Reads a projection's events in order, from the store (by position) or from its Kafka topic
+/// (every partition from offset 0 up to the high watermarks taken when asked).
+enum Reader {
+    Store { after: i64 },
+    Kafka(KafkaReader),
+}
+
+struct KafkaReader {
+    kafka: surge_runtime::KafkaConfig,
+    topic: String,
+    consumer: rdkafka::consumer::StreamConsumer,
+    /// Next offset to read per partition, and where to stop.
+    next: std::collections::HashMap<i32, i64>,
+    until: std::collections::HashMap<i32, i64>,
+}
+
+impl KafkaReader {
+    async fn new(kafka: &surge_runtime::KafkaConfig, p: Projection) -> Result<Self, ReplayError> {
+        use rdkafka::consumer::Consumer;
+        let topic = surge_events::topics::topic_for(&kafka.topic_prefix, p.stream_type());
+        let consumer: rdkafka::consumer::StreamConsumer = surge_runtime::kafka::client_config(kafka)
+            .set(
+                "group.id",
+                format!("{}surge-replay-{}", kafka.topic_prefix, uuid::Uuid::now_v7()),
+            )
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut reader = KafkaReader {
+            kafka: kafka.clone(),
+            topic,
+            consumer,
+            next: Default::default(),
+            until: Default::default(),
+        };
+        reader.refresh_until().await?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for &partition in reader.until.keys() {
+            tpl.add_partition_offset(&reader.topic, partition, rdkafka::Offset::Beginning)?;
+            reader.next.insert(partition, 0);
+        }
+        reader.consumer.assign(&tpl)?;
+        Ok(reader)
+    }
+
+    /// Takes the current high watermarks as where to stop (blocking calls, off the runtime).
+    async fn refresh_until(&mut self) -> Result<(), ReplayError> {
+        let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
+        let until = tokio::task::spawn_blocking(move || -> Result<_, rdkafka::error::KafkaError> {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let c: BaseConsumer = surge_runtime::kafka::client_config(&kafka).create()?;
+            let timeout = std::time::Duration::from_secs(10);
+            let md = c.fetch_metadata(Some(&topic), timeout)?;
+            let mut until = std::collections::HashMap::new();
+            for t in md.topics() {
+                for part in t.partitions() {
+                    let (_, high) = c.fetch_watermarks(&topic, part.id(), timeout)?;
+                    until.insert(part.id(), high);
+                }
+            }
+            Ok(until)
+        })
+        .await
+        .map_err(|e| ReplayError::Offsets(e.to_string()))??;
+        self.until = until;
+        Ok(())
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<EventEnvelope>, ReplayError> {
+        use rdkafka::Message;
+        let mut batch = Vec::new();
+        while batch.len() < max
+            && self
+                .until
+                .iter()
+                .any(|(p, end)| self.next.get(p).copied().unwrap_or(0) < *end)
+        {
+            let m = match tokio::time::timeout(std::time::Duration::from_secs(10), self.consumer.recv()).await {
+                Ok(m) => m?,
+                Err(_) => {
+                    return Err(ReplayError::Offsets(
+                        "no message within 10 s before the high watermark".into(),
+                    ))
+                }
+            };
+            self.next.insert(m.partition(), m.offset() + 1);
+            match EventEnvelope::from_json(m.payload().unwrap_or_default()) {
+                Ok(e) => batch.push(e),
+                Err(e) => {
+                    tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable message skipped by the replay")
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
+impl Reader {
+    async fn next_batch(
+        &mut self,
+        conn: &mut PgConnection,
+        p: Projection,
+        max: i64,
+    ) -> Result<Vec<EventEnvelope>, ReplayError> {
+        match self {
+            Reader::Store { after } => {
+                let batch = read_after(conn, p, *after, max).await?;
+                if let Some(last) = batch.last() {
+                    *after = last.position;
+                }
+                Ok(batch)
+            }
+            Reader::Kafka(k) => k.next_batch(max as usize).await,
+        }
+    }
+
+    /// Moves the end of the read to now (for the catch-up under the lock).
+    async fn extend(&mut self) -> Result<(), ReplayError> {
+        match self {
+            Reader::Store { .. } => Ok(()),
+            Reader::Kafka(k) => k.refresh_until().await,
+        }
+    }
 }
 
 /// What a replay did for one projection.
@@ -94,7 +239,7 @@ async fn read_after(
     rows.iter().map(EventEnvelope::from_row).collect()
 }
 
-pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, sqlx::Error> {
+pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayError> {
     let mut conn = PgConnection::connect(&config.db.url).await?;
     let mut reports = Vec::new();
     for &p in &config.projections {
@@ -125,11 +270,16 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, sqlx::Er
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(p.name());
-        let (mut after, mut events) = (0i64, 0u64);
+        let mut reader = match config.source {
+            Source::Store => Reader::Store { after: 0 },
+            Source::Kafka => Reader::Kafka(KafkaReader::new(&config.kafka, p).await?),
+        };
+        let mut events = 0u64;
         loop {
-            let batch = read_after(&mut conn, p, after, config.batch_size.max(1)).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.position;
+            let batch = reader.next_batch(&mut conn, p, config.batch_size.max(1)).await?;
+            if batch.is_empty() {
+                break;
+            }
             let n = batch.len() as u64;
             let mut tx = conn.begin().await?;
             fold_into(&mut tx, p, &generation, batch).await?;
@@ -145,11 +295,13 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, sqlx::Er
             .bind(p.name())
             .execute(&mut *tx)
             .await?;
+        reader.extend().await?;
         let mut caught_up = 0u64;
         loop {
-            let batch = read_after(&mut tx, p, after, config.batch_size.max(1)).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.position;
+            let batch = reader.next_batch(&mut tx, p, config.batch_size.max(1)).await?;
+            if batch.is_empty() {
+                break;
+            }
             caught_up += batch.len() as u64;
             fold_into(&mut tx, p, &generation, batch).await?;
         }

@@ -6,7 +6,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_projections::replay::{replay, ReplayConfig};
+use surge_projections::replay::{replay, ReplayConfig, Source};
 use surge_projections::Projection;
 use surge_testkit::{eventually, TestEnv};
 
@@ -91,6 +91,8 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
         projections: Projection::ALL.to_vec(),
         batch_size: 40,
         dry_run: false,
+        source: Source::Store,
+        kafka: env.kafka.clone(),
     })
     .await
     .expect("replay succeeds");
@@ -117,6 +119,24 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
     .await
     .unwrap();
     assert_eq!(generations, 0, "the old generation is dropped, no new one left behind");
+
+    // The same from Kafka, from offset 0.
+    let reports = replay(&ReplayConfig {
+        db: support::db(&env),
+        projections: Projection::ALL.to_vec(),
+        batch_size: 100,
+        dry_run: false,
+        source: Source::Kafka,
+        kafka: env.kafka.clone(),
+    })
+    .await
+    .expect("replay from Kafka succeeds");
+    assert!(reports.iter().all(|r| r.events > 0));
+    eventually(Duration::from_secs(30), || async {
+        views_match_event_store(&env).await.then_some(())
+    })
+    .await
+    .expect("a replay from Kafka gives the same views");
 
     projector.stop().await;
     relay.stop().await;
