@@ -144,6 +144,16 @@ where
     }
 }
 
+/// Polls a `SELECT count(*) …` until it returns `want` or `timeout` passes; true if it did.
+pub async fn count_reaches(pool: &sqlx::PgPool, sql: &str, want: i64, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.ok()?;
+        (n == want).then_some(())
+    })
+    .await
+    .is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,19 +125,16 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_and_moves() {
         json!({"customer_id": "o", "lines": [{"sku": "O-1", "quantity": 99}]}),
     )
     .await;
-    let pool = env.pool.clone();
-    eventually(Duration::from_secs(20), || {
-        let pool = pool.clone();
-        async move {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_payments")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (left == 0).then_some(())
-        }
-    })
-    .await
-    .expect("the payment settles");
+    assert!(
+        surge_testkit::count_reaches(
+            &env.pool,
+            "SELECT count(*) FROM pending_payments",
+            0,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the payment settles"
+    );
     eventually(Duration::from_secs(20), || async {
         views_match_event_store(&env).await.then_some(())
     })

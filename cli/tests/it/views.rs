@@ -84,19 +84,16 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
         }
     }
 
-    let pool = env.pool.clone();
-    eventually(Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_payments")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (left == 0).then_some(())
-        }
-    })
-    .await
-    .expect("payments settle");
+    assert!(
+        surge_testkit::count_reaches(
+            &env.pool,
+            "SELECT count(*) FROM pending_payments",
+            0,
+            Duration::from_secs(30)
+        )
+        .await,
+        "payments settle"
+    );
     let matched = eventually(Duration::from_secs(60), || async {
         views_match_event_store(&env).await.then_some(())
     })
@@ -131,19 +128,16 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
         .unwrap();
     let (s, _) = post(&http, format!("{cmd}/v1/inventory/V-1/restock"), json!({"quantity": 1})).await;
     assert_eq!(s, 200);
-    let pool = env.pool.clone();
-    eventually(Duration::from_secs(20), || {
-        let pool = pool.clone();
-        async move {
-            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (dead == 1).then_some(())
-        }
-    })
-    .await
-    .expect("the poison message is dead-lettered");
+    assert!(
+        surge_testkit::count_reaches(
+            &env.pool,
+            "SELECT count(*) FROM dead_letters",
+            1,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the poison message is dead-lettered"
+    );
     let matched = eventually(Duration::from_secs(20), || async {
         views_match_event_store(&env).await.then_some(())
     })

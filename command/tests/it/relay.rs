@@ -56,19 +56,10 @@ async fn a_relay_killed_mid_publish_loses_nothing() {
 
     // A new relay takes over (the killed one's lock went with its connection).
     let (stop, relay) = start_relay(&env).await;
-    let pool = env.pool.clone();
-    surge_testkit::eventually(Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (left == 0).then_some(())
-        }
-    })
-    .await
-    .expect("the outbox drains");
+    assert!(
+        surge_testkit::count_reaches(&env.pool, "SELECT count(*) FROM outbox", 0, Duration::from_secs(60)).await,
+        "the outbox drains"
+    );
 
     let mut published = read_topic(&env, StreamType::Order, |s| s.len() >= 300).await;
     published.extend(read_topic(&env, StreamType::Inventory, |s| s.len() >= 303).await);
@@ -137,19 +128,10 @@ async fn of_two_relays_one_is_active_and_the_other_takes_over() {
             .await;
         assert_eq!(s, 202);
     }
-    let pool = env.pool.clone();
-    surge_testkit::eventually(Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (left == 0).then_some(())
-        }
-    })
-    .await
-    .expect("the remaining relay drains the outbox");
+    assert!(
+        surge_testkit::count_reaches(&env.pool, "SELECT count(*) FROM outbox", 0, Duration::from_secs(30)).await,
+        "the remaining relay drains the outbox"
+    );
     assert_eq!(holders().await, 1);
     stop_b.cancel();
     b.await.unwrap();
