@@ -86,6 +86,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(config) => stats::run(config).await?,
         Command::Replay(config) => {
             for r in surge_projections::replay::replay(&config).await? {
+                if r.dry_run {
+                    println!(
+                        "{}: would fold {} events from {:?} into a new generation of {}, then switch under the checkpoint lock",
+                        r.projection.name(),
+                        r.events,
+                        config.source,
+                        r.tables.join(", ")
+                    );
+                    continue;
+                }
                 println!(
                     "{}: {} events folded ({} while switching) in {:.1} s ({:.0} events/s)",
                     r.projection.name(),

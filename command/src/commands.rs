@@ -163,10 +163,6 @@ impl Commands {
         }
     }
 
-    pub fn sequencer(&self) -> Option<&Sequencer> {
-        self.sequencer.as_ref()
-    }
-
     pub fn store(&self) -> &EventStore {
         &self.store
     }

@@ -183,9 +183,13 @@ impl Reader {
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
     pub projection: Projection,
+    /// Events folded (with `--dry-run`: that would be folded now).
     pub events: u64,
     pub caught_up: u64,
     pub seconds: f64,
+    /// The tables the projection keeps, which a replay renews.
+    pub tables: &'static [&'static str],
+    pub dry_run: bool,
 }
 
 fn tables(p: Projection) -> &'static [&'static str] {
@@ -248,12 +252,14 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             .fetch_one(&mut conn)
             .await?;
         if config.dry_run {
-            println!(
-                "replay {}: fold {total} {} events into a new generation of {}, then switch under the checkpoint lock",
-                p.name(),
-                p.stream_type().as_str(),
-                tables(p).join(", ")
-            );
+            reports.push(ReplayReport {
+                projection: p,
+                events: total.max(0) as u64,
+                caught_up: 0,
+                seconds: 0.0,
+                tables: tables(p),
+                dry_run: true,
+            });
             continue;
         }
         let started = Instant::now();
@@ -320,6 +326,8 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             events: events + caught_up,
             caught_up,
             seconds: started.elapsed().as_secs_f64(),
+            tables: tables(p),
+            dry_run: false,
         };
         tracing::info!(
             projection = p.name(),

@@ -183,10 +183,6 @@ impl ViewCache {
         self.db_timeout = timeout;
         self
     }
-
-    pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
-    }
 }
 
 /// Concurrent waiters share one error; each gets its own copy of the outcome.

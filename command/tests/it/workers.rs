@@ -68,8 +68,13 @@ fn worker(c: &Commands, gateway: Arc<SimulatedGateway>, timeout: Duration) -> Pa
     }
 }
 
+/// Runs payment rounds until nothing is pending; retries are made due at once (no backoff wait).
 async fn settle_until_done(w: &PaymentWorker<SimulatedGateway>, env: &TestEnv) {
     surge_testkit::eventually(Duration::from_secs(20), || async {
+        sqlx::query("UPDATE pending_payments SET next_attempt_at = now()")
+            .execute(&env.pool)
+            .await
+            .unwrap();
         w.settle_due().await.unwrap();
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_payments")
             .fetch_one(&env.pool)
@@ -99,12 +104,6 @@ async fn payments_end_paid_or_failed_with_stock_released() {
 
     let gateway = Arc::new(SimulatedGateway::new(Duration::from_millis(5)));
     let w = worker(&c, gateway.clone(), Duration::from_secs(2));
-    // The flaky payment waits out its backoff: make it due again right away.
-    w.settle_due().await.unwrap();
-    sqlx::query("UPDATE pending_payments SET next_attempt_at = now()")
-        .execute(&env.pool)
-        .await
-        .unwrap();
     settle_until_done(&w, &env).await;
 
     assert_eq!(c.order(paid).await.unwrap().1.status, OrderStatus::Paid);
@@ -131,20 +130,7 @@ async fn a_gateway_that_never_answers_fails_the_payment_after_bounded_attempts()
         .unwrap();
     let gateway = Arc::new(SimulatedGateway::new(Duration::ZERO));
     let w = worker(&c, gateway.clone(), Duration::from_millis(50));
-    surge_testkit::eventually(Duration::from_secs(20), || async {
-        sqlx::query("UPDATE pending_payments SET next_attempt_at = now()")
-            .execute(&env.pool)
-            .await
-            .unwrap();
-        w.settle_due().await.unwrap();
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_payments")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        (left == 0).then_some(())
-    })
-    .await
-    .expect("the payment gives up");
+    settle_until_done(&w, &env).await;
     assert_eq!(c.order(id).await.unwrap().1.status, OrderStatus::PaymentFailed);
     assert_eq!(gateway.attempts(id), 3);
     assert_eq!(c.inventory(&sku).await.unwrap().1.available, 4);
