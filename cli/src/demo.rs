@@ -29,7 +29,8 @@ pub struct DemoConfig {
     pub projector_admin_url: String,
 }
 
-async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
+/// Waits (30 s at most) until `base` answers `/readyz` with 200.
+pub(crate) async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await {

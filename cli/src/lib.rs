@@ -8,6 +8,7 @@
 
 pub mod demo;
 pub mod export;
+pub mod flash_sale;
 pub mod loadgen;
 pub mod migrate;
 pub mod schemas;

@@ -29,6 +29,8 @@ pub struct LoadgenConfig {
 pub enum Scenario {
     /// Cached item reads vs uncached vs a trivial handler, in one run.
     Reads(ReadsConfig),
+    /// An open-loop flash sale (ramp to 20x on one hot SKU), then an audit of the outcome.
+    FlashSale(crate::flash_sale::FlashSaleConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -58,6 +60,7 @@ pub struct ReadsConfig {
 pub async fn run(config: LoadgenConfig) -> anyhow::Result<()> {
     match config.scenario {
         Scenario::Reads(c) => reads(c).await,
+        Scenario::FlashSale(c) => crate::flash_sale::run(c).await,
     }
 }
 
@@ -192,6 +195,9 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
+    for base in [&c.command_url, &c.query_url, &c.uncached_query_url] {
+        crate::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
+    }
     println!("== Seeding {} items", c.items);
     let (skus, token) = seed_items(&http, &c.command_url, &run, c.items.max(1)).await?;
     let last = skus.last().cloned().unwrap_or_default();
