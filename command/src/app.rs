@@ -30,6 +30,9 @@ pub struct CommandApiConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+    /// Browser origins allowed to call this API (comma-separated; empty: none).
+    #[arg(long = "cors-origins", env = "SURGE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Run the worker that expires unpaid reservations in this process.
     #[arg(long, env = "SURGE_EXPIRY_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub expiry_worker: bool,
@@ -63,6 +66,7 @@ impl CommandApiConfig {
             db,
             reservation_ttl_secs: 900,
             body_limit_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
             expiry_worker: true,
             payment_worker: true,
             gateway_timeout_ms: 5000,
@@ -114,7 +118,11 @@ impl CommandApp {
             max_in_flight: config.max_in_flight,
             ..AdmissionSettings::default()
         });
-        let router = surge_runtime::http::with_service_layers(router(ctx, admission.clone()), config.body_limit_bytes);
+        let router = surge_runtime::http::with_service_layers(
+            router(ctx, admission.clone()),
+            config.body_limit_bytes,
+            &config.cors_origins,
+        );
         let listener = surge_runtime::startup::bind(config.addr).await?;
         Ok(CommandApp {
             admission,

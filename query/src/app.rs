@@ -43,6 +43,9 @@ pub struct QueryApiConfig {
     /// What a read answers when the wait runs out.
     #[arg(long, env = "SURGE_CONSISTENCY_MODE", value_enum, default_value_t = ConsistencyMode::Fail)]
     pub consistency_mode: ConsistencyMode,
+    /// Browser origins allowed to call this API (comma-separated; empty: none).
+    #[arg(long = "cors-origins", env = "SURGE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long = "query-body-limit-bytes", env = "SURGE_QUERY_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: usize,
@@ -62,6 +65,7 @@ impl QueryApiConfig {
             consistency_wait_ms: 2000,
             consistency_mode: ConsistencyMode::Fail,
             body_limit_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -106,8 +110,9 @@ impl QueryApp {
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             consistency_mode: config.consistency_mode,
         };
-        let router = surge_runtime::http::with_service_layers(router(ctx), config.body_limit_bytes)
-            .layer(CompressionLayer::new().gzip(true).br(true));
+        let router =
+            surge_runtime::http::with_service_layers(router(ctx), config.body_limit_bytes, &config.cors_origins)
+                .layer(CompressionLayer::new().gzip(true).br(true));
         let listener = surge_runtime::startup::bind(config.addr).await?;
         Ok(QueryApp {
             listener,

@@ -10,14 +10,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{HeaderName, Request};
+use http::{HeaderName, HeaderValue, Request};
 use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -54,12 +56,60 @@ pub async fn metrics_text() -> String {
     crate::telemetry::prometheus().render()
 }
 
-/// Wraps a service's routes in the shared middleware stack, and adds `/metrics`.
-pub fn with_service_layers(router: Router, body_limit: usize) -> Router {
+/// Browser origins allowed to call an API (CORS); empty: no cross-origin access.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::AUTHORIZATION,
+                http::header::IF_NONE_MATCH,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-consistency-token"),
+            ])
+            .expose_headers([
+                http::header::ETAG,
+                http::header::LOCATION,
+                http::header::RETRY_AFTER,
+                HeaderName::from_static("x-consistency-token"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Wraps a service's routes in the shared middleware stack (request ids, traces, metrics,
+/// body limit, panics to 500 problems, security headers, CORS for `cors_origins`), and adds
+/// `/metrics`.
+pub fn with_service_layers(router: Router, body_limit: usize, cors_origins: &[String]) -> Router {
     crate::telemetry::prometheus();
-    router
+    let security = [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ];
+    let mut router = router
         .route_layer(middleware::from_fn(track))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics_text));
+    for (name, value) in security {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    if let Some(cors) = cors(cors_origins) {
+        router = router.layer(cors);
+    }
+    router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_to_problem))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -102,7 +152,7 @@ pub async fn serve_admin(
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(move || async move { readyz(&ready).await }));
-    let router = with_service_layers(router, 1024);
+    let router = with_service_layers(router, 1024, &[]);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

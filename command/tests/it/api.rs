@@ -191,3 +191,30 @@ async fn over_limit_clients_get_429_with_retry_after() {
     api.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_always_and_cors_only_for_configured_origins() {
+    let env = TestEnv::new().await;
+    let api = crate::support::start_api_with(&env, |c| c.cors_origins = vec!["https://shop.example".into()]).await;
+    let r = api.http.get(format!("{}/healthz", api.url)).send().await.unwrap();
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    let preflight = |origin: &'static str| {
+        api.http
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/orders", api.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,idempotency-key")
+            .send()
+    };
+    let r = preflight("https://shop.example").await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.example");
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    api.stop().await;
+    env.cleanup().await;
+}
