@@ -116,7 +116,11 @@ impl From<CommandError> for ApiError {
                 "Idempotency key reused with a different request",
             )
             .detail(e.to_string()),
-            CommandError::Overloaded { sku, queue_depth } => Problem::new(
+            CommandError::Overloaded {
+                sku,
+                queue_depth,
+                estimated_wait,
+            } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "hot-sku-overloaded",
                 "Too many orders waiting",
@@ -124,7 +128,8 @@ impl From<CommandError> for ApiError {
             .detail(e.to_string())
             .with("sku", sku.as_str())
             .with("queue_depth", *queue_depth as u64)
-            .retry_after(1),
+            .with("estimated_wait_ms", estimated_wait.as_millis() as u64)
+            .retry_after(estimated_wait.as_secs_f64().ceil().max(1.0) as u64),
             CommandError::LaneStopped => Problem::unavailable("the order could not be sequenced; retry", 1),
             CommandError::StoreUnavailable(cause) => {
                 tracing::warn!(cause, "event store unavailable");

@@ -28,8 +28,12 @@ pub enum CommandError {
     Conflict { stream_id: String, current_version: i64 },
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
-    #[error("too many orders are waiting for {sku} (queue of {queue_depth}); retry shortly")]
-    Overloaded { sku: Sku, queue_depth: usize },
+    #[error("too many orders are waiting for {sku} ({queue_depth} queued, about {estimated_wait:?} to clear); retry shortly")]
+    Overloaded {
+        sku: Sku,
+        queue_depth: usize,
+        estimated_wait: Duration,
+    },
     #[error("the sequencer lane stopped before answering")]
     LaneStopped,
     #[error("the event store is unreachable or busy: {0}")]

@@ -21,6 +21,8 @@ use crate::store::{EventStore, NewEvent, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use surge_events::{CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku};
 use tokio::sync::{mpsc, oneshot};
@@ -57,9 +59,17 @@ impl Default for SequencerSettings {
     }
 }
 
+/// A lane as its callers see it: where to queue, and how long its batches take lately.
+#[derive(Clone)]
+struct LaneHandle {
+    tx: mpsc::Sender<(PlaceJob, Reply)>,
+    /// Moving average of a batch's decide-and-commit time, in microseconds.
+    batch_micros: Arc<AtomicU64>,
+}
+
 #[derive(Clone)]
 pub struct Sequencer {
-    lanes: moka::sync::Cache<Sku, mpsc::Sender<(PlaceJob, Reply)>>,
+    lanes: moka::sync::Cache<Sku, LaneHandle>,
     store: EventStore,
     inventory: StateCache<Inventory>,
     settings: SequencerSettings,
@@ -83,21 +93,42 @@ impl Sequencer {
     pub fn queue_depth(&self, sku: &Sku) -> usize {
         self.lanes
             .get(sku)
-            .map_or(0, |tx| self.settings.queue_depth - tx.capacity())
+            .map_or(0, |l| self.settings.queue_depth - l.tx.capacity())
     }
 
-    fn lane(&self, sku: &Sku) -> mpsc::Sender<(PlaceJob, Reply)> {
+    /// How long an order joining the lane of `sku` now would wait: the batches ahead of it
+    /// times how long a batch takes lately.
+    pub fn estimated_wait(&self, sku: &Sku) -> Duration {
+        let Some(lane) = self.lanes.get(sku) else {
+            return Duration::ZERO;
+        };
+        let queued = self.settings.queue_depth - lane.tx.capacity();
+        let batches = queued.div_ceil(self.settings.max_batch.max(1)) as u64;
+        Duration::from_micros(batches * lane.batch_micros.load(Ordering::Relaxed))
+    }
+
+    fn lane(&self, sku: &Sku) -> LaneHandle {
         self.lanes.get_with(sku.clone(), || {
             let (tx, rx) = mpsc::channel(self.settings.queue_depth.max(1));
+            let batch_micros = Arc::new(AtomicU64::new(0));
             let lane = Lane {
                 sku: sku.clone(),
                 store: self.store.clone(),
                 inventory: self.inventory.clone(),
                 settings: self.settings,
+                batch_micros: batch_micros.clone(),
             };
             tokio::spawn(lane.run(rx));
-            tx
+            LaneHandle { tx, batch_micros }
         })
+    }
+
+    fn overloaded(&self, sku: Sku) -> CommandError {
+        CommandError::Overloaded {
+            estimated_wait: self.estimated_wait(&sku),
+            queue_depth: self.queue_depth(&sku),
+            sku,
+        }
     }
 
     /// Queues the order in the lane of its SKU with the longest queue (the hot item of a
@@ -117,22 +148,14 @@ impl Sequencer {
             .into());
         };
         let (reply, answer) = oneshot::channel();
-        match self.lane(&sku).try_send((job, reply)) {
+        match self.lane(&sku).tx.try_send((job, reply)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(CommandError::Overloaded {
-                    sku,
-                    queue_depth: self.settings.queue_depth,
-                })
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.overloaded(sku)),
             Err(mpsc::error::TrySendError::Closed((job, reply))) => {
                 // The lane went idle and ended between lookup and send: start a new one.
                 self.lanes.invalidate(&sku);
-                if self.lane(&sku).try_send((job, reply)).is_err() {
-                    return Err(CommandError::Overloaded {
-                        sku,
-                        queue_depth: self.settings.queue_depth,
-                    });
+                if self.lane(&sku).tx.try_send((job, reply)).is_err() {
+                    return Err(self.overloaded(sku));
                 }
             }
         }
@@ -142,6 +165,7 @@ impl Sequencer {
 
 struct Lane {
     sku: Sku,
+    batch_micros: Arc<AtomicU64>,
     store: EventStore,
     inventory: StateCache<Inventory>,
     settings: SequencerSettings,
@@ -169,10 +193,15 @@ impl Lane {
                 .with_max_delay(Duration::from_millis(50))
                 .with_max_times(self.settings.max_conflict_retries)
                 .with_jitter();
+            let started = std::time::Instant::now();
             let result = (|| self.commit_batch(&jobs))
                 .retry(policy)
                 .when(|e: &StoreError| e.is_conflict())
                 .await;
+            let took = started.elapsed().as_micros() as u64;
+            let before = self.batch_micros.load(Ordering::Relaxed);
+            let average = if before == 0 { took } else { (before * 7 + took) / 8 };
+            self.batch_micros.store(average, Ordering::Relaxed);
             match result {
                 Ok(outcomes) => self.answer(&jobs, outcomes, replies).await,
                 Err(e) => {
@@ -414,9 +443,14 @@ fn clone_error(e: &CommandError) -> CommandError {
             current_version: *current_version,
         },
         CommandError::IdempotencyKeyReused => CommandError::IdempotencyKeyReused,
-        CommandError::Overloaded { sku, queue_depth } => CommandError::Overloaded {
+        CommandError::Overloaded {
+            sku,
+            queue_depth,
+            estimated_wait,
+        } => CommandError::Overloaded {
             sku: sku.clone(),
             queue_depth: *queue_depth,
+            estimated_wait: *estimated_wait,
         },
         CommandError::LaneStopped => CommandError::LaneStopped,
         CommandError::StoreUnavailable(s) => CommandError::StoreUnavailable(s.clone()),

@@ -200,3 +200,42 @@ async fn two_command_api_processes_never_oversell_together() {
     b.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_lane_refuses_at_once_with_its_depth_and_wait() {
+    let env = TestEnv::new().await;
+    let api = crate::support::start_api_with(&env, |c| c.sku_queue_depth = 1).await;
+    api.add_item("FULL-1", 1000).await;
+    let attempts = (0..150).map(|i| {
+        let api = &api;
+        async move {
+            api.post(
+                "/v1/orders",
+                json!({"customer_id": format!("q{i}"), "lines": [{"sku": "FULL-1", "quantity": 1}]}),
+            )
+            .await
+        }
+    });
+    let results = join_all(attempts).await;
+    let shed: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        results.iter().all(|(s, _)| *s == 202 || *s == 503),
+        "only accepted or shed"
+    );
+    assert!(
+        !shed.is_empty(),
+        "a one-order queue overflows under 150 concurrent orders"
+    );
+    for (_, p) in &shed {
+        assert_eq!(p["type"], "https://surge.dev/problems/hot-sku-overloaded");
+        assert!(p["queue_depth"].as_u64().is_some() && p["estimated_wait_ms"].as_u64().is_some());
+    }
+    let accepted = results.iter().filter(|(s, _)| *s == 202).count() as i64;
+    let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(placed, accepted, "a shed order leaves nothing behind");
+    api.stop().await;
+    env.cleanup().await;
+}
