@@ -433,3 +433,31 @@ async fn readyz(State(ctx): State<ApiContext>) -> Response {
         Err(reason) => Problem::unavailable(reason, 2).into_response(),
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::PlaceOrderRequest;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any body decodes to a request or to an error (a 400), never a panic; what decodes
+        /// carries only valid ids.
+        #[test]
+        fn any_order_body_decodes_or_is_refused(
+            customer in "[ -~]{0,70}",
+            sku in "[ -~]{0,70}",
+            quantity in any::<i64>(),
+            extra in any::<bool>(),
+        ) {
+            let mut body = serde_json::json!({"customer_id": customer, "lines": [{"sku": sku, "quantity": quantity}]});
+            if extra {
+                body["card_number"] = serde_json::json!("4242424242424242");
+            }
+            if let Ok(req) = serde_json::from_value::<PlaceOrderRequest>(body) {
+                prop_assert!(!extra, "unknown fields are refused");
+                prop_assert!(surge_events::CustomerId::parse(req.customer_id.as_str()).is_ok());
+                prop_assert!(surge_events::Sku::parse(req.lines[0].sku.as_str()).is_ok());
+            }
+        }
+    }
+}

@@ -235,3 +235,64 @@ mod tests {
         assert!(EventEnvelope::from_json(b"not json").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::{InventoryEvent, OrderEvent};
+    use proptest::prelude::*;
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 _-]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof!["sku", "order_id", "quantity", "lines", "total", "price", "x"],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever a producer (or an attacker) put in a payload, decoding and upcasting answer
+        /// with a value or an error, never a panic.
+        #[test]
+        fn decoding_arbitrary_payloads_never_panics(
+            payload in any_json(),
+            event_type in prop_oneof!["OrderPlaced", "StockReserved", "ItemAdded", "OrderPaid", "Nope"],
+            schema_version in -1i32..4,
+            order in any::<bool>(),
+        ) {
+            let env = EventEnvelope {
+                event_id: uuid::Uuid::nil(),
+                position: 1,
+                stream_id: StreamId("s".into()),
+                stream_type: if order { StreamType::Order } else { StreamType::Inventory },
+                version: 1,
+                event_type: event_type.to_string(),
+                schema_version,
+                occurred_at: Utc::now(),
+                metadata: EventMetadata::new("p"),
+                payload,
+            };
+            let _ = decode::<OrderEvent>(&env);
+            let _ = decode::<InventoryEvent>(&env);
+            let _ = EventEnvelope::from_json(&env.to_json());
+        }
+
+        /// Arbitrary bytes on the wire are an error, never a panic.
+        #[test]
+        fn arbitrary_wire_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = EventEnvelope::from_json(&bytes);
+        }
+    }
+}
