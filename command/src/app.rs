@@ -101,10 +101,10 @@ impl CommandApp {
             EventStore::new(pool.clone()),
             CommandSettings {
                 reservation_ttl: Duration::from_secs(config.reservation_ttl_secs),
-                sequencer: Some(SequencerSettings {
+                sequencer: SequencerSettings {
                     queue_depth: config.sku_queue_depth.max(1),
                     ..SequencerSettings::default()
-                }),
+                },
                 ..CommandSettings::default()
             },
         );

@@ -3,11 +3,12 @@
 //! Every handler is `load → decide → append` inside a bounded retry on version conflicts
 //! (the commands here commute: reserving for two different orders can be decided in either
 //! order, so a clash only means "decide again on the newer state"). A command that touches
-//! several streams (placing an order reserves each SKU) appends them all in one transaction:
-//! all or nothing.
+//! several streams (cancelling an order releases each SKU) appends them all in one
+//! transaction: all or nothing. Placing an order goes through the per-SKU lanes of
+//! [`crate::sequencer`], which batch many orders into one such transaction.
 
 use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
-use crate::idempotency::{self, Claim, IdempotencyKey};
+use crate::idempotency::{self, IdempotencyKey};
 use crate::payments::Settlement;
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
@@ -18,7 +19,7 @@ use sha2::Digest;
 use std::future::Future;
 use std::time::Duration;
 use surge_events::order::CancelReason;
-use surge_events::{CustomerId, EventMetadata, Money, OrderId, OrderLine, Sku};
+use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -88,8 +89,8 @@ pub struct OrderAccepted {
 pub struct CommandSettings {
     pub reservation_ttl: Duration,
     pub max_conflict_retries: usize,
-    /// Single-SKU orders go through the per-SKU sequencer (group commit) when set.
-    pub sequencer: Option<SequencerSettings>,
+    /// The per-SKU lanes every order goes through (group commit).
+    pub sequencer: SequencerSettings,
 }
 
 impl Default for CommandSettings {
@@ -97,7 +98,7 @@ impl Default for CommandSettings {
         CommandSettings {
             reservation_ttl: Duration::from_secs(15 * 60),
             max_conflict_retries: 8,
-            sequencer: Some(SequencerSettings::default()),
+            sequencer: SequencerSettings::default(),
         }
     }
 }
@@ -148,16 +149,14 @@ pub struct Commands {
     store: EventStore,
     inventory: StateCache<Inventory>,
     orders: StateCache<Order>,
-    sequencer: Option<Sequencer>,
+    sequencer: Sequencer,
     settings: CommandSettings,
 }
 
 impl Commands {
     pub fn new(store: EventStore, settings: CommandSettings) -> Self {
         let inventory = state_cache(100_000);
-        let sequencer = settings
-            .sequencer
-            .map(|s| Sequencer::new(store.clone(), inventory.clone(), s));
+        let sequencer = Sequencer::new(store.clone(), inventory.clone(), settings.sequencer);
         Commands {
             store,
             inventory,
@@ -274,88 +273,16 @@ impl Commands {
         let order_id = OrderId::new();
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.settings.reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
-        if let Some(sequencer) = &self.sequencer {
-            return sequencer
-                .place(PlaceJob {
-                    order_id,
-                    customer_id: cmd.customer_id.clone(),
-                    lines: cmd.lines.clone(),
-                    expires_at,
-                    key,
-                    meta: meta.clone(),
-                })
-                .await;
-        }
-        let mut lines = cmd.lines.clone();
-        // One lock order for every writer: SKUs sorted, so multi-SKU orders cannot deadlock.
-        lines.sort_by(|a, b| a.0.cmp(&b.0));
-
-        self.retrying(|| async {
-            let mut appends = Vec::with_capacity(lines.len() + 1);
-            let mut order_lines = Vec::with_capacity(lines.len());
-            for (sku, quantity) in &lines {
-                let reserve = InventoryCommand::ReserveStock {
-                    sku: sku.clone(),
-                    order_id,
-                    quantity: *quantity,
-                    expires_at,
-                };
-                let (_, state, append) = self.decide_inventory(sku, reserve, meta).await?;
-                let price = state
-                    .item
-                    .as_ref()
-                    .map(|i| i.price.clone())
-                    .ok_or_else(|| DomainError::UnknownItem { sku: sku.clone() })?;
-                order_lines.push(OrderLine {
-                    sku: sku.clone(),
-                    quantity: *quantity,
-                    unit_price: price,
-                });
-                appends.push(append);
-            }
-            let place = OrderCommand::PlaceOrder {
+        self.sequencer
+            .place(PlaceJob {
                 order_id,
                 customer_id: cmd.customer_id.clone(),
-                lines: order_lines,
-                reservation_expires_at: expires_at,
-            };
-            let events = Order::default().decide(&place)?;
-            let total = match &events[..] {
-                [surge_events::OrderEvent::OrderPlaced(p)] => p.total.clone(),
-                _ => return Err(DomainError::UnknownOrder(order_id).into()),
-            };
-            appends.push(StreamAppend::new(order_id.stream_id(), 0, &events, meta));
-
-            let mut tx = self.store.pool().begin().await?;
-            if let Some(key) = &key {
-                if let Claim::Taken = idempotency::claim(&mut tx, key).await? {
-                    drop(tx);
-                    return match idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await? {
-                        Some(answer) => answer,
-                        None => Err(CommandError::IdempotencyKeyReused),
-                    };
-                }
-            }
-            let committed = EventStore::append_in(&mut tx, &appends).await?;
-            sqlx::query("INSERT INTO reservation_deadlines (order_id, expires_at) VALUES ($1, $2)")
-                .bind(order_id.0)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
-            let accepted = OrderAccepted {
-                order_id,
-                status: "placed".into(),
-                total,
-                reservation_expires_at: expires_at,
-                consistency_token: committed.last_position,
-            };
-            if let Some(key) = &key {
-                idempotency::complete(&mut tx, key, 202, &accepted).await?;
-            }
-            tx.commit().await?;
-            Ok(accepted)
-        })
-        .await
+                lines: cmd.lines.clone(),
+                expires_at,
+                key,
+                meta: meta.clone(),
+            })
+            .await
     }
 
     /// Decides `cmd` on the order and `per_line` on each SKU it holds stock of, appends all of

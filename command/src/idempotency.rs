@@ -30,11 +30,6 @@ impl IdempotencyKey {
     }
 }
 
-pub enum Claim {
-    Claimed,
-    Taken,
-}
-
 /// The stored answer for this key, if a request with it committed; a mismatch if the body differs.
 pub async fn lookup<T: DeserializeOwned>(
     pool: &PgPool,
@@ -56,41 +51,6 @@ pub async fn lookup<T: DeserializeOwned>(
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))
             .map_err(CommandError::from),
     ))
-}
-
-/// Claims the key in the caller's transaction.
-pub async fn claim(conn: &mut PgConnection, key: &IdempotencyKey) -> Result<Claim, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, status, response) \
-         VALUES ($1, $2, $3, 0, 'null') ON CONFLICT DO NOTHING",
-    )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .bind(&key.request_hash)
-    .execute(conn)
-    .await?;
-    Ok(if inserted.rows_affected() == 1 {
-        Claim::Claimed
-    } else {
-        Claim::Taken
-    })
-}
-
-/// Stores the answer for a claimed key, in the same transaction.
-pub async fn complete(
-    conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    status: u16,
-    answer: &impl Serialize,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET status = $3, response = $4 WHERE scope = $1 AND key = $2")
-        .bind(&key.scope)
-        .bind(&key.key)
-        .bind(status as i16)
-        .bind(serde_json::to_value(answer).unwrap_or_default())
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// Claims several keys in one statement, in key order (so two transactions claiming
