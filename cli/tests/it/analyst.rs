@@ -34,11 +34,7 @@ async fn a_filtered_export_round_trips_into_an_empty_store() {
     let (cmd, command) = support::command_api(&source).await;
     let http = reqwest::Client::new();
     for sku in ["X-1", "X-2"] {
-        http.post(format!("{cmd}/v1/catalog/items"))
-            .json(&json!({"sku": sku, "name": sku, "category": "x", "price": {"minor": 100, "currency": "EUR"}, "initial_stock": 50}))
-            .send()
-            .await
-            .unwrap();
+        support::add_item(&http, &cmd, sku, 100, 50).await;
     }
     for i in 0..12 {
         let r: serde_json::Value = http
@@ -131,11 +127,7 @@ async fn a_backup_restored_into_a_new_database_rebuilds_identical_views() {
     let relay = support::relay(&source).await;
     let projector = support::projector(&source, 100).await;
     let http = reqwest::Client::new();
-    http.post(format!("{cmd}/v1/catalog/items"))
-        .json(&json!({"sku": "B-1", "name": "B", "category": "b", "price": {"minor": 700, "currency": "EUR"}, "initial_stock": 40}))
-        .send()
-        .await
-        .unwrap();
+    support::add_item(&http, &cmd, "B-1", 700, 40).await;
     for i in 0..15 {
         let r: serde_json::Value = http
             .post(format!("{cmd}/v1/orders"))

@@ -57,13 +57,7 @@ async fn orders_are_accepted_while_kafka_is_down_and_published_when_it_is_back()
         async move { relay.run(s.cancelled_owned()).await.unwrap() }
     });
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{cmd}/v1/catalog/items"))
-        .json(&json!({"sku": "K-1", "name": "K", "category": "k", "price": {"minor": 100, "currency": "EUR"}, "initial_stock": 1000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    support::add_item(&http, &cmd, "K-1", 100, 1000).await;
     let mut expected: HashSet<String> = place(&http, &cmd, 5, "before").await.into_iter().collect();
     eventually(Duration::from_secs(20), || async {
         (outbox(&env).await == 0).then_some(())
@@ -209,13 +203,7 @@ async fn sigterm_with_requests_in_flight_loses_none() {
     })
     .await
     .expect("the command API comes up");
-    let r = http
-        .post(format!("{url}/v1/catalog/items"))
-        .json(&json!({"sku": "T-1", "name": "T", "category": "t", "price": {"minor": 100, "currency": "EUR"}, "initial_stock": 100000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    support::add_item(&http, &url, "T-1", 100, 100_000).await;
 
     let sends = (0..300).map(|i| {
         http.post(format!("{url}/v1/orders"))

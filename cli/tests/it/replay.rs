@@ -19,13 +19,7 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
     let projector = support::projector(&env, 50).await;
     let http = reqwest::Client::new();
     for sku in ["RP-1", "RP-2", "RP-3"] {
-        let r = http
-            .post(format!("{cmd}/v1/catalog/items"))
-            .json(&json!({"sku": sku, "name": sku, "category": "r", "price": {"minor": 300, "currency": "EUR"}, "initial_stock": 500}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
+        support::add_item(&http, &cmd, sku, 300, 500).await;
     }
     let order = |i: usize| {
         let sku = ["RP-1", "RP-2", "RP-3"][i % 3];

@@ -120,3 +120,15 @@ pub async fn views_match_event_store(env: &TestEnv) -> bool {
     let orders = orders::load_all(&mut conn, "orders").await.unwrap();
     items == expected.items && orders == expected.orders
 }
+
+/// Adds a catalog item through the command API at `base` (prices in EUR) and expects 201.
+pub async fn add_item(http: &reqwest::Client, base: &str, sku: &str, price_minor: i64, stock: i64) {
+    let r = http
+        .post(format!("{base}/v1/catalog/items"))
+        .json(&serde_json::json!({"sku": sku, "name": sku, "category": "test",
+                                  "price": {"minor": price_minor, "currency": "EUR"}, "initial_stock": stock}))
+        .send()
+        .await
+        .expect("the command API answers");
+    assert_eq!(r.status().as_u16(), 201, "adding {sku}");
+}
