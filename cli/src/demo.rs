@@ -27,6 +27,8 @@ pub struct DemoConfig {
     pub relay_admin_url: String,
     #[arg(long, default_value = "http://127.0.0.1:9102")]
     pub projector_admin_url: String,
+    #[command(flatten)]
+    pub credentials: crate::credentials::ClientAuth,
 }
 
 /// Waits (30 s at most) until `base` answers `/readyz` with 200.
@@ -58,7 +60,11 @@ async fn post(client: &Client, url: String, body: Value) -> anyhow::Result<(Stat
 }
 
 pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
-    let client = Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // The demo is an admin (catalog, payments on the shoppers' behalf); each shopper orders
+    // with a customer token of its own, as a storefront's users would.
+    let client = config
+        .credentials
+        .client("demo", Client::builder().timeout(Duration::from_secs(30)))?;
     let (cmd, qry) = (
         config.command_url.trim_end_matches('/'),
         config.query_url.trim_end_matches('/'),
@@ -106,10 +112,16 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         if i % 3 == 0 {
             lines.push(json!({"sku": catalog[1].0, "quantity": 2}));
         }
-        let body = json!({"customer_id": format!("shopper-{i}"), "lines": lines});
+        let customer = format!("shopper-{i}");
+        let token = config.credentials.issue(&customer, surge_runtime::Role::Customer);
+        let body = json!({"customer_id": customer, "lines": lines});
         async move {
+            let Ok(token) = token else {
+                return (StatusCode::UNAUTHORIZED, Value::Null);
+            };
             let r = client
                 .post(url)
+                .bearer_auth(token)
                 .header("idempotency-key", format!("demo-{run}-{i}"))
                 .json(&body)
                 .send()

@@ -31,6 +31,8 @@ pub struct FlashSaleConfig {
     /// The event store and views, for the audit.
     #[command(flatten)]
     pub db: DatabaseConfig,
+    #[command(flatten)]
+    pub credentials: crate::credentials::ClientAuth,
     /// Orders per second at the start (the "1x").
     #[arg(long, default_value_t = 50)]
     pub start_rate: u64,
@@ -75,10 +77,12 @@ struct Outcomes {
 }
 
 pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = c.credentials.client(
+        "loadgen",
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256),
+    )?;
     let cmd = c.command_url.trim_end_matches('/').to_string();
     crate::demo::wait_ready(&http, &cmd).await?;
     crate::demo::wait_ready(&http, c.query_url.trim_end_matches('/')).await?;
@@ -90,7 +94,6 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
     {
         let r = http
             .post(format!("{cmd}/v1/catalog/items"))
-            .header("x-api-key", "loadgen-admin")
             .json(&json!({"sku": sku, "name": sku, "category": "flash", "price": {"minor": 1999, "currency": "EUR"}, "initial_stock": stock}))
             .send()
             .await?;

@@ -2,10 +2,11 @@
 //!
 //! Owns nothing but wiring and user-facing output: [`Cli`] lists the subcommands, [`run`]
 //! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`loadgen`] puts
-//! measured load on running services, [`export`] moves events out and back in for analysts,
+//! measured load on running services, [`export`] moves events out and back in for analysts, [`credentials`] issues tokens,
 //! [`schemas`] writes the event JSON Schemas, [`migrate`]
 //! applies the schema and creates the topics. Every service's logic lives in its own crate.
 
+pub mod credentials;
 pub mod demo;
 pub mod export;
 pub mod flash_sale;
@@ -61,6 +62,8 @@ pub enum Command {
     Stats(stats::StatsConfig),
     /// Write a generated history straight into the event store (benchmarks, practice).
     Seed(seed::SeedConfig),
+    /// Issue a local bearer token (HS256, with SURGE_JWT_SECRET) or make an API key.
+    Token(credentials::TokenConfig),
     /// Write the JSON Schema of every event type and version to schema/events/.
     Schemas(schemas::SchemasConfig),
 }
@@ -83,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(config) => demo::run(config).await?,
         Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
+        Command::Token(config) => credentials::run(&config)?,
         Command::Seed(config) => seed::run(config).await?,
         Command::Stats(config) => stats::run(config).await?,
         Command::Replay(config) => {

@@ -55,6 +55,8 @@ pub struct ReadsConfig {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/loadgen")]
     pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub credentials: crate::credentials::ClientAuth,
 }
 
 pub async fn run(config: LoadgenConfig) -> anyhow::Result<()> {
@@ -190,16 +192,20 @@ async fn wait_readable(http: &reqwest::Client, url: &str, token: i64) -> anyhow:
 }
 
 async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
+    // Shoppers browse anonymously; only seeding the catalog needs the admin's token.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(c.concurrency)
         .timeout(Duration::from_secs(10))
         .build()?;
+    let admin = c
+        .credentials
+        .client("loadgen", reqwest::Client::builder().timeout(Duration::from_secs(10)))?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     for base in [&c.command_url, &c.query_url, &c.uncached_query_url] {
         crate::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
     }
     println!("== Seeding {} items", c.items);
-    let (skus, token) = seed_items(&http, &c.command_url, &run, c.items.max(1)).await?;
+    let (skus, token) = seed_items(&admin, &c.command_url, &run, c.items.max(1)).await?;
     let last = skus.last().cloned().unwrap_or_default();
     wait_readable(&http, &format!("{}/v1/catalog/items/{last}", c.query_url), token).await?;
     wait_readable(

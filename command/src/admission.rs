@@ -2,8 +2,8 @@
 //! shedding, so a spike is answered at once (429/503 with `Retry-After`) instead of queueing
 //! without bound.
 //!
-//! - Rate limit: a token bucket per client (governor), keyed by `X-Api-Key` when sent, else by
-//!   the peer's IP. Answers carry `RateLimit-Limit` and `RateLimit-Remaining`.
+//! - Rate limit: a token bucket per client (governor), keyed by the authenticated caller
+//!   (token subject or API key name) when there is one, else by the peer's IP. Answers carry `RateLimit-Limit` and `RateLimit-Remaining`.
 //! - Shedding: at most `max_in_flight` commands are handled at once. New orders may only use
 //!   what is left above a reserve kept for payments and cancellations, which therefore still get
 //!   in when checkout traffic has taken everything else.
@@ -110,8 +110,8 @@ impl Admission {
 }
 
 fn client_key(req: &Request) -> String {
-    if let Some(key) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return format!("key:{key}");
+    if let Some(p) = req.extensions().get::<surge_runtime::Principal>() {
+        return format!("{}:{}", p.role.as_str(), p.subject);
     }
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use surge_events::order::CancelReason;
 use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
+use surge_runtime::auth::{authenticate, Authenticator};
 use surge_runtime::extract::{Body, PathParam};
+use surge_runtime::http::SecuritySchemes;
 use surge_runtime::http::REQUEST_ID;
-use surge_runtime::Problem;
+use surge_runtime::{Principal, Problem, Role};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
@@ -29,7 +31,9 @@ pub struct ApiContext {
     pub pool: PgPool,
 }
 
-pub fn router(ctx: ApiContext, admission: Admission) -> Router {
+/// Every route sits behind [`authenticate`]; each handler asks its caller for the role or the
+/// ownership it needs (401 without credentials, 403 without the right).
+pub fn router(ctx: ApiContext, admission: Admission, auth: std::sync::Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/catalog/items", post(add_item))
         .route("/v1/inventory/{sku}/restock", post(restock))
@@ -40,6 +44,7 @@ pub fn router(ctx: ApiContext, admission: Admission) -> Router {
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
         .with_state(ctx)
 }
 
@@ -51,7 +56,9 @@ pub fn router(ctx: ApiContext, admission: Admission) -> Router {
         description = "Checkout and inventory commands. Errors are RFC 9457 problem+json."
     ),
     paths(add_item, restock, place_order, cancel_order, submit_payment),
-    components(schemas(ProblemDoc, MoneyDoc))
+    components(schemas(ProblemDoc, MoneyDoc)),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
 
@@ -222,15 +229,17 @@ pub struct ItemAccepted {
 
 /// Add an item to the catalog with its opening stock (admin).
 #[utoipa::path(post, path = "/v1/catalog/items", request_body = AddItemRequest,
-    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc),
+    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
               (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all)]
 async fn add_item(
+    caller: Principal,
     State(ctx): State<ApiContext>,
     headers: HeaderMap,
     Body(req): Body<AddItemRequest>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers, "admin".into());
+    caller.require(&[Role::Admin])?;
+    let meta = metadata(&headers, caller.actor());
     let sku = req.sku.clone();
     let committed = ctx
         .commands
@@ -269,15 +278,17 @@ pub struct RestockRequest {
 /// Add stock to an item.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/restock", request_body = RestockRequest,
     params(("sku" = String, Path, description = "the item's SKU")),
-    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all)]
 async fn restock(
+    caller: Principal,
     State(ctx): State<ApiContext>,
     PathParam(sku): PathParam<Sku>,
     headers: HeaderMap,
     Body(req): Body<RestockRequest>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers, "admin".into());
+    caller.require(&[Role::Admin])?;
+    let meta = metadata(&headers, caller.actor());
     let committed = ctx.commands.restock(&sku, req.quantity, &meta).await?;
     accepted("restock");
     Ok((
@@ -327,17 +338,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 #[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 202, body = OrderAccepted, description = "accepted; Location names the order, X-Consistency-Token reads it back"),
-              (status = 400, body = ProblemDoc), (status = 409, body = ProblemDoc),
+              (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 409, body = ProblemDoc),
               (status = 422, body = ProblemDoc, description = "out of stock, unknown item, bad quantity, key reused"),
               (status = 503, body = ProblemDoc, description = "the item's queue is full; Retry-After says when")))]
 #[tracing::instrument(skip_all)]
 async fn place_order(
+    caller: Principal,
     State(ctx): State<ApiContext>,
     headers: HeaderMap,
     Body(req): Body<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
+    caller.may_act_for(req.customer_id.as_str())?;
     let key = idempotency_key(&headers)?.map(|k| IdempotencyKey::new(format!("orders:{}", req.customer_id), k, &req));
-    let meta = metadata(&headers, format!("customer:{}", req.customer_id));
+    let meta = metadata(&headers, caller.actor());
     let cmd = PlaceOrder {
         customer_id: req.customer_id,
         lines: req.lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
@@ -367,14 +380,16 @@ pub struct OrderStatusChanged {
 /// Cancel a placed order; its stock goes back on sale.
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel",
     params(("order_id" = uuid::Uuid, Path)),
-    responses((status = 200, body = OrderStatusChanged), (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 200, body = OrderStatusChanged), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn cancel_order(
+    caller: Principal,
     State(ctx): State<ApiContext>,
     PathParam(order_id): PathParam<OrderId>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers, "customer".into());
+    owner_check(&ctx, &caller, order_id).await?;
+    let meta = metadata(&headers, caller.actor());
     let committed = ctx
         .commands
         .cancel_order(order_id, CancelReason::CustomerRequest, &meta)
@@ -402,16 +417,18 @@ pub struct PaymentRequest {
 /// Pay a placed order with a payment provider's token (never a card number).
 #[utoipa::path(post, path = "/v1/orders/{order_id}/payment", request_body = PaymentRequest,
     params(("order_id" = uuid::Uuid, Path)),
-    responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc),
+    responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
               (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc, description = "card number sent, bad token, order not payable")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn submit_payment(
+    caller: Principal,
     State(ctx): State<ApiContext>,
     PathParam(order_id): PathParam<OrderId>,
     headers: HeaderMap,
     Body(req): Body<PaymentRequest>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers, "customer".into());
+    owner_check(&ctx, &caller, order_id).await?;
+    let meta = metadata(&headers, caller.actor());
     let committed = ctx.commands.submit_payment(order_id, &req.payment_token, &meta).await?;
     accepted("submit_payment");
     Ok((
@@ -424,6 +441,22 @@ async fn submit_payment(
         }),
     )
         .into_response())
+}
+
+/// 403 unless `caller` may change the order (its customer, a service or an admin); an order
+/// that does not exist is left to the command (404).
+async fn owner_check(ctx: &ApiContext, caller: &Principal, order_id: OrderId) -> Result<(), ApiError> {
+    if matches!(caller.role, Role::Service | Role::Admin) {
+        return Ok(());
+    }
+    match ctx.commands.order(order_id).await {
+        Ok((_, order)) => match &order.customer_id {
+            Some(owner) => Ok(caller.may_act_for(owner.as_str())?),
+            None => Ok(()),
+        },
+        Err(CommandError::Domain(DomainError::UnknownOrder(_))) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /readyz`: ready when the event store answers and its migrations are applied.

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use surge_runtime::{DatabaseConfig, StartupError};
+use surge_runtime::{AuthConfig, DatabaseConfig, StartupError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,8 @@ pub struct CommandApiConfig {
     pub addr: SocketAddr,
     #[command(flatten)]
     pub db: DatabaseConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// How long stock stays reserved for an unpaid order, in seconds.
     #[arg(long, env = "SURGE_RESERVATION_TTL_SECS", default_value_t = 900)]
     pub reservation_ttl_secs: u64,
@@ -60,10 +62,11 @@ pub struct CommandApiConfig {
 }
 
 impl CommandApiConfig {
-    pub fn new(addr: SocketAddr, db: DatabaseConfig) -> Self {
+    pub fn new(addr: SocketAddr, db: DatabaseConfig, auth: AuthConfig) -> Self {
         CommandApiConfig {
             addr,
             db,
+            auth,
             reservation_ttl_secs: 900,
             body_limit_bytes: 64 * 1024,
             cors_origins: Vec::new(),
@@ -95,6 +98,7 @@ impl CommandApp {
                 "SURGE_RESERVATION_TTL_SECS must be at least 1".into(),
             ));
         }
+        let auth = config.auth.build().map_err(|e| StartupError::Config(e.to_string()))?;
         let pool = surge_runtime::db::connect(&config.db).await?;
         surge_runtime::db::report_pool_usage(pool.clone(), "command");
         let commands = Commands::new(
@@ -119,7 +123,7 @@ impl CommandApp {
             ..AdmissionSettings::default()
         });
         let router = surge_runtime::http::with_service_layers(
-            router(ctx, admission.clone()),
+            router(ctx, admission.clone(), auth),
             config.body_limit_bytes,
             &config.cors_origins,
         );

@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::time::Duration;
 use surge_events::{CustomerId, Sku};
+use surge_runtime::auth::{authenticate, Authenticator};
 use surge_runtime::extract::{Params, PathParam};
-use surge_runtime::Problem;
+use surge_runtime::http::SecuritySchemes;
+use surge_runtime::{Principal, Problem, Role};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
@@ -41,7 +44,10 @@ pub struct QueryContext {
     pub consistency_mode: ConsistencyMode,
 }
 
-pub fn router(ctx: QueryContext) -> Router {
+/// Catalog reads are public (shoppers browse anonymously); orders need their customer, a
+/// service, an admin or an analyst; statistics need an admin or an analyst. Bad credentials
+/// are a 401 on every route.
+pub fn router(ctx: QueryContext, auth: std::sync::Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/catalog/items", get(list_items))
         .route("/v1/catalog/items/{sku}", get(get_item))
@@ -50,7 +56,53 @@ pub fn router(ctx: QueryContext) -> Router {
         .route("/v1/stats/sales", get(sales))
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
         .with_state(ctx)
+}
+
+/// The query API's contract.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Surge query API",
+        description = "Catalog and order reads from the views. Errors are RFC 9457 problem+json."
+    ),
+    paths(list_items, get_item, get_order, customer_orders, sales),
+    components(schemas(ProblemDoc, CatalogItem, Order, ItemPage, OrderPage, SalesReport, views::SalesMinute, views::Price)),
+    modifiers(&SecuritySchemes)
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// RFC 9457 problem details, with a stable `type` per kind of problem.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ProblemDoc {
+    #[schema(rename = "type")]
+    type_uri: String,
+    title: String,
+    status: u16,
+    detail: Option<String>,
+}
+
+/// A page of catalog items; pass `next_cursor` as `cursor` for the next one.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ItemPage {
+    items: Vec<CatalogItem>,
+    next_cursor: Option<String>,
+}
+
+/// A page of a customer's orders, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct OrderPage {
+    items: Vec<Order>,
+    next_cursor: Option<String>,
 }
 
 type ApiResult = Result<Response, Problem>;
@@ -76,9 +128,12 @@ fn token(headers: &HeaderMap, after: Option<i64>) -> Result<Option<i64>, Problem
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// A consistency token from the command API: wait (bounded) until the view reflects it.
+    #[param(minimum = 0)]
     pub after: Option<i64>,
 }
 
@@ -191,8 +246,15 @@ fn view_response(
     res
 }
 
-fn cached<T: Serialize>(dto: &T, version: i64, last_position: i64, updated_at: DateTime<Utc>) -> CachedView {
+fn cached<T: Serialize>(
+    dto: &T,
+    owner: Option<String>,
+    version: i64,
+    last_position: i64,
+    updated_at: DateTime<Utc>,
+) -> CachedView {
     CachedView {
+        owner,
         body: Bytes::from(serde_json::to_vec(dto).unwrap_or_default()),
         etag: format!("\"v{version}\""),
         version,
@@ -201,6 +263,11 @@ fn cached<T: Serialize>(dto: &T, version: i64, last_position: i64, updated_at: D
     }
 }
 
+/// One catalog item (public). `ETag`/`If-None-Match` answer 304 when unchanged.
+#[utoipa::path(get, path = "/v1/catalog/items/{sku}", params(("sku" = String, Path), ReadParams),
+    responses((status = 200, body = CatalogItem), (status = 304), (status = 400, body = ProblemDoc),
+              (status = 401, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    security((), ("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 async fn get_item(
     State(ctx): State<QueryContext>,
@@ -217,7 +284,7 @@ async fn get_item(
         async move {
             Ok(views::item(&pool, &key)
                 .await?
-                .map(|r| cached(&CatalogItem::from(&r), r.version, r.last_position, r.updated_at)))
+                .map(|r| cached(&CatalogItem::from(&r), None, r.version, r.last_position, r.updated_at)))
         }
     };
     let stream = sku.stream_id();
@@ -227,8 +294,15 @@ async fn get_item(
     }
 }
 
+/// One order: its customer, a service, an admin or an analyst.
+#[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = Uuid, Path), ReadParams),
+    responses((status = 200, body = Order), (status = 304), (status = 400, body = ProblemDoc),
+              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
+              (status = 404, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn get_order(
+    caller: Principal,
     State(ctx): State<QueryContext>,
     PathParam(order_id): PathParam<Uuid>,
     Params(p): Params<ReadParams>,
@@ -239,14 +313,18 @@ async fn get_order(
     let load = || {
         let pool = pool.clone();
         async move {
-            Ok(views::order(&pool, order_id)
-                .await?
-                .map(|r| cached(&Order::from(&r), r.version, r.last_position, r.updated_at)))
+            Ok(views::order(&pool, order_id).await?.map(|r| {
+                let owner = Some(r.customer_id.clone());
+                cached(&Order::from(&r), owner, r.version, r.last_position, r.updated_at)
+            }))
         }
     };
     let stream = format!("order-{order_id}");
     match read_view(&ctx, &ctx.orders, &order_id.to_string(), &stream, token, load).await? {
-        Some((v, s, f)) => Ok(view_response(&headers, &v, s, f, "private, no-cache")),
+        Some((v, s, f)) => {
+            caller.may_read(v.owner.as_deref().unwrap_or_default())?;
+            Ok(view_response(&headers, &v, s, f, "private, no-cache"))
+        }
         None => Err(Problem::not_found(format!("no order {order_id}"))),
     }
 }
@@ -277,14 +355,19 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, Problem> {
         })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListItemsParams {
     pub category: Option<String>,
+    /// Lowest price, in minor units.
     pub min_price: Option<i64>,
+    /// Highest price, in minor units.
     pub max_price: Option<i64>,
     pub in_stock: Option<bool>,
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -299,6 +382,11 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The catalog (public), by SKU, with keyset pagination.
+#[utoipa::path(get, path = "/v1/catalog/items", params(ListItemsParams),
+    responses((status = 200, body = ItemPage), (status = 400, body = ProblemDoc),
+              (status = 401, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    security((), ("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
 async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItemsParams>) -> ApiResult {
     let limit = page_size(p.limit)?;
@@ -342,10 +430,13 @@ async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItems
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -355,12 +446,19 @@ struct OrderCursor {
     order_id: Uuid,
 }
 
+/// A customer's orders, newest first: that customer, a service, an admin or an analyst.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/orders", params(("customer_id" = String, Path), PageParams),
+    responses((status = 200, body = OrderPage), (status = 400, body = ProblemDoc),
+              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(customer = %customer))]
 async fn customer_orders(
+    caller: Principal,
     State(ctx): State<QueryContext>,
     PathParam(customer): PathParam<CustomerId>,
     Params(p): Params<PageParams>,
 ) -> ApiResult {
+    caller.may_read(customer.as_str())?;
     let limit = page_size(p.limit)?;
     let after = p.cursor.as_deref().map(decode_cursor::<OrderCursor>).transpose()?;
     let rows = views::customer_orders(
@@ -392,15 +490,20 @@ async fn customer_orders(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SalesParams {
+    #[param(value_type = Option<String>)]
     pub sku: Option<Sku>,
+    /// Start (RFC 3339); default: an hour before `to`.
     pub from: Option<DateTime<Utc>>,
+    /// End (RFC 3339); default: now.
     pub to: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+/// Units sold per minute in a time range (at most 31 days).
+#[derive(Serialize, ToSchema)]
 struct SalesReport {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -408,8 +511,14 @@ struct SalesReport {
     minutes: Vec<views::SalesMinute>,
 }
 
+/// Sales per minute: an admin or an analyst.
+#[utoipa::path(get, path = "/v1/stats/sales", params(SalesParams),
+    responses((status = 200, body = SalesReport), (status = 400, body = ProblemDoc),
+              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
-async fn sales(State(ctx): State<QueryContext>, Params(p): Params<SalesParams>) -> ApiResult {
+async fn sales(caller: Principal, State(ctx): State<QueryContext>, Params(p): Params<SalesParams>) -> ApiResult {
+    caller.require(&[Role::Admin, Role::Analyst])?;
     let to = p.to.unwrap_or_else(Utc::now);
     let from = p.from.unwrap_or(to - chrono::Duration::hours(1));
     if from >= to {

@@ -7,7 +7,7 @@ use clap::Args;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
+use surge_runtime::{AuthConfig, DatabaseConfig, KafkaConfig, StartupError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
@@ -19,6 +19,8 @@ pub struct QueryApiConfig {
     pub addr: SocketAddr,
     #[command(flatten)]
     pub db: DatabaseConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// Postgres URL of a read replica to serve view reads from (defaults to the primary).
     #[arg(long, env = "SURGE_READ_DATABASE_URL")]
     pub read_database_url: Option<String>,
@@ -52,10 +54,11 @@ pub struct QueryApiConfig {
 }
 
 impl QueryApiConfig {
-    pub fn new(addr: SocketAddr, db: DatabaseConfig, kafka: KafkaConfig) -> Self {
+    pub fn new(addr: SocketAddr, db: DatabaseConfig, kafka: KafkaConfig, auth: AuthConfig) -> Self {
         QueryApiConfig {
             addr,
             db,
+            auth,
             read_database_url: None,
             kafka,
             cache_enabled: true,
@@ -80,6 +83,7 @@ pub struct QueryApp {
 impl QueryApp {
     pub async fn build(config: QueryApiConfig) -> Result<Self, StartupError> {
         surge_runtime::telemetry::prometheus();
+        let auth = config.auth.build().map_err(|e| StartupError::Config(e.to_string()))?;
         let read_db = DatabaseConfig {
             url: config
                 .read_database_url
@@ -111,7 +115,7 @@ impl QueryApp {
             consistency_mode: config.consistency_mode,
         };
         let router =
-            surge_runtime::http::with_service_layers(router(ctx), config.body_limit_bytes, &config.cors_origins)
+            surge_runtime::http::with_service_layers(router(ctx, auth), config.body_limit_bytes, &config.cors_origins)
                 .layer(CompressionLayer::new().gzip(true).br(true));
         let listener = surge_runtime::startup::bind(config.addr).await?;
         Ok(QueryApp {

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct CachedView {
     pub body: Bytes,
+    /// The customer whose data this is (orders), checked on every read, cached or not.
+    pub owner: Option<String>,
     pub etag: String,
     pub version: i64,
     pub last_position: i64,
@@ -302,6 +304,7 @@ mod tests {
 
     fn view(version: i64) -> CachedView {
         CachedView {
+            owner: None,
             body: Bytes::from_static(b"{}"),
             etag: format!("\"{version}\""),
             version,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Price {
     pub minor: i64,
     pub currency: String,
@@ -28,7 +28,7 @@ pub struct ItemRow {
 }
 
 /// A catalog item as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CatalogItem {
     pub sku: String,
     pub name: String,
@@ -77,11 +77,13 @@ pub struct OrderRow {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Order {
     pub order_id: Uuid,
     pub customer_id: String,
     pub status: String,
+    /// The order's lines: SKU, quantity, unit price.
+    #[schema(value_type = Vec<Object>)]
     pub lines: serde_json::Value,
     pub total: Price,
     pub placed_at: DateTime<Utc>,
@@ -107,7 +109,7 @@ impl From<&OrderRow> for Order {
     }
 }
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct SalesMinute {
     pub sku: String,
     pub minute: DateTime<Utc>,

@@ -5,8 +5,10 @@
 //! running migrations ([`db`]), Kafka client settings and topic administration ([`kafka`]),
 //! RFC 9457 problem responses ([`problem`]) that both HTTP APIs answer errors with, the
 //! extractors that turn bad input into such problems ([`extract`]) and startup errors ([`startup`]).
-//! It never holds domain rules and never reaches into a view or the event store's tables.
+//! Authentication ([`auth`]: bearer tokens and API keys, roles) is here too, so both APIs
+//! check callers the same way. It never holds domain rules and never reaches into a view or the event store's tables.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod extract;
@@ -17,6 +19,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
+pub use auth::{AuthConfig, Principal, Role};
 pub use config::{DatabaseConfig, KafkaConfig, LogFormat};
 pub use problem::Problem;
 pub use startup::StartupError;

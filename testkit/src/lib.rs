@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
-use surge_runtime::{DatabaseConfig, KafkaConfig};
+use surge_runtime::{AuthConfig, DatabaseConfig, KafkaConfig, Role};
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://surge:surge@127.0.0.1:5432/surge";
 /// Databases made for tests start with this; `./dev test` drops leftovers.
@@ -22,6 +22,8 @@ pub struct TestEnv {
     pub db: DatabaseConfig,
     pub kafka: KafkaConfig,
     pub pool: PgPool,
+    /// HS256 with a secret of this test's own: services started for it check tokens with it.
+    pub auth: AuthConfig,
     db_name: String,
     admin_url: String,
 }
@@ -75,9 +77,57 @@ impl TestEnv {
             db,
             kafka,
             pool,
+            auth: AuthConfig::hs256(format!("test-secret-{}", uuid::Uuid::new_v4().simple())),
             db_name,
             admin_url,
         }
+    }
+
+    /// A bearer token for `subject` with `role`, valid for an hour.
+    pub fn token(&self, subject: &str, role: Role) -> String {
+        self.auth
+            .build()
+            .expect("test auth config is valid")
+            .issue(subject, role, Duration::from_secs(3600))
+            .expect("HS256 tokens can be issued")
+    }
+
+    /// A token signed with the right key that expired an hour ago.
+    pub fn expired_token(&self, subject: &str, role: Role) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.auth
+            .build()
+            .expect("test auth config is valid")
+            .sign(&surge_runtime::auth::Claims {
+                sub: subject.to_string(),
+                role,
+                iss: self.auth.issuer.clone(),
+                aud: self.auth.audience.clone(),
+                iat: now - 7200,
+                exp: now - 3600,
+            })
+            .expect("HS256 tokens can be signed")
+    }
+
+    /// An HTTP client that calls as an admin (tests of other things than access rules).
+    pub fn http(&self) -> reqwest::Client {
+        self.client_as("test-admin", Role::Admin)
+    }
+
+    /// An HTTP client that sends a token for `subject` with `role` on every request.
+    pub fn client_as(&self, subject: &str, role: Role) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {}", self.token(subject, role));
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            value.parse().expect("a token is a valid header value"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("HTTP client builds")
     }
 
     /// The URL of this test's database through `proxy` (same credentials and name).

@@ -32,7 +32,7 @@ async fn events(env: &TestEnv, filter: &str) -> Vec<EventEnvelope> {
 async fn a_filtered_export_round_trips_into_an_empty_store() {
     let source = TestEnv::new().await;
     let (cmd, command) = support::command_api(&source).await;
-    let http = reqwest::Client::new();
+    let http = source.http();
     for sku in ["X-1", "X-2"] {
         support::add_item(&http, &cmd, sku, 100, 50).await;
     }
@@ -126,7 +126,7 @@ async fn a_backup_restored_into_a_new_database_rebuilds_identical_views() {
     let (cmd, command) = support::command_api(&source).await;
     let relay = support::relay(&source).await;
     let projector = support::projector(&source, 100).await;
-    let http = reqwest::Client::new();
+    let http = source.http();
     support::add_item(&http, &cmd, "B-1", 700, 40).await;
     for i in 0..15 {
         let r: serde_json::Value = http

@@ -56,7 +56,7 @@ async fn orders_are_accepted_while_kafka_is_down_and_published_when_it_is_back()
         let s = stop.clone();
         async move { relay.run(s.cancelled_owned()).await.unwrap() }
     });
-    let http = reqwest::Client::new();
+    let http = env.http();
     support::add_item(&http, &cmd, "K-1", 100, 1000).await;
     let mut expected: HashSet<String> = place(&http, &cmd, 5, "before").await.into_iter().collect();
     eventually(Duration::from_secs(20), || async {
@@ -126,16 +126,20 @@ async fn readiness_follows_postgres() {
         url: env.url_via(proxy.addr),
         max_connections: 3,
     };
-    let app = CommandApp::build(CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db))
-        .await
-        .unwrap();
+    let app = CommandApp::build(CommandApiConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        db,
+        env.auth.clone(),
+    ))
+    .await
+    .unwrap();
     let url = format!("http://{}", app.local_addr());
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn({
         let s = stop.clone();
         async move { app.run(s.cancelled_owned()).await.unwrap() }
     });
-    let http = reqwest::Client::new();
+    let http = env.http();
     assert_eq!(ready(&http, &url).await, 200);
 
     proxy.cut();
@@ -191,13 +195,14 @@ async fn sigterm_with_requests_in_flight_loses_none() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_surge"))
         .args(["command-api", "--addr", &format!("127.0.0.1:{port}")])
         .env("SURGE_DATABASE_URL", &env.db.url)
+        .env("SURGE_JWT_SECRET", env.auth.jwt_secret.as_deref().unwrap_or_default())
         .env("SURGE_LOG_FORMAT", "json")
         .env("SURGE_GATEWAY_LATENCY_MS", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("surge starts");
-    let http = reqwest::Client::new();
+    let http = env.http();
     eventually(Duration::from_secs(20), || async {
         (ready(&http, &url).await == 200).then_some(())
     })

@@ -44,7 +44,7 @@ impl Stack {
 async fn an_order_flows_from_http_through_kafka_to_the_query_api() {
     let env = TestEnv::new().await;
     let stack = start_stack(&env).await;
-    let http = reqwest::Client::new();
+    let http = env.http();
 
     let r = http
         .post(format!("{}/v1/catalog/items", stack.command_url))

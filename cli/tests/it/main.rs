@@ -1,6 +1,7 @@
 //! Integration tests of the whole system, on the real Postgres and the real Kafka broker.
 
 mod analyst;
+mod auth;
 mod compose;
 mod faults;
 mod flow;

@@ -81,7 +81,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_and_moves() {
     let (qry, query) = support::query_api(&env, true).await;
     let relay = support::relay(&env).await;
     let projector = support::projector(&env, 100).await;
-    let http = reqwest::Client::new();
+    let http = env.http();
     let post = |path: String, body: serde_json::Value| {
         let http = http.clone();
         async move {

@@ -22,7 +22,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     let (qry, query) = support::query_api(&env, true).await;
     let relay = support::relay(&env).await;
     let projector = support::projector(&env, 1000).await;
-    let http = reqwest::Client::new();
+    let http = env.http();
 
     let mut token = 0;
     for (i, sku) in ["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"].iter().enumerate() {

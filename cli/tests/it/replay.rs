@@ -17,7 +17,7 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
     let (qry, query) = support::query_api(&env, false).await;
     let relay = support::relay(&env).await;
     let projector = support::projector(&env, 50).await;
-    let http = reqwest::Client::new();
+    let http = env.http();
     for sku in ["RP-1", "RP-2", "RP-3"] {
         support::add_item(&http, &cmd, sku, 300, 500).await;
     }

@@ -43,9 +43,13 @@ pub fn db(env: &TestEnv) -> DatabaseConfig {
 }
 
 pub async fn command_api(env: &TestEnv) -> (String, Service) {
-    let app = CommandApp::build(CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env)))
-        .await
-        .expect("command API starts");
+    let app = CommandApp::build(CommandApiConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        db(env),
+        env.auth.clone(),
+    ))
+    .await
+    .expect("command API starts");
     let url = format!("http://{}", app.local_addr());
     (
         url,
@@ -54,7 +58,12 @@ pub async fn command_api(env: &TestEnv) -> (String, Service) {
 }
 
 pub async fn query_api(env: &TestEnv, cache_enabled: bool) -> (String, Service) {
-    let mut config = QueryApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env), env.kafka.clone());
+    let mut config = QueryApiConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        db(env),
+        env.kafka.clone(),
+        env.auth.clone(),
+    );
     config.cache_enabled = cache_enabled;
     let app = QueryApp::build(config).await.expect("query API starts");
     let url = format!("http://{}", app.local_addr());

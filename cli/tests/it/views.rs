@@ -18,7 +18,7 @@ async fn views_equal_the_fold_of_the_event_store_through_crashes_and_rebalances(
     let env = TestEnv::new().await;
     let (cmd, command) = support::command_api(&env).await;
     let relay = support::relay(&env).await;
-    let http = reqwest::Client::new();
+    let http = env.http();
     let skus = ["V-1", "V-2", "V-3", "V-4"];
     for sku in skus {
         let (s, _) = post(

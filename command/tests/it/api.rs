@@ -2,6 +2,7 @@
 
 use crate::support::start_api;
 use serde_json::{json, Value};
+use surge_runtime::Role;
 use surge_testkit::TestEnv;
 
 async fn raw(api: &crate::support::Api, path: &str, content_type: &str, body: &'static str) -> (u16, String, Value) {
@@ -163,10 +164,15 @@ async fn over_limit_clients_get_429_with_retry_after() {
         c.rate_limit_burst = 3;
     })
     .await;
-    let restock = |key: &'static str| {
-        api.http
+    // Clients are told apart by who they authenticate as.
+    let (a, b) = (
+        env.client_as("client-a", Role::Admin),
+        env.client_as("client-b", Role::Admin),
+    );
+    let restock = |who: &'static str| {
+        let client = if who == "client-a" { &a } else { &b };
+        client
             .post(format!("{}/v1/inventory/NOPE/restock", api.url))
-            .header("x-api-key", key)
             .json(&json!({"quantity": 1}))
             .send()
     };

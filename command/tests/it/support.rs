@@ -30,7 +30,7 @@ pub async fn start_api(env: &TestEnv) -> Api {
 }
 
 pub async fn start_api_with(env: &TestEnv, tweak: impl FnOnce(&mut CommandApiConfig)) -> Api {
-    let mut config = CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env, 10));
+    let mut config = CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db(env, 10), env.auth.clone());
     tweak(&mut config);
     let app = CommandApp::build(config).await.expect("command API starts");
     let url = format!("http://{}", app.local_addr());
@@ -39,7 +39,7 @@ pub async fn start_api_with(env: &TestEnv, tweak: impl FnOnce(&mut CommandApiCon
     let task = tokio::spawn(async move { app.run(s.cancelled_owned()).await.unwrap() });
     Api {
         url,
-        http: reqwest::Client::new(),
+        http: env.http(),
         stop,
         task,
     }

@@ -1,0 +1,97 @@
+//! How the CLI's tools (demo, loadgen) authenticate to the APIs, and `surge token`, which
+//! issues local tokens and API keys.
+
+use anyhow::Context;
+use clap::Args;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use std::time::Duration;
+use surge_runtime::auth::new_api_key;
+use surge_runtime::{AuthConfig, Role};
+
+/// The credentials of a tool: a token given as is, or one minted from the local HS256 secret.
+#[derive(Clone, Args)]
+pub struct ClientAuth {
+    /// Bearer token to call the APIs with (default: an admin token issued with SURGE_JWT_SECRET).
+    #[arg(long = "token", env = "SURGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// HS256 secret the services check tokens with (local deploys).
+    #[arg(long = "jwt-secret", env = "SURGE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientAuth(<redacted>)")
+    }
+}
+
+impl ClientAuth {
+    /// A token for `subject` with `role`, issued with the local secret.
+    pub fn issue(&self, subject: &str, role: Role) -> anyhow::Result<String> {
+        let secret = self
+            .jwt_secret
+            .clone()
+            .context("set SURGE_JWT_SECRET (or pass --token) to call the APIs")?;
+        Ok(AuthConfig::hs256(secret)
+            .build()?
+            .issue(subject, role, Duration::from_secs(3600))?)
+    }
+
+    /// The tool's own bearer token: `--token`, else an admin token for `tool`.
+    pub fn bearer(&self, tool: &str) -> anyhow::Result<String> {
+        match &self.token {
+            Some(t) => Ok(t.clone()),
+            None => self.issue(tool, Role::Admin),
+        }
+    }
+
+    /// An HTTP client that sends the tool's token with every request.
+    pub fn client(&self, tool: &str, builder: reqwest::ClientBuilder) -> anyhow::Result<reqwest::Client> {
+        let mut headers = HeaderMap::new();
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.bearer(tool)?))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+        Ok(builder.default_headers(headers).build()?)
+    }
+}
+
+#[derive(Clone, Args)]
+pub struct TokenConfig {
+    /// Role of the token (or API key).
+    #[arg(long, value_enum, default_value_t = Role::Customer)]
+    pub role: Role,
+    /// Subject: the customer id for customers, a name otherwise.
+    #[arg(long, default_value = "dev")]
+    pub sub: String,
+    /// Lifetime of the token, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+    /// Make an API key for a service client named `sub` instead of a token.
+    #[arg(long)]
+    pub api_key: bool,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("role", &self.role)
+            .field("sub", &self.sub)
+            .finish()
+    }
+}
+
+/// `surge token`: prints a token (stdout, alone, for `$(surge token ...)`), or an API key and
+/// the entry to add to SURGE_API_KEYS.
+pub fn run(c: &TokenConfig) -> anyhow::Result<()> {
+    if c.api_key {
+        let (key, entry) = new_api_key(&c.sub, c.role);
+        println!("api key (give it to the client, it is not stored): {key}");
+        println!("SURGE_API_KEYS entry (only the hash):                {entry}");
+        return Ok(());
+    }
+    let token = c.auth.build()?.issue(&c.sub, c.role, Duration::from_secs(c.ttl_secs))?;
+    println!("{token}");
+    Ok(())
+}
