@@ -288,6 +288,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         "   metrics       {cmd}/metrics  {qry}/metrics  {}/metrics  {}/metrics",
         config.relay_admin_url, config.projector_admin_url
     );
+    println!("   console       {qry}/console  (sign in with: surge token --role admin --sub you; `./dev services` keeps it up)");
     println!("   dashboards    deploy/grafana/surge.json, alerts in deploy/prometheus/alerts.yml");
     println!("   event store   psql \"$SURGE_DATABASE_URL\" -c 'SELECT position, stream_id, version, event_type FROM events ORDER BY position DESC LIMIT 20'");
     Ok(())

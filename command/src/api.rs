@@ -210,13 +210,22 @@ fn token_header(position: i64) -> [(&'static str, HeaderValue); 1] {
 pub struct AddItemRequest {
     #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "SNEAKER-1")]
     pub sku: Sku,
-    #[schema(max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
-    #[schema(max_length = 64)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub category: String,
     #[schema(value_type = MoneyDoc)]
     pub price: Money,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub initial_stock: i64,
 }
 
@@ -229,8 +238,8 @@ pub struct ItemAccepted {
 
 /// Add an item to the catalog with its opening stock (admin).
 #[utoipa::path(post, path = "/v1/catalog/items", request_body = AddItemRequest,
-    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
-              (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 409, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn add_item(
     caller: Principal,
@@ -278,7 +287,7 @@ pub struct RestockRequest {
 /// Add stock to an item.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/restock", request_body = RestockRequest,
     params(("sku" = String, Path, description = "the item's SKU")),
-    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn restock(
     caller: Principal,
@@ -338,9 +347,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 #[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
     responses((status = 202, body = OrderAccepted, description = "accepted; Location names the order, X-Consistency-Token reads it back"),
-              (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 409, body = ProblemDoc),
-              (status = 422, body = ProblemDoc, description = "out of stock, unknown item, bad quantity, key reused"),
-              (status = 503, body = ProblemDoc, description = "the item's queue is full; Retry-After says when")))]
+              (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused"),
+              (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when")))]
 #[tracing::instrument(skip_all)]
 async fn place_order(
     caller: Principal,
@@ -380,7 +389,7 @@ pub struct OrderStatusChanged {
 /// Cancel a placed order; its stock goes back on sale.
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel",
     params(("order_id" = uuid::Uuid, Path)),
-    responses((status = 200, body = OrderStatusChanged), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc)))]
+    responses((status = 200, body = OrderStatusChanged), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn cancel_order(
     caller: Principal,
@@ -417,8 +426,8 @@ pub struct PaymentRequest {
 /// Pay a placed order with a payment provider's token (never a card number).
 #[utoipa::path(post, path = "/v1/orders/{order_id}/payment", request_body = PaymentRequest,
     params(("order_id" = uuid::Uuid, Path)),
-    responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
-              (status = 404, body = ProblemDoc), (status = 422, body = ProblemDoc, description = "card number sent, bad token, order not payable")))]
+    responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "card number sent, bad token, order not payable")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn submit_payment(
     caller: Principal,

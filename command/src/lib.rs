@@ -7,6 +7,7 @@
 //! API ([`api`], behind rate limits and load shedding: [`admission`]; started through [`app`]), the workers that settle payments ([`payments`]) and
 //! expire unpaid holds ([`expiry`]), and the outbox relay to Kafka ([`relay`]); both
 //! workers call out through circuit breakers ([`breaker`]).
+//! [`invariants`] holds what any command body must keep (fuzzed, and replayed from `fuzz/corpus`).
 //! All I/O lives outside [`domain`]; the event store's version check is the final guard
 //! against oversell, whatever runs in front of it.
 
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod domain;
 pub mod expiry;
 pub mod idempotency;
+pub mod invariants;
 pub mod payments;
 pub mod relay;
 pub mod sequencer;

@@ -159,6 +159,8 @@ impl Sequencer {
                 }
             }
         }
+        // Orders waiting in every lane, for dashboards (the lanes take them off in batches).
+        metrics::gauge!("surge_sequencer_waiting_orders").increment(1.0);
         answer.await.unwrap_or(Err(CommandError::LaneStopped))
     }
 }
@@ -187,6 +189,7 @@ impl Lane {
         while rx.recv_many(&mut batch, self.settings.max_batch.max(1)).await > 0 {
             metrics::histogram!("surge_sequencer_batch_size").record(batch.len() as f64);
             metrics::histogram!("surge_sequencer_queue_depth").record((batch.len() + rx.len()) as f64);
+            metrics::gauge!("surge_sequencer_waiting_orders").decrement(batch.len() as f64);
             let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
             let policy = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(1))

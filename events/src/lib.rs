@@ -10,9 +10,11 @@
 //! [`order`] and [`inventory`] (payloads per stream type), [`envelope`] (envelope, metadata,
 //! decoding), [`upcast`] (old schema versions to current ones), [`schemas`] (JSON Schemas of
 //! every event type and version), [`topics`] (which Kafka topic a stream type goes to).
+//! [`invariants`] holds what any wire bytes must keep (fuzzed, and replayed from `fuzz/corpus`).
 
 pub mod envelope;
 pub mod ids;
+pub mod invariants;
 pub mod inventory;
 pub mod money;
 pub mod order;

@@ -37,6 +37,36 @@ pub struct ReplayConfig {
     pub source: Source,
     #[command(flatten)]
     pub kafka: surge_runtime::KafkaConfig,
+    /// Where a caller other than the terminal (the console) watches the replay.
+    #[arg(skip)]
+    pub progress: Option<ReplayProgress>,
+}
+
+/// A replay's progress as a watcher sees it: the projection being rebuilt, events folded of
+/// those counted when it started, and the projections already switched.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProgressState {
+    pub projection: Option<String>,
+    pub done: u64,
+    pub total: u64,
+    pub switched: Vec<String>,
+    pub finished: bool,
+    pub error: Option<String>,
+}
+
+/// Shared handle on a [`ProgressState`], updated by [`replay`].
+#[derive(Debug, Clone, Default)]
+pub struct ReplayProgress(std::sync::Arc<std::sync::Mutex<ProgressState>>);
+
+impl ReplayProgress {
+    pub fn snapshot(&self) -> ProgressState {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+    pub fn update(&self, f: impl FnOnce(&mut ProgressState)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -276,6 +306,19 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(p.name());
+        if config.progress.is_some() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let watch = |f: &dyn Fn(&mut ProgressState)| {
+            if let Some(progress) = &config.progress {
+                progress.update(f);
+            }
+        };
+        watch(&|s| {
+            s.projection = Some(p.name().to_string());
+            s.done = 0;
+            s.total = total.max(0) as u64;
+        });
         let mut reader = match config.source {
             Source::Store => Reader::Store { after: 0 },
             Source::Kafka => Reader::Kafka(KafkaReader::new(&config.kafka, p).await?),
@@ -292,6 +335,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             tx.commit().await?;
             events += n;
             bar.inc(n);
+            watch(&|s| s.done = events);
         }
         bar.finish_and_clear();
 
@@ -321,6 +365,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             sqlx::query(&format!("DROP TABLE {t}_old")).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        watch(&|s| s.switched.push(p.name().to_string()));
         let report = ReplayReport {
             projection: p,
             events: events + caught_up,

@@ -23,7 +23,8 @@ use surge_events::{decode, topics, EventEnvelope, InventoryEvent, OrderEvent, St
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Projection {
     /// `catalog_items` and `sales_by_minute`, from inventory events.
     Catalog,

@@ -42,6 +42,7 @@ pub struct QueryContext {
     pub orders: ViewCache,
     pub consistency_wait: Duration,
     pub consistency_mode: ConsistencyMode,
+    pub console: crate::console::ConsoleContext,
 }
 
 /// Catalog reads are public (shoppers browse anonymously); orders need their customer, a
@@ -57,6 +58,7 @@ pub fn router(ctx: QueryContext, auth: std::sync::Arc<Authenticator>) -> Router 
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .merge(crate::console::routes())
         .layer(axum::middleware::from_fn_with_state(auth, authenticate))
         .with_state(ctx)
 }
@@ -265,8 +267,8 @@ fn cached<T: Serialize>(
 
 /// One catalog item (public). `ETag`/`If-None-Match` answer 304 when unchanged.
 #[utoipa::path(get, path = "/v1/catalog/items/{sku}", params(("sku" = String, Path), ReadParams),
-    responses((status = 200, body = CatalogItem), (status = 304), (status = 400, body = ProblemDoc),
-              (status = 401, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    responses((status = 200, body = CatalogItem), (status = 304), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security((), ("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(sku = %sku))]
 async fn get_item(
@@ -296,9 +298,9 @@ async fn get_item(
 
 /// One order: its customer, a service, an admin or an analyst.
 #[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = Uuid, Path), ReadParams),
-    responses((status = 200, body = Order), (status = 304), (status = 400, body = ProblemDoc),
-              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
-              (status = 404, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    responses((status = 200, body = Order), (status = 304), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn get_order(
@@ -384,8 +386,8 @@ pub struct Page<T> {
 
 /// The catalog (public), by SKU, with keyset pagination.
 #[utoipa::path(get, path = "/v1/catalog/items", params(ListItemsParams),
-    responses((status = 200, body = ItemPage), (status = 400, body = ProblemDoc),
-              (status = 401, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    responses((status = 200, body = ItemPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security((), ("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
 async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItemsParams>) -> ApiResult {
@@ -448,8 +450,8 @@ struct OrderCursor {
 
 /// A customer's orders, newest first: that customer, a service, an admin or an analyst.
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/orders", params(("customer_id" = String, Path), PageParams),
-    responses((status = 200, body = OrderPage), (status = 400, body = ProblemDoc),
-              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    responses((status = 200, body = OrderPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(customer = %customer))]
 async fn customer_orders(
@@ -513,8 +515,8 @@ struct SalesReport {
 
 /// Sales per minute: an admin or an analyst.
 #[utoipa::path(get, path = "/v1/stats/sales", params(SalesParams),
-    responses((status = 200, body = SalesReport), (status = 400, body = ProblemDoc),
-              (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 503, body = ProblemDoc)),
+    responses((status = 200, body = SalesReport), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
 async fn sales(caller: Principal, State(ctx): State<QueryContext>, Params(p): Params<SalesParams>) -> ApiResult {

@@ -48,6 +48,14 @@ pub struct QueryApiConfig {
     /// Browser origins allowed to call this API (comma-separated; empty: none).
     #[arg(long = "cors-origins", env = "SURGE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// `/metrics` of the other processes, read by the console's live view (comma-separated).
+    #[arg(
+        long = "console-metrics-urls",
+        env = "SURGE_CONSOLE_METRICS_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080/metrics,http://127.0.0.1:9101/metrics,http://127.0.0.1:9102/metrics"
+    )]
+    pub console_metrics_urls: Vec<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long = "query-body-limit-bytes", env = "SURGE_QUERY_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: usize,
@@ -69,6 +77,7 @@ impl QueryApiConfig {
             consistency_mode: ConsistencyMode::Fail,
             body_limit_bytes: 16 * 1024,
             cors_origins: Vec::new(),
+            console_metrics_urls: Vec::new(),
         }
     }
 }
@@ -113,6 +122,12 @@ impl QueryApp {
             orders,
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             consistency_mode: config.consistency_mode,
+            console: crate::console::ConsoleContext::new(
+                auth.clone(),
+                config.console_metrics_urls.clone(),
+                config.db.clone(),
+                config.kafka.clone(),
+            ),
         };
         let router =
             surge_runtime::http::with_service_layers(router(ctx, auth), config.body_limit_bytes, &config.cors_origins)

@@ -3,11 +3,14 @@
 //! Owns the typed reads of the views ([`views`]), the Moka caches in front of them and the
 //! embedded invalidator that evicts entries when their stream's events arrive on Kafka
 //! ([`cache`]), the HTTP query API with ETags, keyset pagination and read-your-writes
-//! ([`api`], started through [`app`]). It never writes: the views belong to the projectors.
+//! ([`api`], started through [`app`]), and the operator console ([`console`]: live figures over
+//! Server-Sent Events, the event browser, projection rebuilds). It never writes a view: the
+//! views belong to the projectors (a console rebuild runs the projectors' replay code).
 
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod console;
 pub mod views;
 
 pub use app::{QueryApiConfig, QueryApp};

@@ -180,6 +180,7 @@ async fn a_backup_restored_into_a_new_database_rebuilds_identical_views() {
         dry_run: false,
         source: Source::Store,
         kafka: restored.kafka.clone(),
+        progress: None,
     })
     .await
     .unwrap();

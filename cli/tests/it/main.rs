@@ -3,6 +3,7 @@
 mod analyst;
 mod auth;
 mod compose;
+mod console;
 mod faults;
 mod flow;
 mod observability;

@@ -87,6 +87,7 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
         dry_run: false,
         source: Source::Store,
         kafka: env.kafka.clone(),
+        progress: None,
     })
     .await
     .expect("replay succeeds");
@@ -122,6 +123,7 @@ async fn replay_switches_generations_under_load_without_failed_reads() {
         dry_run: false,
         source: Source::Kafka,
         kafka: env.kafka.clone(),
+        progress: None,
     })
     .await
     .expect("replay from Kafka succeeds");

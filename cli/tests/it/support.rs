@@ -58,13 +58,17 @@ pub async fn command_api(env: &TestEnv) -> (String, Service) {
 }
 
 pub async fn query_api(env: &TestEnv, cache_enabled: bool) -> (String, Service) {
+    query_api_with(env, |c| c.cache_enabled = cache_enabled).await
+}
+
+pub async fn query_api_with(env: &TestEnv, configure: impl FnOnce(&mut QueryApiConfig)) -> (String, Service) {
     let mut config = QueryApiConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         db(env),
         env.kafka.clone(),
         env.auth.clone(),
     );
-    config.cache_enabled = cache_enabled;
+    configure(&mut config);
     let app = QueryApp::build(config).await.expect("query API starts");
     let url = format!("http://{}", app.local_addr());
     (
