@@ -12,6 +12,7 @@
 //! and one order per idempotency key. A failed audit fails the run.
 
 use anyhow::bail;
+use backon::{ExponentialBuilder, Retryable};
 use clap::Args;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -54,6 +55,12 @@ pub struct FlashSaleConfig {
     /// Hard cap on requests sent.
     #[arg(long, default_value_t = 50_000)]
     pub max_requests: u64,
+    /// Retry (same idempotency key, backing off, up to ~15 s) when the answer is unknown or a
+    /// 503: a transport error or an unavailable service, as a careful client does while
+    /// processes restart. Every order then ends accepted or refused, so the audit can demand
+    /// that accepted orders and stored orders are the same set (`./dev chaos`).
+    #[arg(long)]
+    pub retry_unknown: bool,
     #[arg(long, default_value = "target/loadgen")]
     pub out_dir: PathBuf,
 }
@@ -67,6 +74,12 @@ pub fn rate_at(c: &FlashSaleConfig, t: f64) -> f64 {
         c.peak_rate as f64
     }
 }
+
+/// Distinct shoppers the load comes from.
+const SHOPPERS: u64 = 1000;
+
+/// An answer that does not say whether the order was taken.
+struct Unknown(String, Value);
 
 #[derive(Default)]
 struct Outcomes {
@@ -110,6 +123,17 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
         hist: Histogram::new_with_bounds(1, 120_000_000, 3).ok(),
         ..Outcomes::default()
     }));
+    // Shoppers sign in as themselves (rate limits are per shopper); without the local secret
+    // every request carries the tool's own token.
+    let shopper_tokens: Arc<Vec<Option<String>>> = Arc::new(
+        (0..SHOPPERS)
+            .map(|i| {
+                c.credentials
+                    .issue(&format!("shopper-{i}"), surge_runtime::Role::Customer)
+                    .ok()
+            })
+            .collect(),
+    );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let started = Instant::now();
     let (mut t, mut sent) = (0.0f64, 0u64);
@@ -124,33 +148,46 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
             background[rng.gen_range(0..background.len())].clone()
         };
         let key = format!("fs-{run}-{shopper}");
-        let body = json!({"customer_id": format!("shopper-{shopper}"), "lines": [{"sku": sku, "quantity": 1}]});
+        let body =
+            json!({"customer_id": format!("shopper-{}", shopper % SHOPPERS), "lines": [{"sku": sku, "quantity": 1}]});
+        let token = shopper_tokens[(shopper % SHOPPERS) as usize].clone();
+        let retry = c.retry_unknown;
         // One in twenty clients retries at once with the same key.
         let copies = if rng.gen_ratio(1, 20) { 2 } else { 1 };
         for _ in 0..copies {
-            let (http, url, key, body, outcomes) = (
+            let (http, url, key, body, outcomes, token) = (
                 http.clone(),
                 format!("{cmd}/v1/orders"),
                 key.clone(),
                 body.clone(),
                 outcomes.clone(),
+                token.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                let r = http
-                    .post(url)
-                    .header("idempotency-key", &key)
-                    .header("x-api-key", format!("shopper-{}", shopper % 1000))
-                    .json(&body)
-                    .send()
-                    .await;
-                let latency = due.elapsed().as_micros().max(1) as u64;
-                let (status, answer) = match r {
-                    Ok(r) => (
-                        r.status().as_u16().to_string(),
-                        r.json::<Value>().await.unwrap_or(Value::Null),
-                    ),
-                    Err(_) => ("transport".to_string(), Value::Null),
+                let send = || async {
+                    let mut req = http.post(&url).header("idempotency-key", &key).json(&body);
+                    if let Some(t) = &token {
+                        req = req.bearer_auth(t);
+                    }
+                    match req.send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let answer = r.json::<Value>().await.unwrap_or(Value::Null);
+                            if status == 503 && retry {
+                                return Err(Unknown(status.to_string(), answer));
+                            }
+                            Ok((status.to_string(), answer))
+                        }
+                        Err(_) => Err(Unknown("transport".to_string(), Value::Null)),
+                    }
                 };
+                let policy = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(if retry { 10 } else { 0 })
+                    .with_jitter();
+                let (status, answer) = send.retry(policy).await.unwrap_or_else(|Unknown(s, a)| (s, a));
+                let latency = due.elapsed().as_micros().max(1) as u64;
                 let mut o = outcomes.lock().expect("outcomes lock");
                 if let Some(h) = o.hist.as_mut() {
                     let _ = h.record(latency);
@@ -250,6 +287,7 @@ async fn audit(
     .fetch_all(&pool)
     .await?;
     let (mut min_available, mut available, mut stream) = (i64::MAX, 0i64, String::new());
+    let mut folded: HashMap<String, i64> = HashMap::new();
     let mut hot_sold_or_held = 0i64;
     for (s, t, p) in &rows {
         if *s != stream {
@@ -269,16 +307,21 @@ async fn audit(
             _ => {}
         }
         min_available = min_available.min(available);
+        folded.insert(s.clone(), available);
     }
     checks.push((
         "stock never negative",
         min_available >= 0,
         format!("lowest available at any version: {min_available}"),
     ));
+    let oversold = (hot_sold_or_held - c.hot_stock).max(0);
     checks.push((
         "hot SKU not oversold",
-        hot_sold_or_held <= c.hot_stock,
-        format!("{hot_sold_or_held} units reserved of {}", c.hot_stock),
+        oversold == 0,
+        format!(
+            "{hot_sold_or_held} units reserved of {}: oversold {oversold}",
+            c.hot_stock
+        ),
     ));
 
     // Every accepted order once in the store, and once in the view (after it catches up).
@@ -292,14 +335,17 @@ async fn audit(
     .fetch_all(&pool)
     .await?;
     let stored_set: HashSet<&String> = stored.iter().collect();
+    let lost = ids.difference(&stored_set).count();
+    let duplicated = stored.len() - stored_set.len() + multi.len();
     checks.push((
         "accepted orders = orders in the event store",
-        stored.len() == stored_set.len() && stored_set == ids,
+        duplicated == 0 && stored_set == ids,
         format!(
-            "{} accepted, {} stored ({} distinct)",
+            "{} accepted, {} stored ({} distinct): lost {lost}, duplicated {duplicated}, stored but never answered {}",
             ids.len(),
             stored.len(),
-            stored_set.len()
+            stored_set.len(),
+            stored_set.difference(&ids).count()
         ),
     ));
     let id_list: Vec<uuid::Uuid> = ids.iter().filter_map(|i| i.parse().ok()).collect();
@@ -319,6 +365,47 @@ async fn audit(
         "accepted orders = rows in the orders view",
         in_view as usize == id_list.len(),
         format!("{in_view} of {} in the view", id_list.len()),
+    ));
+
+    // The views equal the fold of the event store: every stream of the run is in its view at
+    // its last version, and each SKU's available stock is the folded one.
+    let order_streams: Vec<String> = stored_set.iter().map(|id| format!("order-{id}")).collect();
+    let mut behind = (0i64, 0i64, 0usize);
+    while Instant::now() < deadline + Duration::from_secs(30) {
+        let orders_behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) \
+             GROUP BY stream_id) e LEFT JOIN orders o ON 'order-' || o.order_id::text = e.stream_id \
+             WHERE o.version IS DISTINCT FROM e.v",
+        )
+        .bind(&order_streams)
+        .fetch_one(&pool)
+        .await?;
+        let items: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT e.stream_id, COALESCE(c.available, -1), (e.v - COALESCE(c.version, 0)) FROM \
+             (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) GROUP BY stream_id) e \
+             LEFT JOIN catalog_items c ON 'inventory-' || c.sku = e.stream_id",
+        )
+        .bind(folded.keys().cloned().collect::<Vec<_>>())
+        .fetch_all(&pool)
+        .await?;
+        let items_behind = items.iter().filter(|(_, _, lag)| *lag != 0).count() as i64;
+        let wrong_stock = items
+            .iter()
+            .filter(|(s, a, _)| folded.get(s).is_some_and(|f| f != a))
+            .count();
+        behind = (orders_behind, items_behind, wrong_stock);
+        if behind == (0, 0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    checks.push((
+        "views = fold of the event store",
+        behind == (0, 0, 0),
+        format!(
+            "orders behind the store {}, catalog items behind {}, items whose stock differs from the fold {}",
+            behind.0, behind.1, behind.2
+        ),
     ));
     Ok(checks)
 }

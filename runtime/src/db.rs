@@ -54,3 +54,37 @@ pub fn report_pool_usage(pool: PgPool, name: &'static str) {
         }
     });
 }
+
+/// Whether a database error means "the database is not there right now" (worth a retry, a
+/// 503) rather than a fault of the request or of ours: pool exhausted or closed, connection
+/// lost (also mid-message, as when the server crashes), and the server's own SQLSTATE classes
+/// 08 (connection exception), 53 (insufficient resources) and 57P (shutting down, crashed,
+/// starting up).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unavailable;
+
+    #[test]
+    fn lost_connections_are_unavailable_and_bad_queries_are_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Protocol(
+            "database: terminating connection due to unexpected postmaster exit".into()
+        )));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

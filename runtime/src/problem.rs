@@ -64,7 +64,7 @@ impl Problem {
     /// unreachable (worth a retry), otherwise an opaque 500. The cause is logged here, once.
     pub fn database(e: &sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            e if crate::db::is_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Problem::unavailable("the database is busy or unreachable; retry shortly", 1)
             }
