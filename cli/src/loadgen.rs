@@ -31,6 +31,10 @@ pub enum Scenario {
     Reads(ReadsConfig),
     /// An open-loop flash sale (ramp to 20x on one hot SKU), then an audit of the outcome.
     FlashSale(crate::flash_sale::FlashSaleConfig),
+    /// Stepped open-loop load on one target (Surge or a peer) to find its knee (`./dev bench`).
+    Knee(crate::knee::KneeConfig),
+    /// Print the comparison table of the `knee` results.
+    Table(crate::knee::TableConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -63,6 +67,8 @@ pub async fn run(config: LoadgenConfig) -> anyhow::Result<()> {
     match config.scenario {
         Scenario::Reads(c) => reads(c).await,
         Scenario::FlashSale(c) => crate::flash_sale::run(c).await,
+        Scenario::Knee(c) => crate::knee::knee(c).await,
+        Scenario::Table(c) => crate::knee::table(c),
     }
 }
 

@@ -1,0 +1,341 @@
+//! Surge's order + inventory rules on cqrs-es with postgres-es, behind Surge's HTTP contract:
+//! `POST /v1/catalog/items` (201, 409 if it exists) and `POST /v1/orders` (202 with the order
+//! id, 422 out-of-stock). Same rules: stock never below zero, one order per Idempotency-Key
+//! (the key names the order, and a reservation for an order already holding one adds nothing).
+//! Contention on a SKU shows up as cqrs-es' optimistic-lock conflict; the handler retries it
+//! like a client of the framework would (bounded), then answers 409.
+//!
+//! Usage: `peer-cqrs-es <listen addr> <database url>` (creates its tables).
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent};
+use postgres_es::{postgres_cqrs, PostgresCqrs};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct Refused(&'static str);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Inventory {
+    exists: bool,
+    available: i64,
+    price_minor: i64,
+    holds: BTreeSet<String>,
+}
+
+enum InventoryCommand {
+    AddItem { initial_stock: i64, price_minor: i64 },
+    Reserve { order_id: String, quantity: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum InventoryEvent {
+    ItemAdded { initial_stock: i64, price_minor: i64 },
+    StockReserved { order_id: String, quantity: i64 },
+}
+
+impl DomainEvent for InventoryEvent {
+    fn event_type(&self) -> String {
+        match self {
+            InventoryEvent::ItemAdded { .. } => "ItemAdded".into(),
+            InventoryEvent::StockReserved { .. } => "StockReserved".into(),
+        }
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+#[async_trait]
+impl Aggregate for Inventory {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = Refused;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        "inventory".into()
+    }
+
+    async fn handle(&self, command: InventoryCommand, _: &()) -> Result<Vec<InventoryEvent>, Refused> {
+        match command {
+            InventoryCommand::AddItem {
+                initial_stock,
+                price_minor,
+            } => {
+                if self.exists {
+                    return Err(Refused("item-already-exists"));
+                }
+                if initial_stock < 0 || price_minor < 0 {
+                    return Err(Refused("invalid-quantity"));
+                }
+                Ok(vec![InventoryEvent::ItemAdded {
+                    initial_stock,
+                    price_minor,
+                }])
+            }
+            InventoryCommand::Reserve { order_id, quantity } => {
+                if !self.exists {
+                    return Err(Refused("unknown-item"));
+                }
+                if self.holds.contains(&order_id) {
+                    return Ok(vec![]);
+                }
+                if quantity < 1 || quantity > 10_000 {
+                    return Err(Refused("invalid-quantity"));
+                }
+                if quantity > self.available {
+                    return Err(Refused("out-of-stock"));
+                }
+                Ok(vec![InventoryEvent::StockReserved { order_id, quantity }])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: InventoryEvent) {
+        match event {
+            InventoryEvent::ItemAdded {
+                initial_stock,
+                price_minor,
+            } => {
+                self.exists = true;
+                self.available = initial_stock;
+                self.price_minor = price_minor;
+            }
+            InventoryEvent::StockReserved { order_id, quantity } => {
+                self.available -= quantity;
+                self.holds.insert(order_id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Order {
+    placed: bool,
+}
+
+struct PlaceOrder {
+    customer_id: String,
+    sku: String,
+    quantity: i64,
+    unit_price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum OrderEvent {
+    OrderPlaced {
+        customer_id: String,
+        sku: String,
+        quantity: i64,
+        total_minor: i64,
+    },
+}
+
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> String {
+        "OrderPlaced".into()
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+#[async_trait]
+impl Aggregate for Order {
+    type Command = PlaceOrder;
+    type Event = OrderEvent;
+    type Error = Refused;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        "order".into()
+    }
+
+    async fn handle(&self, c: PlaceOrder, _: &()) -> Result<Vec<OrderEvent>, Refused> {
+        if self.placed {
+            return Ok(vec![]);
+        }
+        Ok(vec![OrderEvent::OrderPlaced {
+            customer_id: c.customer_id,
+            sku: c.sku,
+            quantity: c.quantity,
+            total_minor: c.quantity * c.unit_price_minor,
+        }])
+    }
+
+    fn apply(&mut self, _: OrderEvent) {
+        self.placed = true;
+    }
+}
+
+struct Peer {
+    inventory: PostgresCqrs<Inventory>,
+    orders: PostgresCqrs<Order>,
+    pool: sqlx::PgPool,
+}
+
+fn problem(status: StatusCode, slug: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        Json(json!({"type": format!("https://surge.dev/problems/{slug}"), "title": slug, "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+/// Runs `command` on an aggregate, retrying optimistic-lock conflicts (bounded, with jitter).
+async fn execute<A: Aggregate<Error = Refused>>(
+    cqrs: &PostgresCqrs<A>,
+    id: &str,
+    command: impl Fn() -> A::Command,
+) -> Result<(), Response> {
+    for attempt in 0..20u64 {
+        match cqrs.execute(id, command()).await {
+            Ok(()) => return Ok(()),
+            Err(AggregateError::AggregateConflict) => {
+                let jitter = (uuid::Uuid::new_v4().as_u128() % 4) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(1 + attempt.min(10) + jitter)).await;
+            }
+            Err(AggregateError::UserError(Refused(slug))) => {
+                let status = match slug {
+                    "item-already-exists" => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                return Err(problem(status, slug));
+            }
+            Err(_) => return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
+        }
+    }
+    Err(problem(StatusCode::CONFLICT, "version-conflict"))
+}
+
+#[derive(Deserialize)]
+struct Price {
+    minor: i64,
+}
+
+#[derive(Deserialize)]
+struct AddItem {
+    sku: String,
+    price: Price,
+    #[serde(default)]
+    initial_stock: i64,
+}
+
+async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Response {
+    let cmd = || InventoryCommand::AddItem {
+        initial_stock: req.initial_stock,
+        price_minor: req.price.minor,
+    };
+    match execute(&peer.inventory, &req.sku, cmd).await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({"sku": req.sku}))).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct Line {
+    sku: String,
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+struct PlaceOrderRequest {
+    customer_id: String,
+    lines: Vec<Line>,
+}
+
+async fn place_order(
+    State(peer): State<Arc<Peer>>,
+    headers: HeaderMap,
+    Json(req): Json<PlaceOrderRequest>,
+) -> Response {
+    let [line] = req.lines.as_slice() else {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "one-line-orders-only");
+    };
+    let order_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(key) => format!("{}-{key}", req.customer_id),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let reserve = || InventoryCommand::Reserve {
+        order_id: order_id.clone(),
+        quantity: line.quantity,
+    };
+    if let Err(r) = execute(&peer.inventory, &line.sku, reserve).await {
+        return r;
+    }
+    let price: Option<i64> = sqlx::query_scalar(
+        "SELECT (payload->'ItemAdded'->>'price_minor')::bigint FROM events \
+         WHERE aggregate_type = 'inventory' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(&line.sku)
+    .fetch_optional(&peer.pool)
+    .await
+    .ok()
+    .flatten();
+    let place = || PlaceOrder {
+        customer_id: req.customer_id.clone(),
+        sku: line.sku.clone(),
+        quantity: line.quantity,
+        unit_price_minor: price.unwrap_or(0),
+    };
+    match execute(&peer.orders, &order_id, place).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"order_id": order_id, "status": "placed"})),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    aggregate_type text NOT NULL, aggregate_id text NOT NULL, sequence bigint CHECK (sequence >= 0) NOT NULL,
+    event_type text NOT NULL, event_version text NOT NULL, payload json NOT NULL, metadata json NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence));
+CREATE TABLE IF NOT EXISTS snapshots (
+    aggregate_type text NOT NULL, aggregate_id text NOT NULL, last_sequence bigint CHECK (last_sequence >= 0) NOT NULL,
+    current_snapshot bigint CHECK (current_snapshot >= 0) NOT NULL, payload json NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, last_sequence));";
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8090".into());
+    let url = args.next().expect("usage: peer-cqrs-es <addr> <database url>");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .expect("Postgres reachable");
+    sqlx::raw_sql(SCHEMA).execute(&pool).await.expect("schema created");
+    let peer = Arc::new(Peer {
+        inventory: postgres_cqrs(pool.clone(), vec![], ()),
+        orders: postgres_cqrs(pool.clone(), vec![], ()),
+        pool,
+    });
+    let app = Router::new()
+        .route("/v1/catalog/items", post(add_item))
+        .route("/v1/orders", post(place_order))
+        .route("/readyz", axum::routing::get(|| async { "ready" }))
+        .with_state(peer);
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    axum::serve(listener, app).await.expect("serve");
+}

@@ -1,0 +1,336 @@
+//! Surge's order + inventory rules on esrs (prima.it) with its PgStore, behind Surge's HTTP
+//! contract: `POST /v1/catalog/items` (201, 409 if it exists) and `POST /v1/orders` (202 with
+//! the order id, 422 out-of-stock). Same rules as Surge: stock never below zero, one order per
+//! Idempotency-Key. Writes are optimistic (esrs' OCC: load, decide, persist; a concurrent
+//! write to the same aggregate fails on the store's unique sequence number) and retried like
+//! a client of the framework would (bounded), then 409. Its pessimistic lock
+//! (`lock_and_load`) was tried first: under a hot SKU every waiter holds a pool connection
+//! while the lock holder needs one more, and requests stalled until the pool timed out.
+//!
+//! Usage: `peer-esrs <listen addr> <database url>` (esrs creates its tables).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use esrs::manager::AggregateManager;
+use esrs::store::postgres::{PgStore, PgStoreBuilder};
+use esrs::Aggregate;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug)]
+struct Refused(&'static str);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+#[derive(Debug, Default)]
+struct InventoryState {
+    exists: bool,
+    available: i64,
+    price_minor: i64,
+    holds: BTreeSet<Uuid>,
+}
+
+enum InventoryCommand {
+    AddItem { initial_stock: i64, price_minor: i64 },
+    Reserve { order_id: Uuid, quantity: i64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum InventoryEvent {
+    ItemAdded { initial_stock: i64, price_minor: i64 },
+    StockReserved { order_id: Uuid, quantity: i64 },
+}
+
+struct Inventory;
+
+impl Aggregate for Inventory {
+    const NAME: &'static str = "inventory";
+    type State = InventoryState;
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = Refused;
+
+    fn handle_command(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, Refused> {
+        match command {
+            InventoryCommand::AddItem {
+                initial_stock,
+                price_minor,
+            } => {
+                if state.exists {
+                    return Err(Refused("item-already-exists"));
+                }
+                if initial_stock < 0 || price_minor < 0 {
+                    return Err(Refused("invalid-quantity"));
+                }
+                Ok(vec![InventoryEvent::ItemAdded {
+                    initial_stock,
+                    price_minor,
+                }])
+            }
+            InventoryCommand::Reserve { order_id, quantity } => {
+                if !state.exists {
+                    return Err(Refused("unknown-item"));
+                }
+                if state.holds.contains(&order_id) {
+                    return Ok(vec![]);
+                }
+                if !(1..=10_000).contains(&quantity) {
+                    return Err(Refused("invalid-quantity"));
+                }
+                if quantity > state.available {
+                    return Err(Refused("out-of-stock"));
+                }
+                Ok(vec![InventoryEvent::StockReserved { order_id, quantity }])
+            }
+        }
+    }
+
+    fn apply_event(mut state: InventoryState, event: InventoryEvent) -> InventoryState {
+        match event {
+            InventoryEvent::ItemAdded {
+                initial_stock,
+                price_minor,
+            } => {
+                state.exists = true;
+                state.available = initial_stock;
+                state.price_minor = price_minor;
+            }
+            InventoryEvent::StockReserved { order_id, quantity } => {
+                state.available -= quantity;
+                state.holds.insert(order_id);
+            }
+        }
+        state
+    }
+}
+
+#[derive(Debug, Default)]
+struct OrderState {
+    placed: bool,
+}
+
+struct PlaceOrder {
+    customer_id: String,
+    sku: String,
+    quantity: i64,
+    unit_price_minor: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum OrderEvent {
+    OrderPlaced {
+        customer_id: String,
+        sku: String,
+        quantity: i64,
+        total_minor: i64,
+    },
+}
+
+struct Order;
+
+impl Aggregate for Order {
+    const NAME: &'static str = "order";
+    type State = OrderState;
+    type Command = PlaceOrder;
+    type Event = OrderEvent;
+    type Error = Refused;
+
+    fn handle_command(state: &OrderState, c: PlaceOrder) -> Result<Vec<OrderEvent>, Refused> {
+        if state.placed {
+            return Ok(vec![]);
+        }
+        Ok(vec![OrderEvent::OrderPlaced {
+            customer_id: c.customer_id,
+            sku: c.sku,
+            quantity: c.quantity,
+            total_minor: c.quantity * c.unit_price_minor,
+        }])
+    }
+
+    fn apply_event(mut state: OrderState, _: OrderEvent) -> OrderState {
+        state.placed = true;
+        state
+    }
+}
+
+struct Peer {
+    inventory: AggregateManager<PgStore<Inventory>>,
+    orders: AggregateManager<PgStore<Order>>,
+}
+
+fn problem(status: StatusCode, slug: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        Json(json!({"type": format!("https://surge.dev/problems/{slug}"), "title": slug, "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+fn refused(Refused(slug): Refused) -> Response {
+    let status = if slug == "item-already-exists" {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    problem(status, slug)
+}
+
+fn unavailable<E: std::fmt::Display>(e: E) -> Response {
+    eprintln!("store error: {e}");
+    problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+}
+
+/// Load, decide and persist on one aggregate, retrying write conflicts (bounded, with jitter).
+async fn execute<A>(
+    manager: &AggregateManager<PgStore<A>>,
+    id: Uuid,
+    command: impl Fn(&A::State) -> A::Command,
+) -> Result<A::State, Response>
+where
+    A: Aggregate<Error = Refused> + Send + Sync,
+    A::State: Default + Send + Sync,
+    PgStore<A>: esrs::store::EventStore<Aggregate = A, Error = esrs::store::postgres::PgStoreError>,
+{
+    for attempt in 0..20u64 {
+        let state = match manager.load(id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => esrs::AggregateState::with_id(id),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let cmd = command(state.inner());
+        match manager.handle_command(state, cmd).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(r)) => return Err(refused(r)),
+            Err(esrs::store::postgres::PgStoreError::Sqlx(sqlx::Error::Database(d)))
+                if d.code().as_deref() == Some("23505") =>
+            {
+                let jitter = (Uuid::new_v4().as_u128() % 4) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(1 + attempt.min(10) + jitter)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(problem(StatusCode::CONFLICT, "version-conflict"))
+}
+
+fn sku_id(sku: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sku:{sku}").as_bytes())
+}
+
+#[derive(Deserialize)]
+struct Price {
+    minor: i64,
+}
+
+#[derive(Deserialize)]
+struct AddItem {
+    sku: String,
+    price: Price,
+    #[serde(default)]
+    initial_stock: i64,
+}
+
+async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Response {
+    let cmd = |_: &InventoryState| InventoryCommand::AddItem {
+        initial_stock: req.initial_stock,
+        price_minor: req.price.minor,
+    };
+    match execute(&peer.inventory, sku_id(&req.sku), cmd).await {
+        Ok(_) => (StatusCode::CREATED, Json(json!({"sku": req.sku}))).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct Line {
+    sku: String,
+    quantity: i64,
+}
+
+#[derive(Deserialize)]
+struct PlaceOrderRequest {
+    customer_id: String,
+    lines: Vec<Line>,
+}
+
+async fn place_order(
+    State(peer): State<Arc<Peer>>,
+    headers: HeaderMap,
+    Json(req): Json<PlaceOrderRequest>,
+) -> Response {
+    let [line] = req.lines.as_slice() else {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "one-line-orders-only");
+    };
+    let order_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(key) => Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("order:{}:{key}", req.customer_id).as_bytes(),
+        ),
+        None => Uuid::new_v4(),
+    };
+    let reserve = |_: &InventoryState| InventoryCommand::Reserve {
+        order_id,
+        quantity: line.quantity,
+    };
+    let price = match execute(&peer.inventory, sku_id(&line.sku), reserve).await {
+        Ok(state) => state.price_minor,
+        Err(r) => return r,
+    };
+    let place = |_: &OrderState| PlaceOrder {
+        customer_id: req.customer_id.clone(),
+        sku: line.sku.clone(),
+        quantity: line.quantity,
+        unit_price_minor: price,
+    };
+    match execute(&peer.orders, order_id, place).await {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"order_id": order_id, "status": "placed"})),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8091".into());
+    let url = args.next().expect("usage: peer-esrs <addr> <database url>");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .expect("Postgres reachable");
+    let inventory = PgStoreBuilder::<Inventory>::new(pool.clone())
+        .try_build()
+        .await
+        .expect("inventory store");
+    let orders = PgStoreBuilder::<Order>::new(pool)
+        .try_build()
+        .await
+        .expect("order store");
+    let peer = Arc::new(Peer {
+        inventory: AggregateManager::new(inventory),
+        orders: AggregateManager::new(orders),
+    });
+    let app = Router::new()
+        .route("/v1/catalog/items", post(add_item))
+        .route("/v1/orders", post(place_order))
+        .route("/readyz", axum::routing::get(|| async { "ready" }))
+        .with_state(peer);
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    axum::serve(listener, app).await.expect("serve");
+}
