@@ -17,6 +17,7 @@ use surge_runtime::auth::{authenticate, Authenticator};
 use surge_runtime::extract::{Body, PathParam};
 use surge_runtime::http::SecuritySchemes;
 use surge_runtime::http::REQUEST_ID;
+use surge_runtime::problem::ProblemDoc;
 use surge_runtime::{Principal, Problem, Role};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
@@ -64,17 +65,6 @@ pub struct ApiDoc;
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-/// RFC 9457 problem details, with a stable `type` per kind of problem.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ProblemDoc {
-    #[schema(rename = "type", example = "https://surge.dev/problems/out-of-stock")]
-    type_uri: String,
-    title: String,
-    status: u16,
-    detail: Option<String>,
 }
 
 /// An amount in minor units (cents) of an ISO 4217 currency.

@@ -18,6 +18,7 @@ use surge_events::{CustomerId, Sku};
 use surge_runtime::auth::{authenticate, Authenticator};
 use surge_runtime::extract::{Params, PathParam};
 use surge_runtime::http::SecuritySchemes;
+use surge_runtime::problem::ProblemDoc;
 use surge_runtime::{Principal, Problem, Role};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -78,17 +79,6 @@ pub struct ApiDoc;
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-/// RFC 9457 problem details, with a stable `type` per kind of problem.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct ProblemDoc {
-    #[schema(rename = "type")]
-    type_uri: String,
-    title: String,
-    status: u16,
-    detail: Option<String>,
 }
 
 /// A page of catalog items; pass `next_cursor` as `cursor` for the next one.

@@ -82,6 +82,19 @@ impl Problem {
     }
 }
 
+/// How a [`Problem`] looks in the OpenAPI documents of both APIs.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ProblemDoc)]
+#[allow(dead_code)]
+pub struct ProblemDoc {
+    /// Stable URI of the kind of problem; branch on it.
+    #[schema(rename = "type", example = "https://surge.dev/problems/out-of-stock")]
+    type_uri: String,
+    title: String,
+    status: u16,
+    detail: Option<String>,
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -15,20 +15,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 use postgres_es::{postgres_cqrs, PostgresCqrs};
+mod contract;
+
+use contract::{order_key, problem, refused, unavailable, AddItem, PlaceOrderRequest, Refused};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-
-#[derive(Debug)]
-struct Refused(&'static str);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-impl std::error::Error for Refused {}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Inventory {
@@ -190,15 +183,6 @@ struct Peer {
     pool: sqlx::PgPool,
 }
 
-fn problem(status: StatusCode, slug: &str) -> Response {
-    (
-        status,
-        [("content-type", "application/problem+json")],
-        Json(json!({"type": format!("https://surge.dev/problems/{slug}"), "title": slug, "status": status.as_u16()})),
-    )
-        .into_response()
-}
-
 /// Runs `command` on an aggregate, retrying optimistic-lock conflicts (bounded, with jitter).
 async fn execute<A: Aggregate<Error = Refused>>(
     cqrs: &PostgresCqrs<A>,
@@ -212,30 +196,11 @@ async fn execute<A: Aggregate<Error = Refused>>(
                 let jitter = (uuid::Uuid::new_v4().as_u128() % 4) as u64;
                 tokio::time::sleep(std::time::Duration::from_millis(1 + attempt.min(10) + jitter)).await;
             }
-            Err(AggregateError::UserError(Refused(slug))) => {
-                let status = match slug {
-                    "item-already-exists" => StatusCode::CONFLICT,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                return Err(problem(status, slug));
-            }
-            Err(_) => return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
+            Err(AggregateError::UserError(r)) => return Err(refused(r)),
+            Err(e) => return Err(unavailable(e)),
         }
     }
     Err(problem(StatusCode::CONFLICT, "version-conflict"))
-}
-
-#[derive(Deserialize)]
-struct Price {
-    minor: i64,
-}
-
-#[derive(Deserialize)]
-struct AddItem {
-    sku: String,
-    price: Price,
-    #[serde(default)]
-    initial_stock: i64,
 }
 
 async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Response {
@@ -249,18 +214,6 @@ async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Re
     }
 }
 
-#[derive(Deserialize)]
-struct Line {
-    sku: String,
-    quantity: i64,
-}
-
-#[derive(Deserialize)]
-struct PlaceOrderRequest {
-    customer_id: String,
-    lines: Vec<Line>,
-}
-
 async fn place_order(
     State(peer): State<Arc<Peer>>,
     headers: HeaderMap,
@@ -269,10 +222,7 @@ async fn place_order(
     let [line] = req.lines.as_slice() else {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "one-line-orders-only");
     };
-    let order_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(key) => format!("{}-{key}", req.customer_id),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
+    let order_id = order_key(&headers, &req.customer_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let reserve = || InventoryCommand::Reserve {
         order_id: order_id.clone(),
         quantity: line.quantity,
@@ -317,14 +267,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8090".into());
-    let url = args.next().expect("usage: peer-cqrs-es <addr> <database url>");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&url)
-        .await
-        .expect("Postgres reachable");
+    let (addr, pool) = contract::start("127.0.0.1:8090").await;
     sqlx::raw_sql(SCHEMA).execute(&pool).await.expect("schema created");
     let peer = Arc::new(Peer {
         inventory: postgres_cqrs(pool.clone(), vec![], ()),
@@ -334,8 +277,6 @@ async fn main() {
     let app = Router::new()
         .route("/v1/catalog/items", post(add_item))
         .route("/v1/orders", post(place_order))
-        .route("/readyz", axum::routing::get(|| async { "ready" }))
         .with_state(peer);
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    axum::serve(listener, app).await.expect("serve");
+    contract::serve(&addr, app).await;
 }

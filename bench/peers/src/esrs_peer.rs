@@ -17,21 +17,14 @@ use axum::{Json, Router};
 use esrs::manager::AggregateManager;
 use esrs::store::postgres::{PgStore, PgStoreBuilder};
 use esrs::Aggregate;
+mod contract;
+
+use contract::{order_key, problem, refused, unavailable, AddItem, PlaceOrderRequest, Refused};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use uuid::Uuid;
-
-#[derive(Debug)]
-struct Refused(&'static str);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-impl std::error::Error for Refused {}
 
 #[derive(Debug, Default)]
 struct InventoryState {
@@ -169,29 +162,6 @@ struct Peer {
     orders: AggregateManager<PgStore<Order>>,
 }
 
-fn problem(status: StatusCode, slug: &str) -> Response {
-    (
-        status,
-        [("content-type", "application/problem+json")],
-        Json(json!({"type": format!("https://surge.dev/problems/{slug}"), "title": slug, "status": status.as_u16()})),
-    )
-        .into_response()
-}
-
-fn refused(Refused(slug): Refused) -> Response {
-    let status = if slug == "item-already-exists" {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    problem(status, slug)
-}
-
-fn unavailable<E: std::fmt::Display>(e: E) -> Response {
-    eprintln!("store error: {e}");
-    problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-}
-
 /// Load, decide and persist on one aggregate, retrying write conflicts (bounded, with jitter).
 async fn execute<A>(
     manager: &AggregateManager<PgStore<A>>,
@@ -229,19 +199,6 @@ fn sku_id(sku: &str) -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sku:{sku}").as_bytes())
 }
 
-#[derive(Deserialize)]
-struct Price {
-    minor: i64,
-}
-
-#[derive(Deserialize)]
-struct AddItem {
-    sku: String,
-    price: Price,
-    #[serde(default)]
-    initial_stock: i64,
-}
-
 async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Response {
     let cmd = |_: &InventoryState| InventoryCommand::AddItem {
         initial_stock: req.initial_stock,
@@ -253,18 +210,6 @@ async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Re
     }
 }
 
-#[derive(Deserialize)]
-struct Line {
-    sku: String,
-    quantity: i64,
-}
-
-#[derive(Deserialize)]
-struct PlaceOrderRequest {
-    customer_id: String,
-    lines: Vec<Line>,
-}
-
 async fn place_order(
     State(peer): State<Arc<Peer>>,
     headers: HeaderMap,
@@ -273,13 +218,8 @@ async fn place_order(
     let [line] = req.lines.as_slice() else {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "one-line-orders-only");
     };
-    let order_id = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(key) => Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("order:{}:{key}", req.customer_id).as_bytes(),
-        ),
-        None => Uuid::new_v4(),
-    };
+    let order_id = order_key(&headers, &req.customer_id)
+        .map_or_else(Uuid::new_v4, |k| Uuid::new_v5(&Uuid::NAMESPACE_OID, k.as_bytes()));
     let reserve = |_: &InventoryState| InventoryCommand::Reserve {
         order_id,
         quantity: line.quantity,
@@ -306,14 +246,7 @@ async fn place_order(
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8091".into());
-    let url = args.next().expect("usage: peer-esrs <addr> <database url>");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&url)
-        .await
-        .expect("Postgres reachable");
+    let (addr, pool) = contract::start("127.0.0.1:8091").await;
     let inventory = PgStoreBuilder::<Inventory>::new(pool.clone())
         .try_build()
         .await
@@ -329,8 +262,6 @@ async fn main() {
     let app = Router::new()
         .route("/v1/catalog/items", post(add_item))
         .route("/v1/orders", post(place_order))
-        .route("/readyz", axum::routing::get(|| async { "ready" }))
         .with_state(peer);
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    axum::serve(listener, app).await.expect("serve");
+    contract::serve(&addr, app).await;
 }
