@@ -351,6 +351,7 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, Problem> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListItemsParams {
+    #[param(min_length = 1, max_length = 64)]
     pub category: Option<String>,
     /// Lowest price, in minor units.
     pub min_price: Option<i64>,
@@ -383,6 +384,11 @@ pub struct Page<T> {
 async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItemsParams>) -> ApiResult {
     let limit = page_size(p.limit)?;
     let after = p.cursor.as_deref().map(decode_cursor::<ItemCursor>).transpose()?;
+    if let Some(c) = &p.category {
+        if c.is_empty() || c.chars().count() > 64 || c.chars().any(char::is_control) {
+            return Err(Problem::bad_request("category must be 1 to 64 printable characters"));
+        }
+    }
     if let (Some(lo), Some(hi)) = (p.min_price, p.max_price) {
         if lo > hi {
             return Err(Problem::bad_request("min_price must not exceed max_price"));

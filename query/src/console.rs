@@ -393,7 +393,7 @@ async fn stream_events(
     PathParam(stream_id): PathParam<String>,
 ) -> Result<Json<Vec<EventEnvelope>>, Problem> {
     operator(&caller)?;
-    if stream_id.is_empty() || stream_id.len() > 128 {
+    if stream_id.is_empty() || stream_id.len() > 128 || stream_id.chars().any(char::is_control) {
         return Err(Problem::bad_request(
             "a stream id is 1 to 128 characters, like order-<uuid> or sku-<SKU>",
         ));

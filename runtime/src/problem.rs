@@ -64,6 +64,14 @@ impl Problem {
     /// unreachable (worth a retry), otherwise an opaque 500. The cause is logged here, once.
     pub fn database(e: &sqlx::Error) -> Self {
         match e {
+            // Class 22 (data exception: a NUL byte, a value out of range) comes from what the
+            // request carried: a 400, even where validation in front missed it.
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
+                tracing::warn!(error = %e, "database refused a value of the request");
+                Problem::bad_request(
+                    "a value in the request cannot be used (for example a NUL byte or a number out of range)",
+                )
+            }
             e if crate::db::is_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Problem::unavailable("the database is busy or unreachable; retry shortly", 1)
