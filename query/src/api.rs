@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::time::Duration;
 use surge_events::{CustomerId, Sku};
-use surge_runtime::auth::{authenticate, Authenticator};
+use surge_runtime::auth::{authenticate_with_session, Authenticator};
 use surge_runtime::extract::{Params, PathParam};
 use surge_runtime::http::SecuritySchemes;
 use surge_runtime::problem::ProblemDoc;
@@ -60,7 +60,7 @@ pub fn router(ctx: QueryContext, auth: std::sync::Arc<Authenticator>) -> Router 
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .merge(crate::console::routes())
-        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate_with_session))
         .with_state(ctx)
 }
 

@@ -403,9 +403,19 @@ impl Authenticator {
     }
 }
 
-/// Middleware: attaches the caller's [`Principal`] when it sent valid credentials, answers 401
-/// when it sent bad ones, and lets anonymous requests through (handlers decide).
-pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
+/// Middleware: attaches the caller's [`Principal`] when it sent valid credentials (a bearer
+/// token or an API key), answers 401 when it sent bad ones, and lets anonymous requests
+/// through (handlers decide). Cookies are ignored: the command API takes no session.
+pub async fn authenticate(State(auth): State<Arc<Authenticator>>, req: Request, next: Next) -> Response {
+    check(&auth, req, next, false).await
+}
+
+/// [`authenticate`], also taking the console's session cookie (query API only).
+pub async fn authenticate_with_session(State(auth): State<Arc<Authenticator>>, req: Request, next: Next) -> Response {
+    check(&auth, req, next, true).await
+}
+
+async fn check(auth: &Authenticator, mut req: Request, next: Next, session: bool) -> Response {
     let headers = req.headers();
     let principal = if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
@@ -434,7 +444,11 @@ pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut req: Reque
                 return challenge(unauthenticated("unknown API key"), None);
             }
         }
-    } else if let Some(p) = cookie_token(headers).and_then(|t| auth.verify_token(t).ok()) {
+    } else if let Some(p) = session
+        .then(|| cookie_token(headers))
+        .flatten()
+        .and_then(|t| auth.verify_token(t).ok())
+    {
         p
     } else {
         return next.run(req).await;

@@ -209,6 +209,26 @@ async fn every_route_answers_401_without_valid_credentials_and_403_without_the_r
     m.allows(get.clone(), &sales, None, analyst, 200).await;
     m.allows(get.clone(), &sales, None, admin, 200).await;
 
+    // The console's session cookie opens the query API's console, never the command API.
+    let cookie = format!("surge_session={}", env.token("ops", Role::Admin));
+    let r = m
+        .http
+        .post(&orders_url)
+        .header("cookie", &cookie)
+        .json(&order("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the command API takes no session cookie");
+    let r = m
+        .http
+        .get(format!("{qry}/console/api/whoami"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the console takes it");
+
     // Health, readiness and the contracts stay open to probes and tools.
     for url in [
         format!("{cmd}/healthz"),
