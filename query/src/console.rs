@@ -136,9 +136,7 @@ struct SessionRequest {
 /// Exchanges a bearer token (admin or analyst) for a session cookie holding it.
 async fn open_session(State(ctx): State<QueryContext>, Body(req): Body<SessionRequest>) -> Result<Response, Problem> {
     let token = req.token.trim();
-    let caller = ctx.console.auth.verify_token(token).map_err(|why| {
-        Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required").detail(why)
-    })?;
+    let caller = ctx.console.auth.verify_token(token).map_err(Problem::unauthenticated)?;
     operator(&caller)?;
     let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
     let value =
@@ -395,7 +393,7 @@ async fn stream_events(
     operator(&caller)?;
     if stream_id.is_empty() || stream_id.len() > 128 || stream_id.chars().any(char::is_control) {
         return Err(Problem::bad_request(
-            "a stream id is 1 to 128 characters, like order-<uuid> or sku-<SKU>",
+            "a stream id is 1 to 128 characters, like order-<uuid> or inventory-<SKU>",
         ));
     }
     Ok(Json(events_where(&ctx.pool, "stream_id = $1", stream_id).await?))
@@ -464,8 +462,9 @@ async fn start_replay(
 ) -> Result<Response, Problem> {
     operator(&caller)?;
     if !headers.contains_key(CSRF_HEADER) {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            .detail(format!("state-changing console calls need the {CSRF_HEADER} header")));
+        return Err(Problem::forbidden(format!(
+            "state-changing console calls need the {CSRF_HEADER} header"
+        )));
     }
     let mut slot = ctx.console.replay.lock().await;
     if slot.as_ref().is_some_and(|p| !p.snapshot().finished) {

@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 use http::request::Parts;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -75,7 +75,7 @@ impl Principal {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(forbidden(format!(
+            Err(Problem::forbidden(format!(
                 "role {} may not do this (needs one of: {})",
                 self.role.as_str(),
                 roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
@@ -88,15 +88,17 @@ impl Principal {
         match self.role {
             Role::Service | Role::Admin => Ok(()),
             Role::Customer if self.subject == customer => Ok(()),
-            Role::Customer => Err(forbidden("a customer may only act on its own orders")),
-            Role::Analyst => Err(forbidden("role analyst is read-only")),
+            Role::Customer => Err(Problem::forbidden("a customer may only act on its own orders")),
+            Role::Analyst => Err(Problem::forbidden("role analyst is read-only")),
         }
     }
 
     /// 403 unless the caller may read `customer`'s orders: that customer, service, admin, analyst.
     pub fn may_read(&self, customer: &str) -> Result<(), Problem> {
         match self.role {
-            Role::Customer if self.subject != customer => Err(forbidden("a customer may only read its own orders")),
+            Role::Customer if self.subject != customer => {
+                Err(Problem::forbidden("a customer may only read its own orders"))
+            }
             _ => Ok(()),
         }
     }
@@ -105,14 +107,6 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("{}:{}", self.role.as_str(), self.subject)
     }
-}
-
-fn forbidden(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
-}
-
-fn unauthenticated(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required").detail(detail)
 }
 
 fn challenge(p: Problem, error: Option<&str>) -> Response {
@@ -133,7 +127,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
             challenge(
-                unauthenticated("send a bearer token (Authorization: Bearer ...) or an X-Api-Key"),
+                Problem::unauthenticated("send a bearer token (Authorization: Bearer ...) or an X-Api-Key"),
                 None,
             )
         })
@@ -224,6 +218,9 @@ enum Verifier {
 /// The checker built from [`AuthConfig`], shared by every request.
 pub struct Authenticator {
     verifiers: Vec<Verifier>,
+    /// What a token must satisfy (issuer, audience, expiry), per algorithm, built once.
+    hs256: Validation,
+    rs256: Validation,
     issuer: String,
     audience: String,
     signing: Option<EncodingKey>,
@@ -305,8 +302,18 @@ impl AuthConfig {
         if verifiers.is_empty() && api_keys.is_empty() {
             return Err(AuthError::NotConfigured);
         }
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[&self.issuer]);
+            v.set_audience(&[&self.audience]);
+            v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+            v.leeway = 30;
+            v
+        };
         Ok(Arc::new(Authenticator {
             verifiers,
+            hs256: validation(Algorithm::HS256),
+            rs256: validation(Algorithm::RS256),
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
             signing,
@@ -369,12 +376,12 @@ impl Authenticator {
                 }
                 _ => continue,
             };
-            let mut validation = Validation::new(alg);
-            validation.set_issuer(&[&self.issuer]);
-            validation.set_audience(&[&self.audience]);
-            validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-            validation.leeway = 30;
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            let validation = if alg == Algorithm::HS256 {
+                &self.hs256
+            } else {
+                &self.rs256
+            };
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) if !data.claims.sub.is_empty() && data.claims.sub.len() <= 128 => {
                     return Ok(Principal {
                         subject: data.claims.sub,
@@ -425,7 +432,7 @@ async fn check(auth: &Authenticator, mut req: Request, next: Next, session: bool
             .map(str::trim);
         let Some(token) = token else {
             return challenge(
-                unauthenticated("the Authorization header must be `Bearer <token>`"),
+                Problem::unauthenticated("the Authorization header must be `Bearer <token>`"),
                 Some("invalid_request"),
             );
         };
@@ -433,7 +440,7 @@ async fn check(auth: &Authenticator, mut req: Request, next: Next, session: bool
             Ok(p) => p,
             Err(why) => {
                 metrics::counter!("surge_auth_failures_total", "kind" => "token").increment(1);
-                return challenge(unauthenticated(why), Some("invalid_token"));
+                return challenge(Problem::unauthenticated(why), Some("invalid_token"));
             }
         }
     } else if let Some(value) = headers.get(API_KEY_HEADER) {
@@ -441,7 +448,7 @@ async fn check(auth: &Authenticator, mut req: Request, next: Next, session: bool
             Some(p) => p,
             None => {
                 metrics::counter!("surge_auth_failures_total", "kind" => "api_key").increment(1);
-                return challenge(unauthenticated("unknown API key"), None);
+                return challenge(Problem::unauthenticated("unknown API key"), None);
             }
         }
     } else if let Some(p) = session

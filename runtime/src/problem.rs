@@ -52,6 +52,14 @@ impl Problem {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "The request is not valid").detail(detail)
     }
+    /// 401: no credentials, or credentials that do not check out.
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required").detail(detail)
+    }
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+    }
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "No such resource").detail(detail)
     }

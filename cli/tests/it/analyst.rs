@@ -37,15 +37,8 @@ async fn a_filtered_export_round_trips_into_an_empty_store() {
         support::add_item(&http, &cmd, sku, 100, 50).await;
     }
     for i in 0..12 {
-        let r: serde_json::Value = http
-            .post(format!("{cmd}/v1/orders"))
-            .json(&json!({"customer_id": format!("x{i}"), "lines": [{"sku": if i % 2 == 0 { "X-1" } else { "X-2" }, "quantity": 1}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sku = if i % 2 == 0 { "X-1" } else { "X-2" };
+        let r = support::place_order(&http, &cmd, &format!("x{i}"), sku, 1).await;
         if i % 4 == 0 {
             let id = r["order_id"].as_str().unwrap();
             http.post(format!("{cmd}/v1/orders/{id}/cancel")).send().await.unwrap();
@@ -129,15 +122,7 @@ async fn a_backup_restored_into_a_new_database_rebuilds_identical_views() {
     let http = source.http();
     support::add_item(&http, &cmd, "B-1", 700, 40).await;
     for i in 0..15 {
-        let r: serde_json::Value = http
-            .post(format!("{cmd}/v1/orders"))
-            .json(&json!({"customer_id": format!("b{i}"), "lines": [{"sku": "B-1", "quantity": 2}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = support::place_order(&http, &cmd, &format!("b{i}"), "B-1", 2).await;
         let id = r["order_id"].as_str().unwrap().to_string();
         if i % 3 == 0 {
             http.post(format!("{cmd}/v1/orders/{id}/payment"))

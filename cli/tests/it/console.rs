@@ -74,15 +74,7 @@ fn number(s: &str) -> f64 {
 async fn place(http: &reqwest::Client, cmd: &str, n: usize, tag: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let r: serde_json::Value = http
-            .post(format!("{cmd}/v1/orders"))
-            .json(&json!({"customer_id": format!("{tag}-{i}"), "lines": [{"sku": "DROP-1", "quantity": 1}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = support::place_order(http, cmd, &format!("{tag}-{i}"), "DROP-1", 1).await;
         ids.push(r["order_id"].as_str().expect("order accepted").to_string());
     }
     ids

@@ -107,13 +107,7 @@ async fn cached_reads_follow_events_with_etags_and_clear_errors() {
     // A customer's orders, newest first, paginated.
     let mut last = String::new();
     for _ in 0..3 {
-        let r = http
-            .post(format!("{cmd}/v1/orders"))
-            .json(&json!({"customer_id": "zoe", "lines": [{"sku": "Q-2", "quantity": 1}]}))
-            .send()
-            .await
-            .unwrap();
-        let b: Value = r.json().await.unwrap();
+        let b = support::place_order(&http, &cmd, "zoe", "Q-2", 1).await;
         last = b["order_id"].as_str().unwrap().to_string();
         token = b["consistency_token"].as_i64().unwrap();
     }

@@ -134,6 +134,24 @@ pub async fn views_match_event_store(env: &TestEnv) -> bool {
     items == expected.items && orders == expected.orders
 }
 
+/// Places an order for `quantity` of `sku` through the command API at `base`; the answer's body.
+pub async fn place_order(
+    http: &reqwest::Client,
+    base: &str,
+    customer: &str,
+    sku: &str,
+    quantity: i64,
+) -> serde_json::Value {
+    http.post(format!("{base}/v1/orders"))
+        .json(&serde_json::json!({"customer_id": customer, "lines": [{"sku": sku, "quantity": quantity}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Adds a catalog item through the command API at `base` (prices in EUR) and expects 201.
 pub async fn add_item(http: &reqwest::Client, base: &str, sku: &str, price_minor: i64, stock: i64) {
     let r = http
