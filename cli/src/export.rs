@@ -54,8 +54,8 @@ pub struct ExportConfig {
 const BATCH: i64 = 5000;
 
 enum Sink {
-    Ndjson(BufWriter<Box<dyn Write>>),
-    Csv(Box<csv::Writer<Box<dyn Write>>>),
+    Ndjson(BufWriter<Box<dyn Write + Send>>),
+    Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
 }
 
 /// Writes the selected events; returns how many.
@@ -65,9 +65,9 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
             bail!("--stream-type must be `order` or `inventory`, not `{t}`");
         }
     }
-    let sink: Box<dyn Write> = match &config.out {
+    let sink: Box<dyn Write + Send> = match &config.out {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::stdout()),
     };
     let mut out = match config.format {
         Format::Ndjson => Sink::Ndjson(BufWriter::new(sink)),

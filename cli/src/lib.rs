@@ -9,8 +9,6 @@
 pub mod credentials;
 pub mod demo;
 pub mod export;
-pub mod flash_sale;
-pub mod knee;
 pub mod loadgen;
 pub mod migrate;
 pub mod schemas;

@@ -6,6 +6,7 @@ mod compose;
 mod console;
 mod faults;
 mod flow;
+mod loadgen;
 mod observability;
 mod query;
 mod replay;

@@ -1,15 +1,13 @@
-//! `surge loadgen`: load against running services on loopback, bounded in time, with latency
-//! histograms (HdrHistogram) and a JSON report under `target/loadgen/<run>/`.
-//!
-//! Scenario `reads` answers "what does the cache buy": one run measures, one after the other
-//! and with the same client, a trivial axum handler (`/healthz` behind the same middleware),
-//! `GET /v1/catalog/items/{sku}` on a query API with its cache, and the same on a query API
-//! with the cache off. SKUs are drawn from a Zipf distribution, as shoppers' interest is.
-//! Each phase is closed-loop (N connections, each sends when its last answer came): that
-//! measures the most a server answers per second; latencies are reported next to it.
+//! `surge loadgen reads` answers "what does the cache buy": one run measures, one after the
+//! other and with the same client, a trivial axum handler (`/healthz` behind the same
+//! middleware), `GET /v1/catalog/items/{sku}` on a query API with its cache, and the same on a
+//! query API with the cache off. SKUs are drawn from a Zipf distribution, as shoppers'
+//! interest is. Each phase is closed-loop (N connections, each sends when its last answer
+//! came): that measures the most a server answers per second; latencies are reported next to
+//! it, and the CPU each process spent per 1,000 reads (the cost side of the same comparison).
 
-use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use anyhow::bail;
+use clap::Args;
 use futures::future::join_all;
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
@@ -18,24 +16,6 @@ use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Args)]
-pub struct LoadgenConfig {
-    #[command(subcommand)]
-    pub scenario: Scenario,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum Scenario {
-    /// Cached item reads vs uncached vs a trivial handler, in one run.
-    Reads(ReadsConfig),
-    /// An open-loop flash sale (ramp to 20x on one hot SKU), then an audit of the outcome.
-    FlashSale(crate::flash_sale::FlashSaleConfig),
-    /// Stepped open-loop load on one target (Surge or a peer) to find its knee (`./dev bench`).
-    Knee(crate::knee::KneeConfig),
-    /// Print the comparison table of the `knee` results.
-    Table(crate::knee::TableConfig),
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct ReadsConfig {
@@ -63,15 +43,6 @@ pub struct ReadsConfig {
     pub credentials: crate::credentials::ClientAuth,
 }
 
-pub async fn run(config: LoadgenConfig) -> anyhow::Result<()> {
-    match config.scenario {
-        Scenario::Reads(c) => reads(c).await,
-        Scenario::FlashSale(c) => crate::flash_sale::run(c).await,
-        Scenario::Knee(c) => crate::knee::knee(c).await,
-        Scenario::Table(c) => crate::knee::table(c),
-    }
-}
-
 /// What one phase measured.
 #[derive(Debug, Serialize)]
 pub struct PhaseReport {
@@ -85,35 +56,10 @@ pub struct PhaseReport {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
-}
-
-async fn seed_items(
-    http: &reqwest::Client,
-    command_url: &str,
-    run: &str,
-    n: usize,
-) -> anyhow::Result<(Vec<String>, i64)> {
-    let skus: Vec<String> = (0..n).map(|i| format!("LG{run}-{i}")).collect();
-    let mut token = 0;
-    for chunk in skus.chunks(16) {
-        let posts = chunk.iter().map(|sku| {
-            http.post(format!("{command_url}/v1/catalog/items"))
-                .json(
-                    &json!({"sku": sku, "name": format!("Load item {sku}"), "category": "load",
-                              "price": {"minor": 1000, "currency": "EUR"}, "initial_stock": 100}),
-                )
-                .send()
-        });
-        for r in join_all(posts).await {
-            let r = r.context("seeding the catalog")?;
-            if r.status().as_u16() != 201 {
-                bail!("seeding answered {}", r.status());
-            }
-            let body: serde_json::Value = r.json().await?;
-            token = token.max(body["consistency_token"].as_i64().unwrap_or(0));
-        }
-    }
-    Ok((skus, token))
+    /// CPU seconds of each process of the stack during the phase, per 1k reads.
+    pub cpu: Vec<super::procs::ProcessCpu>,
+    /// The serving side's CPU (the query API, Postgres, ...; not this client) per read, in ms.
+    pub server_cpu_ms_per_read: f64,
 }
 
 /// Keeps `concurrency` requests in flight for `seconds`, each to a URL from `pick`.
@@ -156,8 +102,10 @@ async fn phase(
     };
     run_for(1.0, false).await;
     let started = Instant::now();
+    let cpu_before = super::procs::CpuSample::now();
     let results = run_for(seconds as f64, true).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = super::procs::CpuSample::now();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut errors) = (0, 0);
     for (h, o, e) in results {
@@ -165,6 +113,8 @@ async fn phase(
         ok += o;
         errors += e;
     }
+    let cpu = cpu_before.usage(&cpu_after, ok);
+    let server_cpu_ms_per_read = super::procs::server_secs(&cpu) / ok.max(1) as f64 * 1000.0;
     Ok(PhaseReport {
         name: name.to_string(),
         requests: ok,
@@ -176,28 +126,12 @@ async fn phase(
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        cpu,
+        server_cpu_ms_per_read,
     })
 }
 
-async fn wait_readable(http: &reqwest::Client, url: &str, token: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http
-            .get(url)
-            .header("x-consistency-token", token.to_string())
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{url} did not become readable")
-}
-
-async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
+pub async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
     // Shoppers browse anonymously; only seeding the catalog needs the admin's token.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(c.concurrency)
@@ -211,10 +145,12 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
         crate::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
     }
     println!("== Seeding {} items", c.items);
-    let (skus, token) = seed_items(&admin, &c.command_url, &run, c.items.max(1)).await?;
+    let skus: Vec<String> = (0..c.items.max(1)).map(|i| format!("LG{run}-{i}")).collect();
+    let items: Vec<(String, i64, &str)> = skus.iter().map(|s| (s.clone(), 100, "load")).collect();
+    let token = super::seed_catalog(&admin, &c.command_url, &items).await?;
     let last = skus.last().cloned().unwrap_or_default();
-    wait_readable(&http, &format!("{}/v1/catalog/items/{last}", c.query_url), token).await?;
-    wait_readable(
+    super::wait_readable(&http, &format!("{}/v1/catalog/items/{last}", c.query_url), token).await?;
+    super::wait_readable(
         &http,
         &format!("{}/v1/catalog/items/{last}", c.uncached_query_url),
         token,
@@ -238,24 +174,27 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<44} {:>10} {:>8} {:>9} {:>9} {:>9}",
-        "phase", "req/s", "errors", "p50 ms", "p99 ms", "max ms"
+        "{:<44} {:>10} {:>8} {:>9} {:>9} {:>9} {:>16}",
+        "phase", "req/s", "errors", "p50 ms", "p99 ms", "max ms", "server CPU us/op"
     );
     for r in &reports {
         println!(
-            "{:<44} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<44} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>16.1}",
             r.name,
             r.requests_per_sec,
             r.errors,
             r.p50_us as f64 / 1000.0,
             r.p99_us as f64 / 1000.0,
-            r.max_us as f64 / 1000.0
+            r.max_us as f64 / 1000.0,
+            r.server_cpu_ms_per_read * 1000.0
         );
     }
     let (trivial, cached, uncached) = (&reports[0], &reports[1], &reports[2]);
     let cached_vs_uncached = cached.requests_per_sec / uncached.requests_per_sec.max(1e-9);
     let cached_vs_trivial = cached.requests_per_sec / trivial.requests_per_sec.max(1e-9);
+    let cost_uncached_vs_cached = uncached.server_cpu_ms_per_read / cached.server_cpu_ms_per_read.max(1e-12);
     println!("\ncached / uncached = {cached_vs_uncached:.2}x    cached / trivial = {cached_vs_trivial:.2}x");
+    println!("serving CPU per read, uncached / cached = {cost_uncached_vs_cached:.2}x (the query API and Postgres; not the client)");
 
     let dir = c.out_dir.join(format!("reads-{run}"));
     std::fs::create_dir_all(&dir)?;
@@ -265,7 +204,8 @@ async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
         "concurrency": c.concurrency,
         "seconds_per_phase": c.seconds,
         "phases": reports,
-        "ratios": {"cached_vs_uncached": cached_vs_uncached, "cached_vs_trivial": cached_vs_trivial},
+        "ratios": {"cached_vs_uncached": cached_vs_uncached, "cached_vs_trivial": cached_vs_trivial,
+                   "server_cpu_per_read_uncached_vs_cached": cost_uncached_vs_cached},
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
     });
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;

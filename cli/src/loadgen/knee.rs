@@ -4,22 +4,23 @@
 //! `bench/peers/`): open-loop steps of rising arrival rate (90 % of orders on one hot SKU, the
 //! rest on ten others), each answered order timed from when it was due. The knee is the
 //! highest step that still accepted at least 95 % of its orders with p99 under 500 ms; then,
-//! after the last step's backlog drained, a run at 80 % of the knee's rate gives its p99. An oversell probe sends 400 concurrent orders
-//! for 100 units. CPU is the machine's busy time during the steps minus this process's own,
-//! per 1,000 accepted orders (the target's whole pipeline: its processes and Postgres).
-//! Each run appends one JSON line to `--results`; `table` prints them with ratios to the best
-//! peer.
+//! after the last step's backlog drained, a run at 80 % of the knee's rate gives its p99. An
+//! oversell probe sends 400 concurrent orders for 100 units. CPU is what the target's
+//! processes (its services, Postgres, and for Surge the Kafka broker; never this client) spent
+//! during the steps, per 1,000 accepted orders. Each run appends one JSON line to
+//! `--results`; `table` prints them with ratios to the best peer and writes an HTML report.
 
-use anyhow::{bail, Context};
+use super::driver::{open_loop, send, RateArgs, Recorder};
+use super::procs::{self, CpuSample, ProcessCpu};
+use super::report::{line_chart, Series};
+use anyhow::Context;
 use clap::Args;
-use hdrhistogram::Histogram;
-use plotters::prelude::*;
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct KneeConfig {
@@ -58,7 +59,11 @@ pub struct Step {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub answers: BTreeMap<String, u64>,
+    /// CPU seconds of the target's processes (services, Postgres, Kafka; not this client).
     pub cpu_secs: f64,
+    /// The same, process by process.
+    #[serde(default)]
+    pub cpu: Vec<ProcessCpu>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,96 +79,61 @@ pub struct KneeResult {
     pub cpu_secs_per_1k_orders: Option<f64>,
 }
 
-/// Busy CPU seconds of the whole machine (user + nice + system + irq + softirq + steal).
-fn machine_busy_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else { return 0.0 };
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let busy = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|i| v.get(*i)).sum::<f64>();
-    busy / 100.0
-}
-
-/// CPU seconds of this process.
-fn own_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
-}
-
-async fn add_item(http: &reqwest::Client, url: &str, sku: &str, stock: i64) -> anyhow::Result<()> {
-    let r = http
-        .post(format!("{url}/v1/catalog/items"))
-        .json(&json!({"sku": sku, "name": sku, "category": "bench", "price": {"minor": 1999, "currency": "EUR"}, "initial_stock": stock}))
-        .send()
-        .await
-        .with_context(|| format!("seeding {sku} on {url}"))?;
-    if r.status().as_u16() != 201 {
-        bail!("seeding {sku} on {url}: {}", r.status());
-    }
-    Ok(())
-}
-
 /// One open-loop step at `rate` orders/s for `secs`.
 async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, secs: u64, tag: &str) -> Step {
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
-    ));
-    let answers = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let total = rate * secs;
-    let started = Instant::now();
-    let (cpu0, own0) = (machine_busy_secs(), own_secs());
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
-        tokio::time::sleep_until(due.into()).await;
+    let rates = RateArgs {
+        start_rate: rate,
+        peak_rate: rate,
+        ramp_secs: 0,
+        hold_secs: secs,
+        max_requests: u64::MAX,
+    };
+    let recorder = Recorder::new();
+    let cpu_before = CpuSample::now();
+    let sent = open_loop(&rates, &recorder, &format!("{rate}/s"), |i, due| {
         let sku = if i % 10 == 0 {
             &skus[1 + (i as usize / 10) % (skus.len() - 1)]
         } else {
             &skus[0]
         };
-        let (http, hist, answers) = (http.clone(), hist.clone(), answers.clone());
         let req = http
             .post(format!("{url}/v1/orders"))
             .header("idempotency-key", format!("{tag}-{rate}-{i}"))
             .json(&json!({"customer_id": format!("b{}", i % 1000), "lines": [{"sku": sku, "quantity": 1}]}));
-        tasks.push(tokio::spawn(async move {
-            let kind = match req.send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    let slug = body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or("-");
-                    if status == 202 {
-                        "202".to_string()
-                    } else {
-                        format!("{status} {slug}")
-                    }
-                }
-                Err(_) => "transport".to_string(),
-            };
-            let _ = hist
-                .lock()
-                .expect("lock")
-                .record(due.elapsed().as_micros().max(1) as u64);
-            *answers.lock().expect("lock").entry(kind).or_default() += 1;
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let cpu_secs = (machine_busy_secs() - cpu0 - (own_secs() - own0)).max(0.0);
-    let answers = answers.lock().expect("lock").clone();
-    let accepted = answers.get("202").copied().unwrap_or(0);
-    let h = hist.lock().expect("lock");
+        let recorder = recorder.clone();
+        vec![async move {
+            recorder.time("order", due, send(req, false)).await;
+        }
+        .boxed()]
+    })
+    .await;
+    let elapsed = recorder.started().elapsed().as_secs_f64();
+    let (ops, _) = recorder.summary();
+    let Some(order) = ops.into_iter().next() else {
+        return Step {
+            rate,
+            sent,
+            accepted: 0,
+            accepted_per_sec: 0.0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            answers: BTreeMap::new(),
+            cpu_secs: 0.0,
+            cpu: Vec::new(),
+        };
+    };
+    let accepted = order.answers.get("202").copied().unwrap_or(0);
+    let cpu = cpu_before.usage(&CpuSample::now(), accepted);
     Step {
         rate,
-        sent: total,
+        sent,
         accepted,
-        accepted_per_sec: accepted as f64 / started.elapsed().as_secs_f64(),
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        answers,
-        cpu_secs,
+        accepted_per_sec: accepted as f64 / elapsed,
+        p50_ms: order.latency_ms.p50,
+        p99_ms: order.latency_ms.p99,
+        answers: order.answers,
+        cpu_secs: procs::server_secs(&cpu),
+        cpu,
     }
 }
 
@@ -182,9 +152,8 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     crate::demo::wait_ready(&http, &url).await?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     let skus: Vec<String> = (0..11).map(|i| format!("K{run}-{i}")).collect();
-    for sku in &skus {
-        add_item(&http, &url, sku, 1_000_000_000).await?;
-    }
+    let items: Vec<(String, i64, &str)> = skus.iter().map(|s| (s.clone(), 1_000_000_000, "bench")).collect();
+    super::seed_catalog(&http, &url, &items).await?;
     println!("== {}: steps {:?} orders/s, {} s each", c.name, c.steps, c.step_secs);
     // Warm-up (connections, pools, caches), not recorded.
     let warm = c.steps.first().copied().unwrap_or(100);
@@ -216,7 +185,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     };
     // Oversell probe: 400 orders at once for 100 units of a fresh SKU.
     let probe_sku = format!("P{run}");
-    if let Err(e) = add_item(&http, &url, &probe_sku, 100).await {
+    if let Err(e) = super::seed_catalog(&http, &url, &[(probe_sku.clone(), 100, "bench")]).await {
         // A target that cannot even take the item is reported, not hidden.
         println!("   oversell probe not run: {e:#}");
     }
@@ -282,13 +251,6 @@ fn secs(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
 }
 
-const COLORS: [RGBColor; 4] = [
-    RGBColor(11, 107, 203),
-    RGBColor(179, 38, 30),
-    RGBColor(26, 127, 55),
-    RGBColor(130, 80, 223),
-];
-
 /// One SVG chart of a per-step figure against the offered rate, a line per target.
 fn chart(
     results: &[KneeResult],
@@ -297,59 +259,17 @@ fn chart(
     y: impl Fn(&Step) -> f64,
     log: bool,
 ) -> anyhow::Result<String> {
-    let max_x = results
+    let series: Vec<Series> = results
         .iter()
-        .flat_map(|r| &r.steps)
-        .map(|s| s.rate as f64)
-        .fold(1.0, f64::max);
-    let max_y = results.iter().flat_map(|r| &r.steps).map(&y).fold(1.0, f64::max) * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (720, 360)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut builder = ChartBuilder::on(&root);
-        builder
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64);
-        let series = |r: &KneeResult| {
-            r.steps
-                .iter()
-                .map(|s| (s.rate as f64, y(s).max(0.1)))
-                .collect::<Vec<_>>()
-        };
-        macro_rules! draw {
-            ($chart:expr) => {{
-                let mut chart = $chart;
-                chart
-                    .configure_mesh()
-                    .x_desc("offered orders/s")
-                    .y_desc(y_desc)
-                    .draw()?;
-                for (i, r) in results.iter().enumerate() {
-                    let color = COLORS[i % COLORS.len()];
-                    chart
-                        .draw_series(LineSeries::new(series(r), color.stroke_width(2)))?
-                        .label(r.name.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-                    chart.draw_series(series(r).into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-                }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()?;
-            }};
-        }
-        if log {
-            draw!(builder.build_cartesian_2d(0f64..max_x * 1.05, (0.1f64..max_y).log_scale())?);
-        } else {
-            draw!(builder.build_cartesian_2d(0f64..max_x * 1.05, 0f64..max_y)?);
-        }
-        root.present()?;
-    }
-    Ok(svg)
+        .enumerate()
+        .map(|(i, r)| Series {
+            name: r.name.clone(),
+            points: r.steps.iter().map(|s| (s.rate as f64, y(s))).collect(),
+            color: i + 1,
+            width: 2,
+        })
+        .collect();
+    line_chart(title, "offered orders/s", y_desc, &series, log)
 }
 
 /// `report.html` beside the results: the table and the plots, self-contained.

@@ -1,0 +1,198 @@
+//! The audit after every run: what the answers said, what the event store holds and what the
+//! views show must agree, and no SKU of the run may ever have gone below zero.
+//!
+//! Only the run's own SKUs and the orders placed on them since the run began are looked at,
+//! so runs against a shared database do not disturb each other's audit.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// One line of the audit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: &str, ok: bool, detail: String) -> Check {
+    Check {
+        check: name.to_string(),
+        ok,
+        detail,
+    }
+}
+
+/// What the run did, as its clients saw it.
+pub struct Scope<'a> {
+    /// The SKUs the run seeded (and only ordered from).
+    pub skus: &'a [String],
+    /// A time before the run's first order.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Idempotency key -> the order ids answered 202 for it.
+    pub accepted: &'a HashMap<String, HashSet<String>>,
+    /// Orders whose answer never came (transport errors, 5xx): they may or may not be stored.
+    pub unknown: u64,
+    /// How long the views may take to catch up with the store before a check fails.
+    pub patience: Duration,
+}
+
+/// Stock of one SKU folded from its events.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stock {
+    supply: i64,
+    held: i64,
+    available: i64,
+    lowest: i64,
+}
+
+pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let multi = scope.accepted.values().filter(|ids| ids.len() > 1).count();
+    checks.push(check(
+        "one order per idempotency key",
+        multi == 0,
+        format!(
+            "{} keys answered, {multi} with more than one order",
+            scope.accepted.len()
+        ),
+    ));
+    let ids: HashSet<&String> = scope.accepted.values().flatten().collect();
+
+    // Stock at every version of every SKU of the run.
+    let streams: Vec<String> = scope.skus.iter().map(|s| format!("inventory-{s}")).collect();
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT stream_id, event_type, payload FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, version",
+    )
+    .bind(&streams)
+    .fetch_all(pool)
+    .await?;
+    let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
+    for (stream, event, payload) in &rows {
+        let s = stock.entry(stream.clone()).or_insert(Stock {
+            lowest: i64::MAX,
+            ..Stock::default()
+        });
+        let q = payload["quantity"].as_i64().unwrap_or(0);
+        match event.as_str() {
+            "ItemAdded" => s.supply += payload["initial_stock"].as_i64().unwrap_or(0),
+            "StockRestocked" => s.supply += q,
+            "StockReserved" => s.held += q,
+            "ReservationReleased" | "ReservationExpired" => s.held -= q,
+            _ => {}
+        }
+        s.available = s.supply - s.held;
+        s.lowest = s.lowest.min(s.available);
+    }
+    let lowest = stock.values().map(|s| s.lowest).min().unwrap_or(0);
+    checks.push(check(
+        "stock never negative",
+        lowest >= 0,
+        format!("{} SKUs, lowest available at any version: {lowest}", stock.len()),
+    ));
+    let oversold: i64 = stock.values().map(|s| (s.held - s.supply).max(0)).sum();
+    let busiest = stock.iter().max_by_key(|(_, s)| s.held);
+    checks.push(check(
+        "nothing oversold",
+        oversold == 0,
+        match busiest {
+            Some((stream, s)) => format!(
+                "oversold {oversold} units; busiest SKU {}: {} of {} units reserved or sold",
+                stream.trim_start_matches("inventory-"),
+                s.held,
+                s.supply
+            ),
+            None => format!("oversold {oversold} units"),
+        },
+    ));
+
+    // Every accepted order once in the store; every stored order of the run answered.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'order_id' FROM events WHERE event_type = 'OrderPlaced' AND occurred_at >= $1 \
+         AND EXISTS (SELECT 1 FROM jsonb_array_elements(payload->'lines') l WHERE l->>'sku' = ANY($2))",
+    )
+    .bind(scope.since)
+    .bind(scope.skus)
+    .fetch_all(pool)
+    .await?;
+    let stored_set: HashSet<&String> = stored.iter().collect();
+    let lost = ids.difference(&stored_set).count();
+    let duplicated = stored.len() - stored_set.len();
+    let unanswered = stored_set.difference(&ids).count();
+    checks.push(check(
+        "accepted orders = orders in the event store",
+        lost == 0 && duplicated == 0 && unanswered as u64 <= scope.unknown,
+        format!(
+            "{} accepted, {} stored: lost {lost}, duplicated {duplicated}, stored but never answered {unanswered} \
+             (answers that never came: {})",
+            ids.len(),
+            stored.len(),
+            scope.unknown
+        ),
+    ));
+
+    let order_ids: Vec<uuid::Uuid> = stored_set.iter().filter_map(|i| i.parse().ok()).collect();
+    let deadline = Instant::now() + scope.patience;
+    let mut in_view = 0i64;
+    while Instant::now() < deadline {
+        in_view = sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id = ANY($1)")
+            .bind(&order_ids)
+            .fetch_one(pool)
+            .await?;
+        if in_view as usize == order_ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    checks.push(check(
+        "stored orders = rows in the orders view",
+        in_view as usize == order_ids.len(),
+        format!("{in_view} of {} in the view", order_ids.len()),
+    ));
+
+    // The views equal the fold of the store: every order of the run at its last version (paid
+    // and cancelled ones too), every SKU at its last version with the folded stock.
+    let order_streams: Vec<String> = order_ids.iter().map(|id| format!("order-{id}")).collect();
+    let mut behind = (0i64, 0usize, 0usize);
+    let deadline = deadline + scope.patience / 2;
+    while Instant::now() < deadline {
+        let orders_behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) \
+             GROUP BY stream_id) e LEFT JOIN orders o ON 'order-' || o.order_id::text = e.stream_id \
+             WHERE o.version IS DISTINCT FROM e.v",
+        )
+        .bind(&order_streams)
+        .fetch_one(pool)
+        .await?;
+        let items: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT e.stream_id, COALESCE(c.available, -1), (e.v - COALESCE(c.version, 0)) FROM \
+             (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) GROUP BY stream_id) e \
+             LEFT JOIN catalog_items c ON 'inventory-' || c.sku = e.stream_id",
+        )
+        .bind(&streams)
+        .fetch_all(pool)
+        .await?;
+        let items_behind = items.iter().filter(|(_, _, lag)| *lag != 0).count();
+        let wrong_stock = items
+            .iter()
+            .filter(|(s, available, _)| stock.get(s).is_some_and(|f| f.available != *available))
+            .count();
+        behind = (orders_behind, items_behind, wrong_stock);
+        if behind == (0, 0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    checks.push(check(
+        "views = fold of the event store",
+        behind == (0, 0, 0),
+        format!(
+            "orders behind the store {}, catalog items behind {}, items whose stock differs from the fold {}",
+            behind.0, behind.1, behind.2
+        ),
+    ));
+    Ok(checks)
+}

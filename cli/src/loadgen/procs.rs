@@ -1,0 +1,202 @@
+//! CPU seconds of each process of the stack during a run, read from `/proc`.
+//!
+//! Processes are named by what they are: `surge <subcommand>` for Surge's services (and
+//! `surge loadgen` for this client), `postgres` for the server and its backends, `kafka` for
+//! the broker's JVM, `peer-<name>` for the benchmark peers. A name's figure is the sum over
+//! its processes; processes reaped during the run count through their parent's children
+//! time (Postgres' backends through the postmaster).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Linux's USER_HZ: the unit of the times in `/proc/<pid>/stat`.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU seconds by process name, and the whole machine's busy seconds, at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSample {
+    by_name: BTreeMap<String, f64>,
+    machine: f64,
+}
+
+/// One process name's CPU over a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessCpu {
+    pub process: String,
+    pub cpu_secs: f64,
+    /// CPU seconds per 1,000 operations of the run.
+    pub per_1k_ops: Option<f64>,
+}
+
+/// What a process is, from its command line (NUL-separated) and `comm`.
+pub fn classify(cmdline: &str, comm: &str) -> Option<String> {
+    let args: Vec<&str> = cmdline.split('\0').filter(|a| !a.is_empty()).collect();
+    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a))?;
+    if comm == "postgres" || program == "postgres" || program.starts_with("postgres:") {
+        return Some("postgres".to_string());
+    }
+    if program == "surge" {
+        let sub = args.iter().skip(1).find(|a| !a.starts_with('-'))?;
+        return Some(format!("surge {sub}"));
+    }
+    if program.starts_with("peer-") {
+        return Some(program.to_string());
+    }
+    if program == "java" && args.contains(&"kafka.Kafka") {
+        return Some("kafka".to_string());
+    }
+    None
+}
+
+/// utime + stime (+ the reaped children's, when `children`) of one `/proc/<pid>/stat` line.
+fn stat_secs(stat: &str, children: bool) -> f64 {
+    // The fields after the command name in parentheses (which may hold spaces).
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = tick(11) + tick(12);
+    let reaped = if children { tick(13) + tick(14) } else { 0.0 };
+    (own + reaped) / TICKS_PER_SEC
+}
+
+/// Busy seconds of the whole machine (user, nice, system, irq, softirq, steal).
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    [0usize, 1, 2, 5, 6, 7].iter().filter_map(|i| v.get(*i)).sum::<f64>() / TICKS_PER_SEC
+}
+
+impl CpuSample {
+    /// Reads every process of the stack now.
+    pub fn now() -> CpuSample {
+        let mut by_name = BTreeMap::<String, f64>::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return CpuSample::default();
+        };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let Some(name) = classify(&cmdline, comm.trim()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            *by_name.entry(name).or_default() += stat_secs(&stat, true);
+        }
+        CpuSample {
+            by_name,
+            machine: machine_busy_secs(),
+        }
+    }
+
+    /// CPU per process name between `self` (earlier) and `later`, with `ops` operations done
+    /// in between; the last rows are the whole machine and what no named process explains.
+    pub fn usage(&self, later: &CpuSample, ops: u64) -> Vec<ProcessCpu> {
+        let per_1k = |secs: f64| (ops > 0).then(|| secs / ops as f64 * 1000.0);
+        let mut rows: Vec<ProcessCpu> = later
+            .by_name
+            .iter()
+            .map(|(name, after)| {
+                // A process that restarted during the run counts from zero.
+                let before = self.by_name.get(name).copied().unwrap_or(0.0);
+                let secs = if *after >= before { after - before } else { *after };
+                ProcessCpu {
+                    process: name.clone(),
+                    cpu_secs: secs,
+                    per_1k_ops: per_1k(secs),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.cpu_secs.total_cmp(&a.cpu_secs));
+        let named: f64 = rows.iter().map(|r| r.cpu_secs).sum();
+        let machine = (later.machine - self.machine).max(0.0);
+        rows.push(ProcessCpu {
+            process: "machine (all)".to_string(),
+            cpu_secs: machine,
+            per_1k_ops: per_1k(machine),
+        });
+        let other = (machine - named).max(0.0);
+        rows.push(ProcessCpu {
+            process: "other".to_string(),
+            cpu_secs: other,
+            per_1k_ops: per_1k(other),
+        });
+        rows
+    }
+}
+
+/// CPU seconds of the serving side: every named process but this load client.
+pub fn server_secs(rows: &[ProcessCpu]) -> f64 {
+    rows.iter()
+        .filter(|r| !matches!(r.process.as_str(), "surge loadgen" | "machine (all)" | "other"))
+        .map(|r| r.cpu_secs)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_named_by_what_they_run() {
+        assert_eq!(
+            classify("/root/.cache/surge/target/release/surge\0command-api\0", "surge"),
+            Some("surge command-api".into())
+        );
+        assert_eq!(
+            classify("surge\0--log-format\0loadgen\0browse\0", "surge"),
+            Some("surge loadgen".into())
+        );
+        assert_eq!(
+            classify("postgres: 15/main: surge surge 127.0.0.1(5432) idle", "postgres"),
+            Some("postgres".into())
+        );
+        assert_eq!(
+            classify("/usr/bin/java\0-Xmx1G\0kafka.Kafka\0server.properties\0", "java"),
+            Some("kafka".into())
+        );
+        assert_eq!(
+            classify("/x/release/peer-esrs\0--addr\0", "peer-esrs"),
+            Some("peer-esrs".into())
+        );
+        assert_eq!(classify("/usr/bin/bash\0-c\0", "bash"), None);
+    }
+
+    #[test]
+    fn stat_times_skip_a_command_name_with_spaces() {
+        // pid (comm) state ppid ... utime stime cutime cstime (fields 14-17)
+        let stat = "42 (postgres: 15/main: walwriter) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 30 20 20 0 1 0";
+        assert_eq!(stat_secs(stat, false), 3.0);
+        assert_eq!(stat_secs(stat, true), 3.5);
+    }
+
+    #[test]
+    fn usage_is_per_process_and_per_1k_ops() {
+        let before = CpuSample {
+            by_name: [("postgres".to_string(), 10.0), ("surge relay".to_string(), 5.0)].into(),
+            machine: 100.0,
+        };
+        let after = CpuSample {
+            by_name: [
+                ("postgres".to_string(), 14.0),
+                ("surge relay".to_string(), 1.0),
+                ("surge loadgen".to_string(), 2.0),
+            ]
+            .into(),
+            machine: 110.0,
+        };
+        let rows = before.usage(&after, 2000);
+        let get = |n: &str| rows.iter().find(|r| r.process == n).map(|r| r.cpu_secs);
+        assert_eq!(get("postgres"), Some(4.0));
+        assert_eq!(get("surge relay"), Some(1.0), "restarted: counted from zero");
+        assert_eq!(get("machine (all)"), Some(10.0));
+        assert_eq!(get("other"), Some(3.0));
+        assert_eq!(rows[0].per_1k_ops, Some(2.0));
+        assert_eq!(server_secs(&rows), 5.0);
+    }
+}
