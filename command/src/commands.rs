@@ -8,7 +8,7 @@
 //! [`crate::sequencer`], which batch many orders into one such transaction.
 
 use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
-use crate::idempotency::{self, IdempotencyKey};
+use crate::idempotency::IdempotencyKey;
 use crate::payments::Settlement;
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
@@ -265,11 +265,8 @@ impl Commands {
         key: Option<IdempotencyKey>,
         meta: &EventMetadata,
     ) -> Result<OrderAccepted, CommandError> {
-        if let Some(key) = &key {
-            if let Some(answer) = idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await? {
-                return answer;
-            }
-        }
+        // A repeated key is answered by the lane (its claim fails and the stored answer is
+        // read then), so the first request of a key costs no lookup.
         let order_id = OrderId::new();
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.settings.reservation_ttl).unwrap_or(chrono::Duration::minutes(15));

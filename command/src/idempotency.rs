@@ -82,32 +82,6 @@ pub async fn claim_many(conn: &mut PgConnection, keys: &[&IdempotencyKey]) -> Re
         .collect())
 }
 
-/// Stores the answers of several claimed keys, in the same transaction.
-pub async fn complete_many(
-    conn: &mut PgConnection,
-    answers: &[(&IdempotencyKey, serde_json::Value)],
-    status: u16,
-) -> Result<(), sqlx::Error> {
-    if answers.is_empty() {
-        return Ok(());
-    }
-    let scopes: Vec<&str> = answers.iter().map(|(k, _)| k.scope.as_str()).collect();
-    let names: Vec<&str> = answers.iter().map(|(k, _)| k.key.as_str()).collect();
-    let bodies: Vec<&serde_json::Value> = answers.iter().map(|(_, v)| v).collect();
-    sqlx::query(
-        "UPDATE idempotency_keys i SET status = $4, response = u.r \
-         FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS u(s, k, r) \
-         WHERE i.scope = u.s AND i.key = u.k",
-    )
-    .bind(&scopes)
-    .bind(&names)
-    .bind(&bodies)
-    .bind(status as i16)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Gives back claims of requests that were refused, so a corrected retry can use the key.
 pub async fn release_many(conn: &mut PgConnection, keys: &[&IdempotencyKey]) -> Result<(), sqlx::Error> {
     if keys.is_empty() {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku};
+use surge_events::{CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
 /// One order, waiting in the lane of its hottest SKU.
@@ -336,6 +336,12 @@ impl Lane {
             .collect();
         idempotency::release_many(&mut tx, &refused_keys).await?;
 
+        // What the lane's SKUs are after this batch, for the state cache once it commits.
+        let after: Vec<(StreamId, i64, Inventory)> = states
+            .iter()
+            .filter(|(_, b)| !b.events.is_empty())
+            .map(|(sku, b)| (sku.stream_id(), b.version + b.events.len() as i64, b.state.clone()))
+            .collect();
         if !accepted_idx.is_empty() {
             let mut appends: Vec<StreamAppend> = states
                 .into_iter()
@@ -352,16 +358,8 @@ impl Lane {
             let committed = EventStore::append_in(&mut tx, &appends).await?;
             let ids: Vec<uuid::Uuid> = accepted_idx.iter().map(|(i, _)| jobs[*i].order_id.0).collect();
             let deadlines: Vec<DateTime<Utc>> = accepted_idx.iter().map(|(i, _)| jobs[*i].expires_at).collect();
-            sqlx::query(
-                "INSERT INTO reservation_deadlines (order_id, expires_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])",
-            )
-            .bind(&ids)
-            .bind(&deadlines)
-            .execute(&mut *tx)
-            .await?;
             // Events were stored in `appends` order: the SKUs' first, then one OrderPlaced per order.
-            let mut keyed_answers = Vec::new();
+            let (mut scopes, mut names, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
             for (n, (i, total)) in accepted_idx.into_iter().enumerate() {
                 let job = &jobs[i];
                 let answer = OrderAccepted {
@@ -372,13 +370,34 @@ impl Lane {
                     consistency_token: committed.positions.get(n_reserved + n).copied().unwrap_or(0),
                 };
                 if let Some(k) = &job.key {
-                    keyed_answers.push((k, serde_json::to_value(&answer).unwrap_or_default()));
+                    scopes.push(k.scope.as_str());
+                    names.push(k.key.as_str());
+                    bodies.push(serde_json::to_value(&answer).unwrap_or_default());
                 }
                 outcomes[i] = Some(Outcome::Accepted(answer));
             }
-            idempotency::complete_many(&mut tx, &keyed_answers, 202).await?;
+            // The reservations' deadlines and the keys' answers in one statement (one round
+            // trip less per batch: the hot lane's batches are back to back).
+            sqlx::query(
+                "WITH deadlines AS (INSERT INTO reservation_deadlines (order_id, expires_at) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])) \
+                 UPDATE idempotency_keys i SET status = 202, response = u.r \
+                 FROM UNNEST($3::text[], $4::text[], $5::jsonb[]) AS u(s, k, r) \
+                 WHERE i.scope = u.s AND i.key = u.k",
+            )
+            .bind(&ids)
+            .bind(&deadlines)
+            .bind(&scopes)
+            .bind(&names)
+            .bind(&bodies)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
+        // The next batch then reads only what others appended since (usually nothing).
+        for (stream, version, state) in after {
+            self.inventory.insert(stream, Arc::new((version, state))).await;
+        }
         Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Replay)).collect())
     }
 }

@@ -174,9 +174,13 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let best = steps.iter().rev().find(|s| passes(s)).cloned();
     let (knee_rate, knee_accepted) = best.as_ref().map_or((0, 0.0), |s| (s.rate, s.accepted_per_sec));
     let at80 = if knee_rate > 0 {
-        // Let the backlog of an overloaded last step drain first.
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let rate = (knee_rate * 8 / 10).max(1);
+        // Let the backlog of an overloaded last step drain first (the target's queues, and
+        // for Surge its relay and projector catching up): until the machine is quiet.
+        let waited = procs::wait_until_quiet(0.25, Duration::from_secs(90)).await;
+        println!("   machine quiet again after {:.0} s", waited.as_secs_f64());
+        // 80 % of the most it accepted per second (not of the offered rate: a knee step may
+        // accept a little less than it was offered).
+        let rate = ((knee_accepted * 0.8) as u64).max(1);
         let s = step(&http, &url, &skus, rate, c.step_secs, &format!("{run}-80")).await;
         println!("   80 % of the knee ({rate}/s): p99 {:.1} ms", s.p99_ms);
         Some(s.p99_ms)

@@ -130,6 +130,22 @@ impl CpuSample {
     }
 }
 
+/// Waits (at most `limit`) until the machine's busy share over one second, all cores
+/// together, is below `share`; how long that took.
+pub async fn wait_until_quiet(share: f64, limit: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Two quiet seconds in a row: one can fall between a projector's batches.
+    let mut quiet = 0;
+    while started.elapsed() < limit && quiet < 2 {
+        let before = machine_busy_secs();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let busy = (machine_busy_secs() - before) / cores;
+        quiet = if busy < share { quiet + 1 } else { 0 };
+    }
+    started.elapsed()
+}
+
 /// CPU seconds of the serving side: every named process but this load client.
 pub fn server_secs(rows: &[ProcessCpu]) -> f64 {
     rows.iter()
