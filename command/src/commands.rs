@@ -19,7 +19,7 @@ use sha2::Digest;
 use std::future::Future;
 use std::time::Duration;
 use surge_events::order::CancelReason;
-use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
+use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku, StreamId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -298,13 +298,19 @@ impl Commands {
             let mut appends = vec![StreamAppend::new(order_id.stream_id(), version, &events, meta)];
             let mut skus: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
             skus.sort();
-            for sku in skus {
-                let (_, _, append) = self.decide_inventory(&sku, per_line(&sku), meta).await?;
-                if !append.events.is_empty() {
-                    appends.push(append);
+            skus.dedup();
+            // The SKUs' streams are locked before they are read, as the sequencer's lanes do:
+            // a payment and a lane writing the same SKU take turns instead of conflicting.
+            let mut tx = self.store.pool().begin().await?;
+            let streams: Vec<StreamId> = skus.iter().map(|s| s.stream_id()).collect();
+            EventStore::lock_streams(&mut tx, &streams).await?;
+            let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &streams).await?;
+            for ((sku, stream), (sku_version, state)) in skus.iter().zip(streams).zip(loaded) {
+                let sku_events = state.decide(&per_line(sku))?;
+                if !sku_events.is_empty() {
+                    appends.push(StreamAppend::new(stream, sku_version, &sku_events, meta));
                 }
             }
-            let mut tx = self.store.pool().begin().await?;
             let committed = EventStore::append_in(&mut tx, &appends).await?;
             bookkeeping.apply(&mut tx, order_id).await?;
             tx.commit().await?;

@@ -266,26 +266,11 @@ impl Lane {
     /// Decides every job against the current state of the SKUs it orders and commits the
     /// batch at once.
     async fn commit_batch(&self, jobs: &[PlaceJob]) -> Result<Vec<Outcome>, StoreError> {
-        // The state of every SKU in the batch (the lane's own, and those of multi-SKU orders),
-        // in one order for every writer.
-        let mut skus: Vec<&Sku> = jobs.iter().flat_map(|j| j.lines.iter().map(|(s, _)| s)).collect();
-        skus.sort();
-        skus.dedup();
-        let mut states: BTreeMap<Sku, SkuBatch> = BTreeMap::new();
-        for sku in skus {
-            let (version, state) = self.store.load(&self.inventory, &sku.stream_id()).await?;
-            states.insert(
-                sku.clone(),
-                SkuBatch {
-                    version,
-                    state,
-                    events: Vec::new(),
-                },
-            );
-        }
         let mut tx = self.store.pool().begin().await?;
 
         // Idempotency: the first job per key claims it; later ones in the batch follow it.
+        // (Keys are claimed before any stream lock is taken, so a claim waiting for another
+        // transaction never holds a lock that transaction waits for.)
         let mut first_with_key: HashMap<(&str, &str), usize> = HashMap::new();
         let mut outcomes: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
         let mut to_claim = Vec::new();
@@ -307,6 +292,30 @@ impl Lane {
                 outcomes[i] = Some(Outcome::Replay);
             }
         }
+
+        // Every SKU of the batch (the lane's own, and those of multi-SKU orders), locked
+        // against the other writers of these SKUs (lanes, payments, cancellations), then read.
+        let mut skus: Vec<&Sku> = jobs.iter().flat_map(|j| j.lines.iter().map(|(s, _)| s)).collect();
+        skus.sort();
+        skus.dedup();
+        let streams: Vec<StreamId> = skus.iter().map(|s| s.stream_id()).collect();
+        EventStore::lock_streams(&mut tx, &streams).await?;
+        let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &streams).await?;
+        let mut states: BTreeMap<Sku, SkuBatch> = skus
+            .into_iter()
+            .cloned()
+            .zip(loaded)
+            .map(|(sku, (version, state))| {
+                (
+                    sku,
+                    SkuBatch {
+                        version,
+                        state,
+                        events: Vec::new(),
+                    },
+                )
+            })
+            .collect();
 
         let mut orders = Vec::new();
         let mut accepted_idx = Vec::new();
