@@ -50,7 +50,7 @@ pub struct TableConfig {
     pub results: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Step {
     pub rate: u64,
     pub sent: u64,
@@ -64,6 +64,9 @@ pub struct Step {
     /// The same, process by process.
     #[serde(default)]
     pub cpu: Vec<ProcessCpu>,
+    /// p99 (ms) of the orders due in each second of the step.
+    #[serde(default)]
+    pub p99_by_second: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,18 +111,13 @@ async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, sec
     })
     .await;
     let elapsed = recorder.started().elapsed().as_secs_f64();
-    let (ops, _) = recorder.summary();
+    let (ops, timeline) = recorder.summary();
+    let p99_by_second = timeline.iter().filter(|s| s.sent > 0).map(|s| s.p99_ms).collect();
     let Some(order) = ops.into_iter().next() else {
         return Step {
             rate,
             sent,
-            accepted: 0,
-            accepted_per_sec: 0.0,
-            p50_ms: 0.0,
-            p99_ms: 0.0,
-            answers: BTreeMap::new(),
-            cpu_secs: 0.0,
-            cpu: Vec::new(),
+            ..Step::default()
         };
     };
     let accepted = order.answers.get("202").copied().unwrap_or(0);
@@ -134,6 +132,7 @@ async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, sec
         answers: order.answers,
         cpu_secs: procs::server_secs(&cpu),
         cpu,
+        p99_by_second,
     }
 }
 
@@ -142,7 +141,7 @@ fn passes(s: &Step) -> bool {
 }
 
 pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
-    let url = c.url.trim_end_matches('/').to_string();
+    let url = super::loopback(&c.url)?;
     let http = c.credentials.client(
         "bench",
         reqwest::Client::builder()
@@ -182,7 +181,16 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         // accept a little less than it was offered).
         let rate = ((knee_accepted * 0.8) as u64).max(1);
         let s = step(&http, &url, &skus, rate, c.step_secs, &format!("{run}-80")).await;
-        println!("   80 % of the knee ({rate}/s): p99 {:.1} ms", s.p99_ms);
+        let by_second: Vec<String> = s
+            .p99_by_second
+            .iter()
+            .map(|p| p.map_or("-".into(), |v| format!("{v:.0}")))
+            .collect();
+        println!(
+            "   80 % of the knee ({rate}/s): p99 {:.1} ms (by second: {} ms)",
+            s.p99_ms,
+            by_second.join(", ")
+        );
         Some(s.p99_ms)
     } else {
         None

@@ -85,6 +85,22 @@ pub struct Target {
     pub out_dir: PathBuf,
 }
 
+/// Load goes to this machine only: any other host is refused. The URL, without a trailing `/`.
+pub fn loopback(url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("not a URL: {url}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let local = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        bail!("surge loadgen only loads this machine (127.0.0.1, ::1, localhost), not {host}");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 /// A short id that names a run's SKUs, keys and report directory.
 pub fn run_id() -> String {
     format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000)
@@ -170,8 +186,8 @@ impl Shop {
                 .timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(512),
         )?;
-        let command_url = target.command_url.trim_end_matches('/').to_string();
-        let query_url = target.query_url.trim_end_matches('/').to_string();
+        let command_url = loopback(&target.command_url)?;
+        let query_url = loopback(&target.query_url)?;
         crate::demo::wait_ready(&http, &command_url).await?;
         crate::demo::wait_ready(&http, &query_url).await?;
         let tokens = (0..SHOPPERS)
@@ -330,5 +346,21 @@ impl Shop {
             details,
         };
         report.finish(&self.target.out_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn load_goes_to_loopback_only() {
+        assert_eq!(
+            super::loopback("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(super::loopback("http://localhost:8081").is_ok());
+        assert!(super::loopback("http://[::1]:8081").is_ok());
+        assert!(super::loopback("http://10.0.0.5:8080").is_err());
+        assert!(super::loopback("https://shop.example.com").is_err());
+        assert!(super::loopback("not a url").is_err());
     }
 }

@@ -142,6 +142,7 @@ pub async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
         .client("loadgen", reqwest::Client::builder().timeout(Duration::from_secs(10)))?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     for base in [&c.command_url, &c.query_url, &c.uncached_query_url] {
+        super::loopback(base)?;
         crate::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
     }
     println!("== Seeding {} items", c.items);

@@ -97,7 +97,9 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
     // Payments and cancellations write the same SKUs as the lanes: they take turns (stream
     // locks), so nobody is refused with a conflict.
     assert!(
-        orders["answers"].as_object().is_some_and(|a| !a.keys().any(|k| k.starts_with("409"))),
+        orders["answers"]
+            .as_object()
+            .is_some_and(|a| !a.keys().any(|k| k.starts_with("409"))),
         "{orders}"
     );
     let audit = report["audit"].as_array().expect("audit lines");
