@@ -7,7 +7,12 @@
 //! (`lock_and_load`) was tried first: under a hot SKU every waiter holds a pool connection
 //! while the lock holder needs one more, and requests stalled until the pool timed out.
 //!
-//! Usage: `peer-esrs <listen addr> <database url>` (esrs creates its tables).
+//! With a third argument, Kafka brokers, every persisted event is also published by esrs'
+//! own `KafkaEventBus` (topics `peer-esrs.inventory` and `peer-esrs.orders`, key = aggregate
+//! id): esrs publishes after its transaction commits and waits for the broker's ack, a dual
+//! write where Surge relays from an outbox.
+//!
+//! Usage: `peer-esrs <listen addr> <database url> [kafka brokers]` (esrs creates its tables).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -247,14 +252,15 @@ async fn place_order(
 #[tokio::main]
 async fn main() {
     let (addr, pool) = contract::start("127.0.0.1:8091").await;
-    let inventory = PgStoreBuilder::<Inventory>::new(pool.clone())
-        .try_build()
-        .await
-        .expect("inventory store");
-    let orders = PgStoreBuilder::<Order>::new(pool)
-        .try_build()
-        .await
-        .expect("order store");
+    let brokers = std::env::args().nth(3);
+    let mut inventory = PgStoreBuilder::<Inventory>::new(pool.clone());
+    let mut orders = PgStoreBuilder::<Order>::new(pool);
+    if let Some(brokers) = &brokers {
+        inventory = inventory.add_event_bus(kafka_bus::<Inventory>(brokers, "peer-esrs.inventory").await);
+        orders = orders.add_event_bus(kafka_bus::<Order>(brokers, "peer-esrs.orders").await);
+    }
+    let inventory = inventory.try_build().await.expect("inventory store");
+    let orders = orders.try_build().await.expect("order store");
     let peer = Arc::new(Peer {
         inventory: AggregateManager::new(inventory),
         orders: AggregateManager::new(orders),
@@ -264,4 +270,27 @@ async fn main() {
         .route("/v1/orders", post(place_order))
         .with_state(peer);
     contract::serve(&addr, app).await;
+}
+
+/// esrs' Kafka event bus on `topic`, with the idempotent producer Surge's relay uses too; a
+/// failed publish is logged (esrs hands errors to this handler, the command still succeeds).
+async fn kafka_bus<A>(brokers: &str, topic: &str) -> esrs::bus::kafka::KafkaEventBus<A> {
+    // The broker creates no topic by itself: 6 partitions, as Surge's.
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("Kafka admin client");
+    let topics = [NewTopic::new(topic, 6, TopicReplication::Fixed(1))];
+    // "Already exists" from an earlier run is fine; anything else shows when publishing.
+    let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("enable.idempotence", "true").set("acks", "all");
+    let config = esrs::bus::kafka::KafkaEventBusConfig::builder()
+        .broker_url_list(brokers)
+        .topic(topic)
+        .client_config(client)
+        .error_handler(Box::new(|e| eprintln!("peer-esrs: publishing to Kafka failed: {e:?}")))
+        .build();
+    esrs::bus::kafka::KafkaEventBus::new(config).await.expect("Kafka producer")
 }
