@@ -4,8 +4,9 @@
 //! `bench/peers/`): open-loop steps of rising arrival rate (90 % of orders on one hot SKU, the
 //! rest on ten others), each answered order timed from when it was due. The knee is the
 //! highest step that still accepted at least 95 % of its orders with p99 under 500 ms; then,
-//! after the machine is quiet again, a run of at least 10 s at 80 % of the knee's accepted
-//! rate gives its p99. An oversell probe sends 400 concurrent orders for 100 units. CPU is
+//! after the machine is quiet again, a run twice as long as a step (6 s at least) at 80 % of
+//! the knee's accepted rate gives its p99. A step whose latency kept growing (falling behind)
+//! is not a knee, even when it ended before its queues overflowed. An oversell probe sends 400 concurrent orders for 100 units. CPU is
 //! what the target's
 //! processes (its services, Postgres, and for Surge the Kafka broker; never this client) spent
 //! during the steps, per 1,000 accepted orders. Each run appends one JSON line to
@@ -137,8 +138,25 @@ async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, sec
     }
 }
 
-fn passes(s: &Step) -> bool {
+/// The target kept up: almost every order accepted, p99 under 500 ms.
+fn keeps_up(s: &Step) -> bool {
     s.accepted as f64 >= 0.95 * s.sent as f64 && s.p99_ms < 500.0
+}
+
+/// Latency grew through the step (the last whole second's p99 over 3x the first's, and over
+/// 100 ms): the target only kept up for a while, its queues filling. A short step would
+/// otherwise credit it with a rate it cannot hold.
+fn falling_behind(s: &Step) -> bool {
+    // Seconds are those the orders were due in: a step of N s has N whole ones.
+    let seconds: Vec<f64> = s.p99_by_second.iter().flatten().copied().collect();
+    match (seconds.first(), seconds.last()) {
+        (Some(first), Some(last)) => *last > 100.0 && *last > 3.0 * first.max(20.0),
+        _ => false,
+    }
+}
+
+fn passes(s: &Step) -> bool {
+    keeps_up(s) && !falling_behind(s)
 }
 
 pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
@@ -162,12 +180,23 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     for &rate in &c.steps {
         let s = step(&http, &url, &skus, rate, c.step_secs, &run).await;
         println!(
-            "   {:>5}/s: accepted {:>7.1}/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {:?}",
-            rate, s.accepted_per_sec, s.p50_ms, s.p99_ms, s.answers
+            "   {:>5}/s: accepted {:>7.1}/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {:?}{}",
+            rate,
+            s.accepted_per_sec,
+            s.p50_ms,
+            s.p99_ms,
+            s.answers,
+            if falling_behind(&s) {
+                "  (latency growing: falling behind)"
+            } else {
+                ""
+            }
         );
-        let ok = passes(&s);
+        // One step that only fell behind does not end the search (a hiccup of the machine
+        // can look the same); one that could not keep up does.
+        let overloaded = !keeps_up(&s);
         steps.push(s);
-        if !ok {
+        if overloaded {
             break;
         }
     }
@@ -181,8 +210,8 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         // 80 % of the most it accepted per second (not of the offered rate: a knee step may
         // accept a little less than it was offered).
         let rate = ((knee_accepted * 0.8) as u64).max(1);
-        // Ten seconds at least: one hiccup of the machine should not decide a p99.
-        let s = step(&http, &url, &skus, rate, c.step_secs.max(10), &format!("{run}-80")).await;
+        // Twice a step, 6 s at least: long enough to show a rate that cannot be held.
+        let s = step(&http, &url, &skus, rate, (c.step_secs * 2).max(6), &format!("{run}-80")).await;
         let by_second: Vec<String> = s
             .p99_by_second
             .iter()
@@ -368,4 +397,33 @@ pub fn table(c: TableConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(sent: u64, accepted: u64, p99_ms: f64, by_second: &[f64]) -> Step {
+        Step {
+            rate: sent,
+            sent,
+            accepted,
+            p99_ms,
+            p99_by_second: by_second.iter().map(|v| Some(*v)).collect(),
+            ..Step::default()
+        }
+    }
+
+    #[test]
+    fn a_knee_keeps_up_without_falling_behind() {
+        assert!(passes(&step(900, 900, 40.0, &[20.0, 35.0, 40.0])));
+        // Refused or slow: overloaded.
+        assert!(!keeps_up(&step(900, 800, 40.0, &[20.0, 35.0, 40.0])));
+        assert!(!keeps_up(&step(900, 900, 600.0, &[200.0, 400.0, 600.0])));
+        // Kept up for three seconds, but latency climbed all along: not a knee.
+        let climbing = step(900, 900, 450.0, &[60.0, 200.0, 450.0]);
+        assert!(keeps_up(&climbing) && falling_behind(&climbing) && !passes(&climbing));
+        // A late hiccup under 100 ms is no trend.
+        assert!(!falling_behind(&step(900, 900, 90.0, &[10.0, 12.0, 90.0])));
+    }
 }
