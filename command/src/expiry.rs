@@ -6,9 +6,13 @@
 //! on it, the event store's version check lets only one cancellation commit.
 
 use crate::commands::{CommandError, Commands};
+use futures::StreamExt;
 use std::time::Duration;
 use surge_events::OrderId;
 use tokio_util::sync::CancellationToken;
+
+/// Orders a worker settles at once (each holds a pooled connection while it does).
+const CONCURRENT_EXPIRIES: usize = 4;
 
 pub struct ExpiryWorker {
     pub commands: Commands,
@@ -40,11 +44,16 @@ impl ExpiryWorker {
         )
         .fetch_all(self.commands.store().pool())
         .await?;
-        for id in &due {
-            if let Err(e) = self.commands.expire_order(OrderId(*id)).await {
-                tracing::warn!(order_id = %id, error = %e, "expiring an order failed; it will be retried");
-            }
-        }
+        // A few at a time: after a flash sale thousands of holds run out together, and one by
+        // one they would take minutes; each order's SKUs are locked while it settles, so
+        // orders of the same SKU still take turns.
+        futures::stream::iter(&due)
+            .for_each_concurrent(CONCURRENT_EXPIRIES, |id| async move {
+                if let Err(e) = self.commands.expire_order(OrderId(*id)).await {
+                    tracing::warn!(order_id = %id, error = %e, "expiring an order failed; it will be retried");
+                }
+            })
+            .await;
         Ok(due.len())
     }
 }

@@ -164,7 +164,8 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let http = c.credentials.client(
         "bench",
         reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            // An order unanswered after 10 s counts as failed (`transport`) for every target.
+            .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(512),
     )?;
     crate::demo::wait_ready(&http, &url).await?;
