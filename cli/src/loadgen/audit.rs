@@ -41,33 +41,22 @@ pub struct Scope<'a> {
 }
 
 /// Stock of one SKU folded from its events.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Stock {
     supply: i64,
     held: i64,
     available: i64,
     lowest: i64,
+    /// Available stock after each version (index = version - 1).
+    by_version: Vec<i64>,
 }
 
-pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check>> {
-    let mut checks = Vec::new();
-    let multi = scope.accepted.values().filter(|ids| ids.len() > 1).count();
-    checks.push(check(
-        "one order per idempotency key",
-        multi == 0,
-        format!(
-            "{} keys answered, {multi} with more than one order",
-            scope.accepted.len()
-        ),
-    ));
-    let ids: HashSet<&String> = scope.accepted.values().flatten().collect();
-
-    // Stock at every version of every SKU of the run.
-    let streams: Vec<String> = scope.skus.iter().map(|s| format!("inventory-{s}")).collect();
+/// Folds the stock of `streams` from the event store, as it is now.
+async fn fold_stock(pool: &PgPool, streams: &[String]) -> anyhow::Result<BTreeMap<String, Stock>> {
     let rows: Vec<(String, String, Value)> = sqlx::query_as(
         "SELECT stream_id, event_type, payload FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, version",
     )
-    .bind(&streams)
+    .bind(streams)
     .fetch_all(pool)
     .await?;
     let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
@@ -86,7 +75,27 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
         }
         s.available = s.supply - s.held;
         s.lowest = s.lowest.min(s.available);
+        s.by_version.push(s.available);
     }
+    Ok(stock)
+}
+
+pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let multi = scope.accepted.values().filter(|ids| ids.len() > 1).count();
+    checks.push(check(
+        "one order per idempotency key",
+        multi == 0,
+        format!(
+            "{} keys answered, {multi} with more than one order",
+            scope.accepted.len()
+        ),
+    ));
+    let ids: HashSet<&String> = scope.accepted.values().flatten().collect();
+
+    // Stock at every version of every SKU of the run.
+    let streams: Vec<String> = scope.skus.iter().map(|s| format!("inventory-{s}")).collect();
+    let stock = fold_stock(pool, &streams).await?;
     let lowest = stock.values().map(|s| s.lowest).min().unwrap_or(0);
     checks.push(check(
         "stock never negative",
@@ -153,32 +162,53 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
         format!("{in_view} of {} in the view", order_ids.len()),
     ));
 
-    // The views equal the fold of the store: every order of the run at its last version (paid
-    // and cancelled ones too), every SKU at its last version with the folded stock.
+    // The views equal the fold of the store: every order of the run at least at the version
+    // it had when the audit began (paid and cancelled ones too), every SKU too, and each SKU's
+    // available stock the fold's at the version the view shows. Writers that go on meanwhile
+    // (reservations expiring, payments settling) move both; the comparison is by version.
     let order_streams: Vec<String> = order_ids.iter().map(|id| format!("order-{id}")).collect();
+    let order_versions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id")
+            .bind(&order_streams)
+            .fetch_all(pool)
+            .await?;
+    let (names, versions): (Vec<String>, Vec<i64>) = order_versions.into_iter().unzip();
     let mut behind = (0i64, 0usize, 0usize);
     let deadline = deadline + scope.patience / 2;
     while Instant::now() < deadline {
         let orders_behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) \
-             GROUP BY stream_id) e LEFT JOIN orders o ON 'order-' || o.order_id::text = e.stream_id \
-             WHERE o.version IS DISTINCT FROM e.v",
+            "SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS e(stream_id, v) \
+             LEFT JOIN orders o ON 'order-' || o.order_id::text = e.stream_id \
+             WHERE o.version IS NULL OR o.version < e.v",
         )
-        .bind(&order_streams)
+        .bind(&names)
+        .bind(&versions)
         .fetch_one(pool)
         .await?;
         let items: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT e.stream_id, COALESCE(c.available, -1), (e.v - COALESCE(c.version, 0)) FROM \
-             (SELECT stream_id, max(version) AS v FROM events WHERE stream_id = ANY($1) GROUP BY stream_id) e \
-             LEFT JOIN catalog_items c ON 'inventory-' || c.sku = e.stream_id",
+            "SELECT 'inventory-' || sku, available, version FROM catalog_items WHERE 'inventory-' || sku = ANY($1)",
         )
         .bind(&streams)
         .fetch_all(pool)
         .await?;
-        let items_behind = items.iter().filter(|(_, _, lag)| *lag != 0).count();
+        let now = fold_stock(pool, &streams).await?;
+        let items_behind = stock
+            .iter()
+            .filter(|(s, f)| {
+                items
+                    .iter()
+                    .find(|(v, _, _)| v == *s)
+                    .is_none_or(|(_, _, version)| (*version as usize) < f.by_version.len())
+            })
+            .count();
         let wrong_stock = items
             .iter()
-            .filter(|(s, available, _)| stock.get(s).is_some_and(|f| f.available != *available))
+            .filter(|(s, available, version)| {
+                let at = now
+                    .get(s)
+                    .and_then(|f| f.by_version.get((*version as usize).wrapping_sub(1)));
+                at != Some(available)
+            })
             .count();
         behind = (orders_behind, items_behind, wrong_stock);
         if behind == (0, 0, 0) {
