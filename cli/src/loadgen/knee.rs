@@ -174,6 +174,9 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let items: Vec<(String, i64, &str)> = skus.iter().map(|s| (s.clone(), 1_000_000_000, "bench")).collect();
     super::seed_catalog(&http, &url, &items).await?;
     println!("== {}: steps {:?} orders/s, {} s each", c.name, c.steps, c.step_secs);
+    // Every target starts on a quiet machine (nothing left running from what came before).
+    let waited = procs::wait_until_quiet(0.10, Duration::from_secs(60)).await;
+    println!("   machine quiet after {:.0} s", waited.as_secs_f64());
     // Warm-up (connections, pools, caches), not recorded.
     let warm = c.steps.first().copied().unwrap_or(100);
     step(&http, &url, &skus, warm, 2, &format!("{run}-warm")).await;
