@@ -3,7 +3,8 @@
 //! `knee` measures one target that speaks Surge's command contract (Surge itself, or a peer of
 //! `bench/peers/`): open-loop steps of rising arrival rate (90 % of orders on one hot SKU, the
 //! rest on ten others), each answered order timed from when it was due. The knee is the
-//! highest step that still accepted at least 95 % of its orders with p99 under 500 ms; then,
+//! highest step before the first that failed to accept at least 95 % of its orders with p99
+//! under 500 ms without its latency climbing; then,
 //! after the machine is quiet again, a run twice as long as a step (6 s at least) at 80 % of
 //! the knee's accepted rate gives its p99. A step whose latency kept growing (falling behind)
 //! is not a knee, even when it ended before its queues overflowed. An oversell probe sends 400 concurrent orders for 100 units. CPU is
@@ -204,7 +205,9 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
             break;
         }
     }
-    let best = steps.iter().rev().find(|s| passes(s)).cloned();
+    // The knee: the last of the steps that all passed from the start. A higher step that
+    // passes after one fell behind only had too little time to show it.
+    let best = steps.iter().take_while(|s| passes(s)).last().cloned();
     let (knee_rate, knee_accepted) = best.as_ref().map_or((0, 0.0), |s| (s.rate, s.accepted_per_sec));
     let at80 = if knee_rate > 0 {
         // Let the backlog of an overloaded last step drain first (the target's queues, and
