@@ -1,17 +1,17 @@
 //! `surge loadgen knee` and `surge loadgen table`: the side-by-side benchmark of `./dev bench`.
 //!
 //! `knee` measures one target that speaks Surge's command contract (Surge itself, or a peer of
-//! `bench/peers/`): open-loop steps of rising arrival rate (90 % of orders on one hot SKU, the
-//! rest on ten others), each answered order timed from when it was due. The knee is the
-//! highest step before the first that failed to accept at least 95 % of its orders with p99
-//! under 500 ms without its latency climbing; then,
-//! after the machine is quiet again, a run twice as long as a step (6 s at least) at 80 % of
-//! the knee's accepted rate gives its p99. A step whose latency kept growing (falling behind)
-//! is not a knee, even when it ended before its queues overflowed. An oversell probe sends 400 concurrent orders for 100 units. CPU is
-//! what the target's
-//! processes (its services, Postgres, and for Surge the Kafka broker; never this client) spent
-//! during the steps, per 1,000 accepted orders. Each run appends one JSON line to
-//! `--results`; `table` prints them with ratios to the best peer and writes an HTML report.
+//! `bench/peers/`) on a quiet machine: open-loop steps of rising arrival rate (90 % of orders
+//! on one hot SKU, the rest on ten others), each answered order timed from when it was due.
+//! A step passes when it accepted at least 95 % of its orders with p99 under 500 ms and its
+//! latency did not keep climbing (falling behind: the last second's p99 over 3x the first's
+//! and over 100 ms). The knee is the last step of the unbroken run of passing steps. Then,
+//! once the machine is quiet again, a run twice as long as a step (6 s at least) at 80 % of
+//! the knee's accepted rate gives the p99 of the table. An oversell probe sends 400
+//! concurrent orders for 100 units. CPU is what the target's processes (its services,
+//! Postgres, and for Surge the Kafka broker; never this client) spent during the steps, per
+//! 1,000 accepted orders. Each run appends one JSON line to `--results`; `table` prints them
+//! with the ratio to the best peer and writes an HTML report with plots.
 
 use super::driver::{open_loop, send, RateArgs, Recorder};
 use super::procs::{self, CpuSample, ProcessCpu};
@@ -139,6 +139,31 @@ async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, sec
     }
 }
 
+/// Sends one order at a time (at most two a second) until five in a row are answered within
+/// `fast` (at most two minutes); how long that took.
+async fn recover(http: &reqwest::Client, url: &str, sku: &str, fast: Duration, run: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let (mut in_a_row, mut i) = (0, 0u64);
+    while in_a_row < 5 && started.elapsed() < Duration::from_secs(120) {
+        let sent = std::time::Instant::now();
+        let answer = send(
+            http.post(format!("{url}/v1/orders"))
+                .header("idempotency-key", format!("{run}-recover-{i}"))
+                .json(&json!({"customer_id": "recovery", "lines": [{"sku": sku, "quantity": 1}]})),
+            false,
+        )
+        .await;
+        i += 1;
+        in_a_row = if answer.ok() && sent.elapsed() <= fast {
+            in_a_row + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(500).saturating_sub(sent.elapsed())).await;
+    }
+    started.elapsed()
+}
+
 /// The target kept up: almost every order accepted, p99 under 500 ms.
 fn keeps_up(s: &Step) -> bool {
     s.accepted as f64 >= 0.95 * s.sent as f64 && s.p99_ms < 500.0
@@ -213,7 +238,17 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         // Let the backlog of an overloaded last step drain first (the target's queues, and
         // for Surge its relay and projector catching up): until the machine is quiet.
         let waited = procs::wait_until_quiet(0.10, Duration::from_secs(120)).await;
-        println!("   machine quiet again after {:.0} s", waited.as_secs_f64());
+        // A quiet machine is not enough: a target may still be working off the overload
+        // (retrying requests that are sleeping, a relay waiting on acks). It has recovered
+        // when five orders in a row, one at a time, are answered as fast as at the first step.
+        let fast = Duration::from_secs_f64((steps[0].p50_ms * 3.0).max(20.0) / 1000.0);
+        let recovered = recover(&http, &url, &skus[1], fast, &run).await;
+        println!(
+            "   machine quiet again after {:.0} s, target answering in under {} ms after {:.0} s more",
+            waited.as_secs_f64(),
+            fast.as_millis(),
+            recovered.as_secs_f64()
+        );
         // 80 % of the most it accepted per second (not of the offered rate: a knee step may
         // accept a little less than it was offered).
         let rate = ((knee_accepted * 0.8) as u64).max(1);
