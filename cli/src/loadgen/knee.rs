@@ -240,9 +240,10 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         let waited = procs::wait_until_quiet(0.10, Duration::from_secs(120)).await;
         // A quiet machine is not enough: a target may still be working off the overload
         // (retrying requests that are sleeping, a relay waiting on acks). It has recovered
-        // when five orders in a row, one at a time, are answered as fast as at the first step.
+        // when five orders in a row on the hot SKU, one at a time, are answered as fast as at
+        // the first step.
         let fast = Duration::from_secs_f64((steps[0].p50_ms * 3.0).max(20.0) / 1000.0);
-        let recovered = recover(&http, &url, &skus[1], fast, &run).await;
+        let recovered = recover(&http, &url, &skus[0], fast, &run).await;
         println!(
             "   machine quiet again after {:.0} s, target answering in under {} ms after {:.0} s more",
             waited.as_secs_f64(),
