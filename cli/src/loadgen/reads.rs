@@ -58,7 +58,7 @@ pub struct PhaseReport {
     pub max_us: u64,
     /// CPU seconds of each process of the stack during the phase, per 1k reads.
     pub cpu: Vec<super::procs::ProcessCpu>,
-    /// The serving side's CPU (the query API, Postgres, ...; not this client) per read, in ms.
+    /// CPU of the read path (query API and Postgres; not this client) per read, in ms.
     pub server_cpu_ms_per_read: f64,
 }
 
@@ -114,7 +114,14 @@ async fn phase(
         errors += e;
     }
     let cpu = cpu_before.usage(&cpu_after, ok);
-    let server_cpu_ms_per_read = super::procs::server_secs(&cpu) / ok.max(1) as f64 * 1000.0;
+    // The read path only: the query API and Postgres (not the relay, projector or broker,
+    // which may be catching up on something else meanwhile).
+    let read_path: f64 = cpu
+        .iter()
+        .filter(|p| matches!(p.process.as_str(), "surge query-api" | "postgres"))
+        .map(|p| p.cpu_secs)
+        .sum();
+    let server_cpu_ms_per_read = read_path / ok.max(1) as f64 * 1000.0;
     Ok(PhaseReport {
         name: name.to_string(),
         requests: ok,
@@ -169,6 +176,8 @@ pub async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
         ("uncached item (cache off)", item_urls(&c.uncached_query_url)),
     ];
     let mut reports = Vec::new();
+    let waited = super::procs::wait_until_quiet(0.10, Duration::from_secs(90)).await;
+    println!("== machine quiet after {:.0} s", waited.as_secs_f64());
     for (name, urls) in &phases {
         println!("== {name}: {} connections for {} s", c.concurrency, c.seconds);
         reports.push(phase(&http, name, urls, c.concurrency, c.seconds).await?);
