@@ -9,9 +9,12 @@
 //! deadlines) in ONE transaction. Each caller still gets its own answer: accepted with its own
 //! consistency token, or refused with its reason.
 //!
-//! The lane is an optimisation, not the guard: the event store's version check is. If another
-//! process or lane appended to one of the batch's SKUs in between, the append conflicts, the
-//! lane reloads and decides the batch again (bounded), so nothing oversells.
+//! Other writers of the same SKUs (another lane with a multi-SKU order, a payment, a
+//! cancellation, an expiry, another process) take turns with the lane: each takes the SKU
+//! streams' advisory locks in one order inside its transaction and reads them there. The lane
+//! is an optimisation and the locks spare retries; the guard is the event store's version
+//! check: a writer that skipped the locks makes the append conflict, the lane reloads and
+//! decides the batch again (bounded), so nothing oversells.
 //! A full lane refuses at once ([`CommandError::Overloaded`]) instead of queueing unboundedly.
 
 use crate::commands::{CommandError, OrderAccepted};

@@ -50,6 +50,14 @@ impl RateArgs {
         }
     }
 
+    /// `50 -> 1000 orders/s over 5 s, hold 5 s`, for a run's banner.
+    pub fn describe(&self, unit: &str) -> String {
+        format!(
+            "{} -> {} {unit}/s over {} s, hold {} s",
+            self.start_rate, self.peak_rate, self.ramp_secs, self.hold_secs
+        )
+    }
+
     /// When each request is due, in seconds from the start.
     pub fn arrivals(&self) -> Vec<f64> {
         let total = (self.ramp_secs + self.hold_secs) as f64;

@@ -46,10 +46,10 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
         .chain(background.iter().map(|s| (s.clone(), 1_000_000, "flash")))
         .collect();
     super::seed_catalog(&shop.http, &shop.command_url, &items).await?;
-    let r = &c.rates;
     println!(
-        "== flash sale {run}: {} -> {} orders/s over {} s, hold {} s; hot SKU {hot} with {} units",
-        r.start_rate, r.peak_rate, r.ramp_secs, r.hold_secs, c.hot_stock
+        "== flash sale {run}: {}; hot SKU {hot} with {} units",
+        c.rates.describe("orders"),
+        c.hot_stock
     );
     shop.begin();
     let shop = Arc::new(shop);

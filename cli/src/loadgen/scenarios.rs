@@ -234,14 +234,10 @@ fn reads_answered(shop: &Shop) -> Check {
 pub async fn checkout_run(c: CheckoutConfig) -> anyhow::Result<()> {
     let mut shop = Shop::open(&c.target, "checkout").await?;
     let catalog = Catalog::seed(&shop, "CO", &c.catalog).await?;
-    let r = &c.rates;
     println!(
-        "== checkout {}: {} -> {} orders/s over {} s, hold {} s; {} SKUs of {} units",
+        "== checkout {}: {}; {} SKUs of {} units",
         shop.run,
-        r.start_rate,
-        r.peak_rate,
-        r.ramp_secs,
-        r.hold_secs,
+        c.rates.describe("orders"),
         catalog.skus.len(),
         c.catalog.stock
     );
@@ -267,14 +263,10 @@ pub async fn checkout_run(c: CheckoutConfig) -> anyhow::Result<()> {
 pub async fn browse_run(c: BrowseConfig) -> anyhow::Result<()> {
     let mut shop = Shop::open(&c.target, "browse").await?;
     let catalog = Catalog::seed(&shop, "BR", &c.catalog).await?;
-    let r = &c.rates;
     println!(
-        "== browse {}: {} -> {} reads/s over {} s, hold {} s; {} SKUs, Zipf(1.1)",
+        "== browse {}: {}; {} SKUs, Zipf(1.1)",
         shop.run,
-        r.start_rate,
-        r.peak_rate,
-        r.ramp_secs,
-        r.hold_secs,
+        c.rates.describe("reads"),
         catalog.skus.len()
     );
     shop.begin();
@@ -299,14 +291,10 @@ pub async fn browse_run(c: BrowseConfig) -> anyhow::Result<()> {
 pub async fn mixed_run(c: MixedConfig) -> anyhow::Result<()> {
     let mut shop = Shop::open(&c.target, "mixed").await?;
     let catalog = Catalog::seed(&shop, "MX", &c.catalog).await?;
-    let r = &c.rates;
     println!(
-        "== mixed {}: {} -> {} requests/s over {} s, hold {} s ({:.0} % reads); {} SKUs; an export every {} s",
+        "== mixed {}: {} ({:.0} % reads); {} SKUs; an export every {} s",
         shop.run,
-        r.start_rate,
-        r.peak_rate,
-        r.ramp_secs,
-        r.hold_secs,
+        c.rates.describe("requests"),
         c.read_share * 100.0,
         catalog.skus.len(),
         c.export_every_secs
