@@ -17,31 +17,15 @@ use cqrs_es::{Aggregate, AggregateError, DomainEvent};
 use postgres_es::{postgres_cqrs, postgres_snapshot_cqrs, PostgresCqrs};
 mod contract;
 
-use contract::{order_key, problem, refused, unavailable, AddItem, PlaceOrderRequest, Refused};
-use serde::{Deserialize, Serialize};
+use contract::{
+    order_key, problem, refused, unavailable, AddItem, InventoryCommand, InventoryEvent, InventoryState, OrderEvent,
+    OrderState, PlaceOrder, PlaceOrderRequest, Refused,
+};
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Inventory {
-    exists: bool,
-    available: i64,
-    price_minor: i64,
-    holds: BTreeSet<String>,
-}
-
-enum InventoryCommand {
-    AddItem { initial_stock: i64, price_minor: i64 },
-    Reserve { order_id: String, quantity: i64 },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum InventoryEvent {
-    ItemAdded { initial_stock: i64, price_minor: i64 },
-    StockReserved { order_id: String, quantity: i64 },
-}
-
+// cqrs-es keeps the aggregate's state as the aggregate: the shared model's states are the
+// aggregates, their events its domain events.
 impl DomainEvent for InventoryEvent {
     fn event_type(&self) -> String {
         match self {
@@ -54,92 +38,6 @@ impl DomainEvent for InventoryEvent {
     }
 }
 
-#[async_trait]
-impl Aggregate for Inventory {
-    type Command = InventoryCommand;
-    type Event = InventoryEvent;
-    type Error = Refused;
-    type Services = ();
-
-    fn aggregate_type() -> String {
-        "inventory".into()
-    }
-
-    async fn handle(&self, command: InventoryCommand, _: &()) -> Result<Vec<InventoryEvent>, Refused> {
-        match command {
-            InventoryCommand::AddItem {
-                initial_stock,
-                price_minor,
-            } => {
-                if self.exists {
-                    return Err(Refused("item-already-exists"));
-                }
-                if initial_stock < 0 || price_minor < 0 {
-                    return Err(Refused("invalid-quantity"));
-                }
-                Ok(vec![InventoryEvent::ItemAdded {
-                    initial_stock,
-                    price_minor,
-                }])
-            }
-            InventoryCommand::Reserve { order_id, quantity } => {
-                if !self.exists {
-                    return Err(Refused("unknown-item"));
-                }
-                if self.holds.contains(&order_id) {
-                    return Ok(vec![]);
-                }
-                if quantity < 1 || quantity > 10_000 {
-                    return Err(Refused("invalid-quantity"));
-                }
-                if quantity > self.available {
-                    return Err(Refused("out-of-stock"));
-                }
-                Ok(vec![InventoryEvent::StockReserved { order_id, quantity }])
-            }
-        }
-    }
-
-    fn apply(&mut self, event: InventoryEvent) {
-        match event {
-            InventoryEvent::ItemAdded {
-                initial_stock,
-                price_minor,
-            } => {
-                self.exists = true;
-                self.available = initial_stock;
-                self.price_minor = price_minor;
-            }
-            InventoryEvent::StockReserved { order_id, quantity } => {
-                self.available -= quantity;
-                self.holds.insert(order_id);
-            }
-        }
-    }
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Order {
-    placed: bool,
-}
-
-struct PlaceOrder {
-    customer_id: String,
-    sku: String,
-    quantity: i64,
-    unit_price_minor: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum OrderEvent {
-    OrderPlaced {
-        customer_id: String,
-        sku: String,
-        quantity: i64,
-        total_minor: i64,
-    },
-}
-
 impl DomainEvent for OrderEvent {
     fn event_type(&self) -> String {
         "OrderPlaced".into()
@@ -150,7 +48,27 @@ impl DomainEvent for OrderEvent {
 }
 
 #[async_trait]
-impl Aggregate for Order {
+impl Aggregate for InventoryState {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = Refused;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        "inventory".into()
+    }
+
+    async fn handle(&self, command: InventoryCommand, _: &()) -> Result<Vec<InventoryEvent>, Refused> {
+        self.decide(command)
+    }
+
+    fn apply(&mut self, event: InventoryEvent) {
+        self.evolve(event);
+    }
+}
+
+#[async_trait]
+impl Aggregate for OrderState {
     type Command = PlaceOrder;
     type Event = OrderEvent;
     type Error = Refused;
@@ -161,25 +79,17 @@ impl Aggregate for Order {
     }
 
     async fn handle(&self, c: PlaceOrder, _: &()) -> Result<Vec<OrderEvent>, Refused> {
-        if self.placed {
-            return Ok(vec![]);
-        }
-        Ok(vec![OrderEvent::OrderPlaced {
-            customer_id: c.customer_id,
-            sku: c.sku,
-            quantity: c.quantity,
-            total_minor: c.quantity * c.unit_price_minor,
-        }])
+        Ok(self.decide(c))
     }
 
-    fn apply(&mut self, _: OrderEvent) {
-        self.placed = true;
+    fn apply(&mut self, event: OrderEvent) {
+        self.evolve(event);
     }
 }
 
 struct Peer {
-    inventory: PostgresCqrs<Inventory>,
-    orders: PostgresCqrs<Order>,
+    inventory: PostgresCqrs<InventoryState>,
+    orders: PostgresCqrs<OrderState>,
     pool: sqlx::PgPool,
 }
 

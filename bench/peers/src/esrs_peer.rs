@@ -24,32 +24,16 @@ use esrs::store::postgres::{PgStore, PgStoreBuilder};
 use esrs::Aggregate;
 mod contract;
 
-use contract::{order_key, problem, refused, unavailable, AddItem, PlaceOrderRequest, Refused};
-use serde::{Deserialize, Serialize};
+use contract::{
+    order_key, problem, refused, unavailable, AddItem, InventoryCommand, InventoryEvent, InventoryState, OrderEvent,
+    OrderState, PlaceOrder, PlaceOrderRequest, Refused,
+};
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
-#[derive(Debug, Default)]
-struct InventoryState {
-    exists: bool,
-    available: i64,
-    price_minor: i64,
-    holds: BTreeSet<Uuid>,
-}
-
-enum InventoryCommand {
-    AddItem { initial_stock: i64, price_minor: i64 },
-    Reserve { order_id: Uuid, quantity: i64 },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum InventoryEvent {
-    ItemAdded { initial_stock: i64, price_minor: i64 },
-    StockReserved { order_id: Uuid, quantity: i64 },
-}
-
+// esrs keeps state apart from the aggregate: the shared model's states and events, behind
+// two marker types.
 struct Inventory;
 
 impl Aggregate for Inventory {
@@ -60,79 +44,13 @@ impl Aggregate for Inventory {
     type Error = Refused;
 
     fn handle_command(state: &InventoryState, command: InventoryCommand) -> Result<Vec<InventoryEvent>, Refused> {
-        match command {
-            InventoryCommand::AddItem {
-                initial_stock,
-                price_minor,
-            } => {
-                if state.exists {
-                    return Err(Refused("item-already-exists"));
-                }
-                if initial_stock < 0 || price_minor < 0 {
-                    return Err(Refused("invalid-quantity"));
-                }
-                Ok(vec![InventoryEvent::ItemAdded {
-                    initial_stock,
-                    price_minor,
-                }])
-            }
-            InventoryCommand::Reserve { order_id, quantity } => {
-                if !state.exists {
-                    return Err(Refused("unknown-item"));
-                }
-                if state.holds.contains(&order_id) {
-                    return Ok(vec![]);
-                }
-                if !(1..=10_000).contains(&quantity) {
-                    return Err(Refused("invalid-quantity"));
-                }
-                if quantity > state.available {
-                    return Err(Refused("out-of-stock"));
-                }
-                Ok(vec![InventoryEvent::StockReserved { order_id, quantity }])
-            }
-        }
+        state.decide(command)
     }
 
     fn apply_event(mut state: InventoryState, event: InventoryEvent) -> InventoryState {
-        match event {
-            InventoryEvent::ItemAdded {
-                initial_stock,
-                price_minor,
-            } => {
-                state.exists = true;
-                state.available = initial_stock;
-                state.price_minor = price_minor;
-            }
-            InventoryEvent::StockReserved { order_id, quantity } => {
-                state.available -= quantity;
-                state.holds.insert(order_id);
-            }
-        }
+        state.evolve(event);
         state
     }
-}
-
-#[derive(Debug, Default)]
-struct OrderState {
-    placed: bool,
-}
-
-struct PlaceOrder {
-    customer_id: String,
-    sku: String,
-    quantity: i64,
-    unit_price_minor: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum OrderEvent {
-    OrderPlaced {
-        customer_id: String,
-        sku: String,
-        quantity: i64,
-        total_minor: i64,
-    },
 }
 
 struct Order;
@@ -145,19 +63,11 @@ impl Aggregate for Order {
     type Error = Refused;
 
     fn handle_command(state: &OrderState, c: PlaceOrder) -> Result<Vec<OrderEvent>, Refused> {
-        if state.placed {
-            return Ok(vec![]);
-        }
-        Ok(vec![OrderEvent::OrderPlaced {
-            customer_id: c.customer_id,
-            sku: c.sku,
-            quantity: c.quantity,
-            total_minor: c.quantity * c.unit_price_minor,
-        }])
+        Ok(state.decide(c))
     }
 
-    fn apply_event(mut state: OrderState, _: OrderEvent) -> OrderState {
-        state.placed = true;
+    fn apply_event(mut state: OrderState, event: OrderEvent) -> OrderState {
+        state.evolve(event);
         state
     }
 }
@@ -226,7 +136,7 @@ async fn place_order(
     let order_id = order_key(&headers, &req.customer_id)
         .map_or_else(Uuid::new_v4, |k| Uuid::new_v5(&Uuid::NAMESPACE_OID, k.as_bytes()));
     let reserve = |_: &InventoryState| InventoryCommand::Reserve {
-        order_id,
+        order_id: order_id.to_string(),
         quantity: line.quantity,
     };
     let price = match execute(&peer.inventory, sku_id(&line.sku), reserve).await {
@@ -292,5 +202,7 @@ async fn kafka_bus<A>(brokers: &str, topic: &str) -> esrs::bus::kafka::KafkaEven
         .client_config(client)
         .error_handler(Box::new(|e| eprintln!("peer-esrs: publishing to Kafka failed: {e:?}")))
         .build();
-    esrs::bus::kafka::KafkaEventBus::new(config).await.expect("Kafka producer")
+    esrs::bus::kafka::KafkaEventBus::new(config)
+        .await
+        .expect("Kafka producer")
 }
