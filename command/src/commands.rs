@@ -197,17 +197,25 @@ impl Commands {
         }
     }
 
-    async fn decide_inventory(
-        &self,
-        sku: &Sku,
-        cmd: InventoryCommand,
-        meta: &EventMetadata,
-    ) -> Result<(i64, Inventory, StreamAppend), CommandError> {
-        let stream = sku.stream_id();
-        let (version, state) = self.store.load(&self.inventory, &stream).await?;
-        let events = state.decide(&cmd)?;
-        let append = StreamAppend::new(stream, version, &events, meta);
-        Ok((version, state, append))
+    /// Decides `cmd` on one SKU and appends its events, with the SKU's stream locked and read
+    /// in the transaction like every other writer of it (lanes, order transitions) does.
+    async fn on_sku(&self, sku: &Sku, cmd: InventoryCommand, meta: &EventMetadata) -> Result<Committed, CommandError> {
+        self.retrying(|| async {
+            let stream = [sku.stream_id()];
+            let mut tx = self.store.pool().begin().await?;
+            EventStore::lock_streams(&mut tx, &stream).await?;
+            let (version, state) = EventStore::load_many_in(&mut tx, &self.inventory, &stream)
+                .await?
+                .pop()
+                .unwrap_or_default();
+            let events = state.decide(&cmd)?;
+            let [stream] = stream;
+            let committed =
+                EventStore::append_in(&mut tx, &[StreamAppend::new(stream, version, &events, meta)]).await?;
+            tx.commit().await?;
+            Ok(committed)
+        })
+        .await
     }
 
     async fn load_order(&self, order_id: OrderId) -> Result<(i64, Order), CommandError> {
@@ -220,41 +228,23 @@ impl Commands {
 
     #[tracing::instrument(skip_all, fields(sku = %cmd.sku))]
     pub async fn add_item(&self, cmd: AddItem, meta: &EventMetadata) -> Result<Committed, CommandError> {
-        self.retrying(|| async {
-            let (_, _, append) = self
-                .decide_inventory(
-                    &cmd.sku,
-                    InventoryCommand::AddItem {
-                        sku: cmd.sku.clone(),
-                        name: cmd.name.clone(),
-                        category: cmd.category.clone(),
-                        price: cmd.price.clone(),
-                        initial_stock: cmd.initial_stock,
-                    },
-                    meta,
-                )
-                .await?;
-            Ok(self.store.append(&[append]).await?)
-        })
-        .await
+        let add = InventoryCommand::AddItem {
+            sku: cmd.sku.clone(),
+            name: cmd.name.clone(),
+            category: cmd.category.clone(),
+            price: cmd.price.clone(),
+            initial_stock: cmd.initial_stock,
+        };
+        self.on_sku(&cmd.sku, add, meta).await
     }
 
     #[tracing::instrument(skip_all, fields(sku = %sku, quantity))]
     pub async fn restock(&self, sku: &Sku, quantity: i64, meta: &EventMetadata) -> Result<Committed, CommandError> {
-        self.retrying(|| async {
-            let (_, _, append) = self
-                .decide_inventory(
-                    sku,
-                    InventoryCommand::Restock {
-                        sku: sku.clone(),
-                        quantity,
-                    },
-                    meta,
-                )
-                .await?;
-            Ok(self.store.append(&[append]).await?)
-        })
-        .await
+        let restock = InventoryCommand::Restock {
+            sku: sku.clone(),
+            quantity,
+        };
+        self.on_sku(sku, restock, meta).await
     }
 
     /// Places an order: reserves every line's stock and records the order, all or nothing.
