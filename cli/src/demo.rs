@@ -31,19 +31,49 @@ pub struct DemoConfig {
     pub credentials: crate::credentials::ClientAuth,
 }
 
-/// Waits (30 s at most) until `base` answers `/readyz` with 200.
+/// Waits (60 s at most: a brand-new broker takes a while to form a consumer group) until
+/// `base` answers `/readyz` with 200; says what it waits for when that takes a while.
 pub(crate) async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = Instant::now();
+    let mut told = false;
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        let why = match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        if !told && started.elapsed() > Duration::from_secs(3) {
+            println!("   waiting for {base} to be ready: {}", why.trim());
+            told = true;
         }
-        if Instant::now() > deadline {
-            bail!("{base} is not ready after 30 s");
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{base} is not ready after 60 s: {}", why.trim());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// GET `url`, honouring 503 + Retry-After as a well-behaved client does (15 s at most).
+async fn get_patiently(client: &Client, url: &str, headers: &[(&str, String)]) -> anyhow::Result<reqwest::Response> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut request = client.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let r = request.send().await.with_context(|| format!("GET {url}"))?;
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match retry_after {
+            Some(secs) if r.status() == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline => {
+                println!("   GET {url} -> 503, retrying after {secs} s as asked");
+                tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
+            }
+            _ => return Ok(r),
+        }
     }
 }
 
@@ -69,8 +99,16 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         config.command_url.trim_end_matches('/'),
         config.query_url.trim_end_matches('/'),
     );
-    wait_ready(&client, cmd).await?;
-    wait_ready(&client, qry).await?;
+    // The sale starts only when the whole pipeline can follow it: both APIs, the relay, and
+    // the projector with its partitions assigned and its lag known.
+    for base in [
+        cmd,
+        qry,
+        config.relay_admin_url.trim_end_matches('/'),
+        config.projector_admin_url.trim_end_matches('/'),
+    ] {
+        wait_ready(&client, base).await?;
+    }
 
     // SKUs unique per run, so the demo can run again on the same database.
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
@@ -185,11 +223,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
 
     println!("\n== The read side (query API, fed by Kafka through the projectors)");
     let item_url = format!("{qry}/v1/catalog/items/{hot}");
-    let r = client
-        .get(&item_url)
-        .header("x-consistency-token", token.to_string())
-        .send()
-        .await?;
+    let r = get_patiently(&client, &item_url, &[("x-consistency-token", token.to_string())]).await?;
     let (status, cache) = (r.status(), header(&r, "x-cache"));
     let etag = header(&r, "etag");
     let item: Value = r.json().await.unwrap_or(Value::Null);
@@ -207,11 +241,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     let r = client.get(&item_url).header("if-none-match", &etag).send().await?;
     println!("   with If-None-Match {etag} -> {}", r.status());
     let order_url = format!("{qry}/v1/orders/{order_id}");
-    let r = client
-        .get(&order_url)
-        .header("x-consistency-token", token.to_string())
-        .send()
-        .await?;
+    let r = get_patiently(&client, &order_url, &[("x-consistency-token", token.to_string())]).await?;
     let order: Value = r.json().await.unwrap_or(Value::Null);
     println!(
         "   GET {order_url} -> status {}, total {}",
@@ -248,7 +278,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
             let r = client.get(format!("{qry}/v1/orders/{id}")).send().await?;
             let order: Value = r.json().await.unwrap_or(Value::Null);
             let status = order["status"].as_str().unwrap_or_default().to_string();
-            if status == "paid" || status == "payment_failed" || Instant::now() > deadline {
+            if ["paid", "payment_failed", "refunded"].contains(&status.as_str()) || Instant::now() > deadline {
                 println!("   order {id}: {status}");
                 break;
             }

@@ -128,6 +128,7 @@ impl From<CommandError> for ApiError {
             .with("estimated_wait_ms", estimated_wait.as_millis() as u64)
             .retry_after(estimated_wait.as_secs_f64().ceil().max(1.0) as u64),
             CommandError::LaneStopped => Problem::unavailable("the order could not be sequenced; retry", 1),
+            CommandError::OutcomeUnknown { check } => Problem::outcome_unknown(check),
             CommandError::StoreUnavailable(cause) => {
                 tracing::warn!(cause, "event store unavailable");
                 Problem::unavailable("the event store is busy or unreachable; retry shortly", 1)
@@ -339,7 +340,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     responses((status = 202, body = OrderAccepted, description = "accepted; Location names the order, X-Consistency-Token reads it back"),
               (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused"),
-              (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when")))]
+              (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when"),
+              (status = 504, body = ProblemDoc, content_type = "application/problem+json", description = "outcome unknown: the order may have been placed; `check` names where to read it")))]
 #[tracing::instrument(skip_all)]
 async fn place_order(
     caller: Principal,

@@ -7,9 +7,10 @@
 //! transaction: all or nothing. Placing an order goes through the per-SKU lanes of
 //! [`crate::sequencer`], which batch many orders into one such transaction.
 
+use crate::domain::payment::{on_captured_charge, CapturedCharge};
 use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
 use crate::idempotency::IdempotencyKey;
-use crate::payments::Settlement;
+use crate::payments::{Settled, Settlement};
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
@@ -39,6 +40,10 @@ pub enum CommandError {
     LaneStopped,
     #[error("the event store is unreachable or busy: {0}")]
     StoreUnavailable(String),
+    /// The commit failed and whether it took could not be found out: `check` is the query
+    /// API's path that shows whether it did.
+    #[error("the outcome is unknown; see {check}")]
+    OutcomeUnknown { check: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,8 +55,24 @@ impl From<sqlx::Error> for CommandError {
 }
 
 impl CommandError {
+    /// An order's commit whose outcome is unknown: its page shows whether it was placed.
+    pub fn outcome_unknown_of_order(order_id: OrderId) -> Self {
+        CommandError::OutcomeUnknown {
+            check: format!("/v1/orders/{order_id}"),
+        }
+    }
+
     fn is_store_conflict(&self) -> bool {
         matches!(self, CommandError::Store(e) if e.is_conflict())
+    }
+
+    /// A commit whose outcome is unknown becomes [`CommandError::OutcomeUnknown`], naming
+    /// where to read whether it took.
+    fn or_unknown_outcome(self, check: impl FnOnce() -> String) -> Self {
+        match self {
+            CommandError::Store(StoreError::CommitOutcomeUnknown(_)) => CommandError::OutcomeUnknown { check: check() },
+            other => other,
+        }
     }
 }
 
@@ -109,7 +130,7 @@ enum Bookkeeping<'a> {
     ReservationSettled,
     /// A payment was submitted: queue it for the payment worker.
     PaymentSubmitted { token: &'a str },
-    /// The payment settled: forget it and the hold's deadline.
+    /// The payment settled (paid, failed or refunded): forget it and the hold's deadline.
     PaymentSettled,
 }
 
@@ -212,10 +233,11 @@ impl Commands {
             let [stream] = stream;
             let committed =
                 EventStore::append_in(&mut tx, &[StreamAppend::new(stream, version, &events, meta)]).await?;
-            tx.commit().await?;
+            self.store.commit(tx, &committed).await?;
             Ok(committed)
         })
         .await
+        .map_err(|e| e.or_unknown_outcome(|| format!("/v1/catalog/items/{sku}")))
     }
 
     async fn load_order(&self, order_id: OrderId) -> Result<(i64, Order), CommandError> {
@@ -303,10 +325,11 @@ impl Commands {
             }
             let committed = EventStore::append_in(&mut tx, &appends).await?;
             bookkeeping.apply(&mut tx, order_id).await?;
-            tx.commit().await?;
+            self.store.commit(tx, &committed).await?;
             Ok(committed)
         })
         .await
+        .map_err(|e| e.or_unknown_outcome(|| format!("/v1/orders/{order_id}")))
     }
 
     /// Cancels a placed order and puts its stock back on sale, in one transaction.
@@ -331,7 +354,8 @@ impl Commands {
     }
 
     /// The hold of an unpaid order ran out: cancel it and expire its reservations. An order
-    /// whose payment is being settled is left to the payment; a settled one needs nothing.
+    /// whose payment is being settled (or its outcome reconciled) is left to the payment, hold
+    /// and all; a settled one needs nothing.
     #[tracing::instrument(skip_all, fields(order_id = %order_id))]
     pub async fn expire_order(&self, order_id: OrderId) -> Result<Option<Committed>, CommandError> {
         let (_, order) = self.load_order(order_id).await?;
@@ -386,64 +410,105 @@ impl Commands {
             )
             .await?;
             Bookkeeping::PaymentSubmitted { token }.apply(&mut tx, order_id).await?;
-            tx.commit().await?;
+            self.store.commit(tx, &committed).await?;
             Ok(committed)
         })
         .await
+        .map_err(|e| e.or_unknown_outcome(|| format!("/v1/orders/{order_id}")))
     }
 
-    /// Settles a submitted payment: paid (the held stock is sold) or failed (it is released).
-    /// Settling an order that is no longer awaiting payment only clears its bookkeeping.
+    /// Records a payment's definite outcome: paid (the held stock is sold) or failed (it is
+    /// released). A captured charge the order can no longer take (its stock is gone, or it is
+    /// no longer awaiting payment) is answered with [`Settled::MustRefund`]: the caller gives
+    /// the money back and records it with [`Self::refund_payment`]. A failure for an order no
+    /// longer awaiting payment, or a charge it recorded already, only clears the bookkeeping.
     #[tracing::instrument(skip_all, fields(order_id = %order_id))]
     pub async fn settle_payment(
         &self,
         order_id: OrderId,
         settlement: Settlement,
         meta: &EventMetadata,
-    ) -> Result<Option<Committed>, CommandError> {
+    ) -> Result<Settled, CommandError> {
         let (_, order) = self.load_order(order_id).await?;
-        if order.status != OrderStatus::PaymentPending {
+        let clear = || async {
             let mut conn = self.store.pool().acquire().await?;
             Bookkeeping::PaymentSettled.apply(&mut conn, order_id).await?;
-            return Ok(None);
-        }
-        let failed = |reason: String| {
-            self.transition(
-                order_id,
-                OrderCommand::FailPayment { reason },
-                |sku| InventoryCommand::ReleaseReservation {
-                    sku: sku.clone(),
-                    order_id,
-                },
-                Bookkeeping::PaymentSettled,
-                meta,
-            )
+            Ok::<_, CommandError>(Settled::Recorded)
         };
         match settlement {
-            Settlement::Paid { reference } => {
-                let paid = self
-                    .transition(
-                        order_id,
-                        OrderCommand::ConfirmPayment {
-                            payment_reference: reference,
-                        },
-                        |sku| InventoryCommand::CommitReservation {
-                            sku: sku.clone(),
+            Settlement::Paid { reference } => match on_captured_charge(order.status) {
+                CapturedCharge::Confirm => {
+                    let paid = self
+                        .transition(
                             order_id,
-                        },
-                        Bookkeeping::PaymentSettled,
-                        meta,
-                    )
-                    .await;
-                match paid {
-                    Err(CommandError::Domain(DomainError::NoReservation { .. })) => {
-                        failed("the stock was no longer held".into()).await.map(Some)
+                            OrderCommand::ConfirmPayment {
+                                payment_reference: reference.clone(),
+                            },
+                            |sku| InventoryCommand::CommitReservation {
+                                sku: sku.clone(),
+                                order_id,
+                            },
+                            Bookkeeping::PaymentSettled,
+                            meta,
+                        )
+                        .await;
+                    match paid {
+                        Ok(_) => Ok(Settled::Recorded),
+                        Err(CommandError::Domain(DomainError::NoReservation { .. })) => Ok(Settled::MustRefund {
+                            reference,
+                            reason: "the stock was no longer held".into(),
+                        }),
+                        Err(e) => Err(e),
                     }
-                    other => other.map(Some),
                 }
+                CapturedCharge::AlreadyRecorded => clear().await,
+                CapturedCharge::Refund => Ok(Settled::MustRefund {
+                    reference,
+                    reason: format!("the order was {} before the charge was confirmed", order.status),
+                }),
+            },
+            Settlement::Failed { reason } if order.status == OrderStatus::PaymentPending => {
+                self.transition(
+                    order_id,
+                    OrderCommand::FailPayment { reason },
+                    |sku| InventoryCommand::ReleaseReservation {
+                        sku: sku.clone(),
+                        order_id,
+                    },
+                    Bookkeeping::PaymentSettled,
+                    meta,
+                )
+                .await?;
+                Ok(Settled::Recorded)
             }
-            Settlement::Failed { reason } => failed(reason).await.map(Some),
+            Settlement::Failed { .. } => clear().await,
         }
+    }
+
+    /// Records that a captured charge was given back: `PaymentRefunded`, any stock the order
+    /// still holds released, its payment and hold bookkeeping cleared, in one transaction.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id))]
+    pub async fn refund_payment(
+        &self,
+        order_id: OrderId,
+        payment_reference: String,
+        reason: String,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.transition(
+            order_id,
+            OrderCommand::RefundPayment {
+                payment_reference,
+                reason,
+            },
+            |sku| InventoryCommand::ReleaseReservation {
+                sku: sku.clone(),
+                order_id,
+            },
+            Bookkeeping::PaymentSettled,
+            meta,
+        )
+        .await
     }
 
     /// The current state of an order as the write side sees it.

@@ -4,6 +4,10 @@
 //! Due rows of `reservation_deadlines` are claimed with a lease (`FOR UPDATE SKIP LOCKED`,
 //! pushed 30 s ahead) so two workers do not pick the same order; should they ever both decide
 //! on it, the event store's version check lets only one cancellation commit.
+//!
+//! An order with a row in `pending_payments` is never claimed: its payment is being charged or
+//! its outcome is unknown (the customer may have paid), so its hold stays until the payment
+//! worker settles it, and settling deletes the deadline with the payment.
 
 use crate::commands::{CommandError, Commands};
 use futures::StreamExt;
@@ -38,8 +42,9 @@ impl ExpiryWorker {
     pub async fn expire_due(&self) -> Result<usize, CommandError> {
         let due: Vec<uuid::Uuid> = sqlx::query_scalar(
             "UPDATE reservation_deadlines SET expires_at = now() + interval '30 seconds' \
-             WHERE order_id IN (SELECT order_id FROM reservation_deadlines WHERE expires_at <= now() \
-                                ORDER BY expires_at LIMIT 100 FOR UPDATE SKIP LOCKED) \
+             WHERE order_id IN (SELECT d.order_id FROM reservation_deadlines d WHERE d.expires_at <= now() \
+                                AND NOT EXISTS (SELECT 1 FROM pending_payments p WHERE p.order_id = d.order_id) \
+                                ORDER BY d.expires_at LIMIT 100 FOR UPDATE OF d SKIP LOCKED) \
              RETURNING order_id",
         )
         .fetch_all(self.commands.store().pool())

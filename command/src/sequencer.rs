@@ -184,6 +184,9 @@ enum Outcome {
     Replay,
     /// Same key as an earlier job of this batch: answer as that one.
     SameAs(usize),
+    /// Accepted, but the commit failed and the store could not tell whether it took: the
+    /// order may have been placed.
+    Unknown(OrderId),
 }
 
 impl Lane {
@@ -237,6 +240,7 @@ impl Lane {
                 Outcome::Accepted(a) => Some(Ok(a.clone())),
                 Outcome::Refused(e) => Some(Err(e.clone().into())),
                 Outcome::Replay => Some(self.replay(job).await),
+                Outcome::Unknown(order_id) => Some(Err(CommandError::outcome_unknown_of_order(*order_id))),
                 Outcome::SameAs(_) => None,
             });
         }
@@ -354,6 +358,7 @@ impl Lane {
             .filter(|(_, b)| !b.events.is_empty())
             .map(|(sku, b)| (sku.stream_id(), b.version + b.events.len() as i64, b.state.clone()))
             .collect();
+        let mut appended = None;
         if !accepted_idx.is_empty() {
             let mut appends: Vec<StreamAppend> = states
                 .into_iter()
@@ -404,8 +409,28 @@ impl Lane {
             .bind(&bodies)
             .execute(&mut *tx)
             .await?;
+            appended = Some(committed);
         }
-        tx.commit().await?;
+        let commit = match &appended {
+            // A lost reply to COMMIT is found out: callers must not hear "retry" for orders
+            // that were placed.
+            Some(committed) => self.store.commit(tx, committed).await,
+            None => tx.commit().await.map_err(StoreError::from),
+        };
+        match commit {
+            Ok(()) => {}
+            Err(StoreError::CommitOutcomeUnknown(_)) => {
+                // The SKUs' states after the batch are not cached: the store may not hold them.
+                return Ok(outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Some(Outcome::Accepted(a)) => Outcome::Unknown(a.order_id),
+                        o => o.unwrap_or(Outcome::Replay),
+                    })
+                    .collect());
+            }
+            Err(e) => return Err(e),
+        }
         // The next batch then reads only what others appended since (usually nothing).
         for (stream, version, state) in after {
             self.inventory.insert(stream, Arc::new((version, state))).await;
@@ -488,6 +513,7 @@ fn clone_error(e: &CommandError) -> CommandError {
         },
         CommandError::LaneStopped => CommandError::LaneStopped,
         CommandError::StoreUnavailable(s) => CommandError::StoreUnavailable(s.clone()),
+        CommandError::OutcomeUnknown { check } => CommandError::OutcomeUnknown { check: check.clone() },
         // Every caller of a failed batch gets the failure; an outage stays an outage (503).
         CommandError::Store(StoreError::Database(
             e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),

@@ -6,10 +6,12 @@
 //! version collide there and all but one get [`StoreError::Conflict`].
 
 use crate::domain::Aggregate;
+use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::sync::Arc;
+use std::time::Duration;
 use surge_events::{
     decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamId, StreamType, ENVELOPE_COLUMNS,
 };
@@ -23,6 +25,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored event does not decode: {0}")]
     Decode(#[from] DecodeError),
+    /// The connection failed during `COMMIT` and the store could not be asked in time
+    /// whether the transaction took: it may have.
+    #[error("the commit's outcome is unknown: {0}")]
+    CommitOutcomeUnknown(sqlx::Error),
 }
 
 impl StoreError {
@@ -32,10 +38,13 @@ impl StoreError {
         match self {
             StoreError::Conflict { .. } => true,
             StoreError::Database(e) => is_transient(e),
-            StoreError::Decode(_) => false,
+            StoreError::Decode(_) | StoreError::CommitOutcomeUnknown(_) => false,
         }
     }
 }
+
+/// How long [`EventStore::commit`] keeps asking whether a commit whose reply was lost took.
+pub const COMMIT_OUTCOME_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Deadlock detected (40P01) or serialization failure (40001): safe to run the transaction again.
 pub fn is_transient(e: &sqlx::Error) -> bool {
@@ -90,6 +99,16 @@ impl StreamAppend {
 pub struct Committed {
     pub positions: Vec<i64>,
     pub last_position: i64,
+    /// The transaction that appended them, to find out whether it committed when the reply
+    /// to its `COMMIT` is lost ([`EventStore::commit`]).
+    session: Option<TxSession>,
+}
+
+/// A transaction as `pg_stat_activity` names it: its backend's pid and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TxSession {
+    pid: i32,
+    started: DateTime<Utc>,
 }
 
 /// Aggregate state as of a stream version, cached so a hot stream is not re-read from scratch.
@@ -121,6 +140,10 @@ impl EventStore {
 
     /// Appends the events of every stream in `appends`, and their outbox rows, on `conn`
     /// (normally inside the caller's transaction). Versions continue from each expected version.
+    ///
+    /// The transaction gets its id (`pg_current_xact_id()`, a one-time filter the executor
+    /// evaluates before it pulls the first row) before the insert draws positions: `surge_store::safe_position` relies on it, since a writer without an id when
+    /// a reader takes its snapshot must only be able to draw positions above what that reader sees.
     #[tracing::instrument(skip_all, fields(streams = appends.len()))]
     pub async fn append_in(conn: &mut PgConnection, appends: &[StreamAppend]) -> Result<Committed, StoreError> {
         let started = std::time::Instant::now();
@@ -157,10 +180,12 @@ impl EventStore {
                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
                            $6::int[], $7::jsonb[], $8::uuid[], $9::uuid[], $10::text[]) \
                     WITH ORDINALITY AS u(id, stream, stype, version, etype, sv, payload, corr, cause, actor, ord) \
+               WHERE (SELECT pg_current_xact_id()) IS NOT NULL \
                ORDER BY u.ord \
                RETURNING position), \
              ob AS (INSERT INTO outbox (position) SELECT position FROM ins RETURNING position) \
-             SELECT coalesce(array_agg(position ORDER BY position), '{}') AS positions FROM ob",
+             SELECT coalesce(array_agg(position ORDER BY position), '{}') AS positions, \
+                    pg_backend_pid() AS pid, now() AS started FROM ob",
         )
         .bind(&ids)
         .bind(&streams)
@@ -183,6 +208,10 @@ impl EventStore {
                 Ok(Committed {
                     positions,
                     last_position,
+                    session: Some(TxSession {
+                        pid: row.try_get("pid")?,
+                        started: row.try_get("started")?,
+                    }),
                 })
             }
             Err(e) if is_version_clash(&e) => {
@@ -202,8 +231,97 @@ impl EventStore {
     pub async fn append(&self, appends: &[StreamAppend]) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
         let committed = Self::append_in(&mut tx, appends).await?;
-        tx.commit().await?;
+        self.commit(tx, &committed).await?;
         Ok(committed)
+    }
+
+    /// Commits `tx`, which appended `appended`, and tells the truth when the commit fails.
+    ///
+    /// The reply to `COMMIT` can be lost after Postgres committed; answering "failed, retry"
+    /// then makes callers place the same order twice. So after a failed commit this finds
+    /// out, on fresh connections, retrying for up to [`COMMIT_OUTCOME_DEADLINE`]: it waits
+    /// until the transaction's session no longer has it open (ending the session if it still
+    /// waits for this client inside the transaction: it then rolls back), then looks for the
+    /// first appended event (positions are never reused: it exists if and only if the
+    /// transaction committed). Committed: `Ok`. Not committed: the commit's own error. Not
+    /// found out in time: [`StoreError::CommitOutcomeUnknown`].
+    pub async fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        appended: &Committed,
+    ) -> Result<(), StoreError> {
+        let failed = match tx.commit().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let (Some(&first), Some(session)) = (appended.positions.first(), appended.session) else {
+            // Nothing was appended: nothing whose fate the caller's answer depends on.
+            return Err(failed.into());
+        };
+        tracing::warn!(error = %failed, position = first, "commit failed; finding out whether it took");
+        metrics::counter!("surge_event_store_commit_failures_total").increment(1);
+        match tokio::time::timeout(COMMIT_OUTCOME_DEADLINE, self.find_out(first, session)).await {
+            Ok(true) => {
+                tracing::info!(position = first, "the failed commit had taken");
+                Ok(())
+            }
+            Ok(false) => Err(failed.into()),
+            Err(_) => {
+                tracing::error!(error = %failed, position = first, "cannot find out whether the commit took");
+                Err(StoreError::CommitOutcomeUnknown(failed))
+            }
+        }
+    }
+
+    /// Whether the transaction of `session` that appended the event at `position` committed;
+    /// asks until it knows.
+    async fn find_out(&self, position: i64, session: TxSession) -> bool {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.ask_whether_committed(position, session).await {
+                Ok(Some(took)) => return took,
+                Ok(None) => tracing::debug!(pid = session.pid, "the failed commit's transaction is still open"),
+                Err(e) => tracing::debug!(error = %e, "cannot ask yet whether the commit took"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// `Some(committed)` once the transaction has ended, `None` while it is still open. On a
+    /// connection of its own: the pool's may all be as broken as the one that failed.
+    async fn ask_whether_committed(&self, position: i64, session: TxSession) -> Result<Option<bool>, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        // A session idle inside the transaction waits for a client that is gone: end it (its
+        // transaction rolls back). One that is committing is left to finish.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND xact_start = $2 \
+             AND state IN ('idle in transaction', 'idle in transaction (aborted)')",
+        )
+        .bind(session.pid)
+        .bind(session.started)
+        .execute(&mut conn)
+        .await?;
+        // Two statements, in this order: the second's snapshot is taken after the first saw
+        // the transaction ended, so it sees the transaction's events if it committed.
+        let open: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND xact_start = $2)")
+                .bind(session.pid)
+                .bind(session.started)
+                .fetch_one(&mut conn)
+                .await?;
+        let took = if open {
+            None
+        } else {
+            Some(
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)")
+                    .bind(position)
+                    .fetch_one(&mut conn)
+                    .await?,
+            )
+        };
+        let _ = conn.close().await;
+        Ok(took)
     }
 
     /// The events of a stream after `after_version`, in order.

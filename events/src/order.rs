@@ -48,6 +48,19 @@ pub struct PaymentFailed {
     pub reason: String,
 }
 
+/// A captured charge was given back: the order could no longer take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRefunded {
+    pub order_id: OrderId,
+    /// The gateway's reference of the refunded charge.
+    pub payment_reference: String,
+    pub amount: Money,
+    /// Why the charge could not be honoured (its stock was no longer held, the order was
+    /// cancelled or failed meanwhile).
+    pub reason: String,
+}
+
 /// Why an order was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +93,7 @@ pub enum OrderEvent {
     PaymentFailed(PaymentFailed),
     OrderCancelled(OrderCancelled),
     OrderShipped(OrderShipped),
+    PaymentRefunded(PaymentRefunded),
 }
 
 impl Payload for OrderEvent {
@@ -101,6 +115,7 @@ impl Payload for OrderEvent {
             OrderEvent::PaymentFailed(_) => "PaymentFailed",
             OrderEvent::OrderCancelled(_) => "OrderCancelled",
             OrderEvent::OrderShipped(_) => "OrderShipped",
+            OrderEvent::PaymentRefunded(_) => "PaymentRefunded",
         }
     }
 }
@@ -114,6 +129,7 @@ impl OrderEvent {
             OrderEvent::PaymentFailed(e) => e.order_id,
             OrderEvent::OrderCancelled(e) => e.order_id,
             OrderEvent::OrderShipped(e) => e.order_id,
+            OrderEvent::PaymentRefunded(e) => e.order_id,
         }
     }
 }

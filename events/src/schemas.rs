@@ -6,7 +6,8 @@ use crate::inventory::{
     ItemAdded, ReservationExpired, ReservationReleased, StockCommitted, StockReserved, StockRestocked,
 };
 use crate::order::{
-    OrderCancelled, OrderPaid, OrderPlaced, OrderPlacedV1, OrderShipped, PaymentFailed, PaymentSubmitted,
+    OrderCancelled, OrderPaid, OrderPlaced, OrderPlacedV1, OrderShipped, PaymentFailed, PaymentRefunded,
+    PaymentSubmitted,
 };
 use schemars::{schema_for, Schema};
 
@@ -29,6 +30,7 @@ pub fn event_schemas() -> Vec<(String, serde_json::Value)> {
         ("PaymentFailed", 1, schema_for!(PaymentFailed)),
         ("OrderCancelled", 1, schema_for!(OrderCancelled)),
         ("OrderShipped", 1, schema_for!(OrderShipped)),
+        ("PaymentRefunded", 1, schema_for!(PaymentRefunded)),
         ("ItemAdded", 1, schema_for!(ItemAdded)),
         ("StockRestocked", 1, schema_for!(StockRestocked)),
         ("StockReserved", 1, schema_for!(StockReserved)),

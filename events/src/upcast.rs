@@ -17,6 +17,7 @@ pub fn current_version(event_type: &str) -> Option<i32> {
         | "PaymentFailed"
         | "OrderCancelled"
         | "OrderShipped"
+        | "PaymentRefunded"
         | "ItemAdded"
         | "StockRestocked"
         | "StockReserved"

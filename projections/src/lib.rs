@@ -10,6 +10,7 @@
 //! the event store.
 
 pub mod catalog;
+pub mod heal;
 pub mod orders;
 pub mod replay;
 pub mod worker;

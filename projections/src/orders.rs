@@ -46,6 +46,7 @@ pub fn fold(row: Option<OrderRow>, env: &EventEnvelope, event: &OrderEvent) -> O
                 OrderEvent::PaymentFailed(_) => "payment_failed",
                 OrderEvent::OrderCancelled(_) => "cancelled",
                 OrderEvent::OrderShipped(_) => "shipped",
+                OrderEvent::PaymentRefunded(_) => "refunded",
             }
             .into();
             Some(r)

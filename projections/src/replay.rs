@@ -4,19 +4,20 @@
 //! 1. `<view>_g<millis>` tables (a new generation) are made like the live ones and filled by folding every event of the
 //!    projection's stream type from the event store (or, with `--source kafka`, from its topic from offset 0), with the
 //!    same folds the live projector uses. Only views are written: no side effects run.
-//! 2. Catch-up and switch happen in one transaction: it locks the projection's checkpoint rows,
-//!    which pauses the live projector between batches (it locks them first in each batch), folds
+//! 2. Catch-up and switch happen in one transaction: it takes the projection's lock alone,
+//!    which pauses the live projector between batches (each batch shares it first), folds
 //!    the events appended meanwhile, then renames the new generation to `<view>` and drops the old
 //!    generation. Readers wait only for the renames (milliseconds), never see a half-built view.
 //! 3. The live projector goes on with the new tables; events it brings that the replay already
 //!    applied are duplicates by stream version and are skipped.
 
-use crate::worker::{apply_catalog, apply_orders, BatchStats, Projection};
+use crate::heal;
+use crate::worker::Projection;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::{Connection, PgConnection};
 use std::time::Instant;
-use surge_events::{EventEnvelope, ENVELOPE_COLUMNS};
+use surge_events::EventEnvelope;
 use surge_runtime::DatabaseConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -83,12 +84,18 @@ pub enum ReplayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("reading Kafka offsets: {0}")]
     Offsets(String),
+    #[error("event store: {0}")]
+    Store(#[from] surge_store::StoreError),
 }
 
-/// Reads a projection's events in order, from the store (by position) or from its Kafka topic
+/// How long a replay waits for writers that were in flight when it asked for the safe position.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads a projection's events in order, from the store (by position, never past the store's
+/// safe position: a transaction that commits late is read, not skipped) or from its Kafka topic
 /// (every partition from offset 0 up to the high watermarks taken when asked).
 enum Reader {
-    Store { after: i64 },
+    Store { after: i64, up_to: i64 },
     Kafka(KafkaReader),
 }
 
@@ -111,6 +118,10 @@ impl KafkaReader {
                 format!("{}surge-replay-{}", kafka.topic_prefix, uuid::Uuid::now_v7()),
             )
             .set("enable.auto.commit", "false")
+            // The relay writes in transactions: the last offsets of a partition are commit
+            // markers no consumer receives, so its end is known by the EOF event, not by
+            // reaching the high watermark.
+            .set("enable.partition.eof", "true")
             .create()?;
         let mut reader = KafkaReader {
             kafka: kafka.clone(),
@@ -162,6 +173,12 @@ impl KafkaReader {
                 .any(|(p, end)| self.next.get(p).copied().unwrap_or(0) < *end)
         {
             let m = match tokio::time::timeout(std::time::Duration::from_secs(10), self.consumer.recv()).await {
+                Ok(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                    if let Some(end) = self.until.get(&partition) {
+                        self.next.insert(partition, *end);
+                    }
+                    continue;
+                }
                 Ok(m) => m?,
                 Err(_) => {
                     return Err(ReplayError::Offsets(
@@ -189,11 +206,15 @@ impl Reader {
         max: i64,
     ) -> Result<Vec<EventEnvelope>, ReplayError> {
         match self {
-            Reader::Store { after } => {
-                let batch = read_after(conn, p, *after, max).await?;
-                if let Some(last) = batch.last() {
-                    *after = last.position;
-                }
+            Reader::Store { after, up_to } => {
+                let read = surge_store::ReadAll {
+                    after: *after,
+                    up_to: *up_to,
+                    stream_type: Some(p.stream_type()),
+                    limit: max,
+                };
+                let batch = surge_store::read_all(conn, &read).await?;
+                *after = batch.last().map_or(*up_to, |last| last.position);
                 Ok(batch)
             }
             Reader::Kafka(k) => k.next_batch(max as usize).await,
@@ -201,9 +222,12 @@ impl Reader {
     }
 
     /// Moves the end of the read to now (for the catch-up under the lock).
-    async fn extend(&mut self) -> Result<(), ReplayError> {
+    async fn extend(&mut self, conn: &mut PgConnection) -> Result<(), ReplayError> {
         match self {
-            Reader::Store { .. } => Ok(()),
+            Reader::Store { up_to, .. } => {
+                *up_to = surge_store::safe_position(conn, IN_FLIGHT_WAIT).await?;
+                Ok(())
+            }
             Reader::Kafka(k) => k.refresh_until().await,
         }
     }
@@ -222,13 +246,6 @@ pub struct ReplayReport {
     pub dry_run: bool,
 }
 
-fn tables(p: Projection) -> &'static [&'static str] {
-    match p {
-        Projection::Catalog => &["catalog_items", "sales_by_minute"],
-        Projection::Orders => &["orders"],
-    }
-}
-
 /// Folds `events` into generation `generation` of `p`'s tables.
 async fn fold_into(
     conn: &mut PgConnection,
@@ -236,58 +253,23 @@ async fn fold_into(
     generation: &str,
     events: Vec<EventEnvelope>,
 ) -> Result<usize, sqlx::Error> {
-    let mut stats = BatchStats::default();
+    let tables: Vec<String> = p.tables().iter().map(|t| format!("{t}_{generation}")).collect();
     let tagged: Vec<(i64, EventEnvelope)> = events.into_iter().map(|e| (e.position, e)).collect();
-    let dead = match p {
-        Projection::Catalog => {
-            let (items, sales) = (
-                format!("catalog_items_{generation}"),
-                format!("sales_by_minute_{generation}"),
-            );
-            apply_catalog(conn, &items, &sales, tagged, &mut stats).await?
-        }
-        Projection::Orders => apply_orders(conn, &format!("orders_{generation}"), tagged, &mut stats).await?,
-    };
-    for (position, error) in &dead {
-        tracing::warn!(position, error, "event skipped by the replay");
-    }
-    Ok(stats.applied)
-}
-
-/// Reads the events of `p`'s stream type after `after` (up to `batch` of them).
-async fn read_after(
-    conn: &mut PgConnection,
-    p: Projection,
-    after: i64,
-    batch: i64,
-) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {ENVELOPE_COLUMNS} FROM events WHERE stream_type = $1 AND position > $2 ORDER BY position LIMIT $3"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(p.stream_type().as_str())
-        .bind(after)
-        .bind(batch)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(EventEnvelope::from_row).collect()
+    heal::fold(conn, p, &tables, tagged).await
 }
 
 pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayError> {
     let mut conn = PgConnection::connect(&config.db.url).await?;
     let mut reports = Vec::new();
     for &p in &config.projections {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_type = $1")
-            .bind(p.stream_type().as_str())
-            .fetch_one(&mut conn)
-            .await?;
+        let total = surge_store::count_events(&mut conn, p.stream_type()).await?;
         if config.dry_run {
             reports.push(ReplayReport {
                 projection: p,
                 events: total.max(0) as u64,
                 caught_up: 0,
                 seconds: 0.0,
-                tables: tables(p),
+                tables: p.tables(),
                 dry_run: true,
             });
             continue;
@@ -296,7 +278,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
         // A generation name of its own, so the copied indexes' names never clash with a
         // previous generation's (they keep their names through the rename).
         let generation = format!("g{}", chrono::Utc::now().timestamp_millis());
-        for t in tables(p) {
+        for t in p.tables() {
             sqlx::query(&format!("CREATE TABLE {t}_{generation} (LIKE {t} INCLUDING ALL)"))
                 .execute(&mut conn)
                 .await?;
@@ -320,7 +302,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             s.total = total.max(0) as u64;
         });
         let mut reader = match config.source {
-            Source::Store => Reader::Store { after: 0 },
+            Source::Store => Reader::Store {
+                after: 0,
+                up_to: surge_store::safe_position(&mut conn, IN_FLIGHT_WAIT).await?,
+            },
             Source::Kafka => Reader::Kafka(KafkaReader::new(&config.kafka, p).await?),
         };
         let mut events = 0u64;
@@ -339,13 +324,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
         }
         bar.finish_and_clear();
 
-        // Catch up and switch with the live projector paused on its checkpoint rows.
+        // Catch up and switch with the live projector paused on the projection's lock.
         let mut tx = conn.begin().await?;
-        sqlx::query("SELECT 1 FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-            .bind(p.name())
-            .execute(&mut *tx)
-            .await?;
-        reader.extend().await?;
+        crate::worker::lock_projection(&mut tx, p, crate::worker::Lock::Exclusive).await?;
+        reader.extend(&mut tx).await?;
         let mut caught_up = 0u64;
         loop {
             let batch = reader.next_batch(&mut tx, p, config.batch_size.max(1)).await?;
@@ -355,7 +337,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             caught_up += batch.len() as u64;
             fold_into(&mut tx, p, &generation, batch).await?;
         }
-        for t in tables(p) {
+        for t in p.tables() {
             sqlx::query(&format!("ALTER TABLE {t} RENAME TO {t}_old"))
                 .execute(&mut *tx)
                 .await?;
@@ -371,7 +353,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             events: events + caught_up,
             caught_up,
             seconds: started.elapsed().as_secs_f64(),
-            tables: tables(p),
+            tables: p.tables(),
             dry_run: false,
         };
         tracing::info!(

@@ -7,19 +7,21 @@
 //! Within a batch, an event at or below its row's version is a duplicate; one beyond the next
 //! version means the row missed events, which are read from the event store and applied first.
 
+use crate::heal::{heal_from_store, HealError};
 use crate::{catalog, orders, step, Step};
 use backon::{ExponentialBuilder, Retryable};
 use clap::{Args, ValueEnum};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType, ENVELOPE_COLUMNS};
+use surge_events::{decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType};
+use surge_runtime::kafka::TopicIdentity;
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +47,13 @@ impl Projection {
         match self {
             Projection::Catalog => StreamType::Inventory,
             Projection::Orders => StreamType::Order,
+        }
+    }
+    /// The tables the projection keeps (a replay renews them, a heal writes them).
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Projection::Catalog => &["catalog_items", "sales_by_minute"],
+            Projection::Orders => &["orders"],
         }
     }
 }
@@ -105,7 +114,7 @@ pub struct BatchStats {
 pub struct Projector {
     pool: PgPool,
     config: ProjectorConfig,
-    consumers: Vec<(Projection, StreamConsumer<LagContext>)>,
+    consumers: Vec<(Projection, Arc<StreamConsumer<LagContext>>)>,
     lag: Arc<AtomicI64>,
 }
 
@@ -129,10 +138,13 @@ impl Projector {
                     projection,
                     total: lag.clone(),
                     mine: AtomicI64::new(0),
+                    assignments: AtomicU64::new(0),
+                    stats_since_assignment: AtomicBool::new(false),
+                    verified: AtomicU64::new(0),
                 })?;
             let topic = topics::topic_for(&config.kafka.topic_prefix, projection.stream_type());
             consumer.subscribe(&[&topic])?;
-            consumers.push((projection, consumer));
+            consumers.push((projection, Arc::new(consumer)));
         }
         Ok(Projector {
             pool,
@@ -143,18 +155,25 @@ impl Projector {
     }
 
     /// Consumes until `shutdown` resolves; a batch in flight finishes first. The admin
-    /// endpoints (`/healthz`, `/readyz`: database ready and lag under the limit, `/metrics`)
-    /// serve alongside.
+    /// endpoints serve alongside: `/healthz`, `/metrics`, and `/readyz`, which says ready once
+    /// the database is, every projection has its partitions assigned and its checkpoints
+    /// checked against the broker, and the lag is known and under the limit: a caller that
+    /// waits for it (`./dev demo`) does not start writing before the views can follow.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let lag = self.lag.clone();
         surge_runtime::db::report_pool_usage(self.pool.clone(), "projector");
+        let contexts: Vec<_> = self.consumers.iter().map(|(_, c)| c.clone()).collect();
         let (pool, max_lag, lag_seen) = (self.pool.clone(), self.config.max_lag, lag.clone());
         let ready: surge_runtime::http::Readiness = Arc::new(move || {
             let (pool, lag) = (pool.clone(), lag_seen.load(Ordering::Relaxed));
+            let waiting: Vec<&'static str> = contexts.iter().filter_map(|c| c.context().following().err()).collect();
             Box::pin(async move {
                 surge_runtime::db::check_ready(&pool).await?;
+                if let Some(why) = waiting.first() {
+                    return Err(why.to_string());
+                }
                 if lag > max_lag {
                     return Err(format!("projector is {lag} messages behind (limit {max_lag})"));
                 }
@@ -171,6 +190,7 @@ impl Projector {
                 pool: self.pool.clone(),
                 projection,
                 topic: topics::topic_for(&self.config.kafka.topic_prefix, projection.stream_type()),
+                kafka: self.config.kafka.clone(),
                 batch_size: self.config.batch_size.max(1),
                 batch_wait: Duration::from_millis(self.config.batch_wait_ms),
             };
@@ -192,13 +212,26 @@ struct Worker {
     pool: PgPool,
     projection: Projection,
     topic: String,
+    kafka: KafkaConfig,
     batch_size: usize,
     batch_wait: Duration,
 }
 
+/// The retry policy of the database work of a batch: a database outage is waited out.
+fn patient() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(usize::MAX)
+}
+
 impl Worker {
-    async fn consume(self, consumer: StreamConsumer<LagContext>, cancel: CancellationToken) {
+    async fn consume(self, consumer: Arc<StreamConsumer<LagContext>>, cancel: CancellationToken) {
         tracing::info!(projection = self.projection.name(), topic = %self.topic, "projector consuming");
+        let Some(mut identity) = self.identity(&cancel).await else {
+            return;
+        };
+        let mut checked_assignment = 0;
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -220,17 +253,50 @@ impl Worker {
                     _ => break,
                 }
             }
-            let policy = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_delay(Duration::from_secs(5))
-                .with_max_times(usize::MAX);
-            let apply = (|| apply_batch(&self.pool, self.projection, &self.topic, &batch))
-                .retry(policy)
-                .notify(|e, wait| tracing::warn!(error = %e, ?wait, "applying a batch failed; retrying"));
-            let stats = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = apply => r,
+            // After every (re)assignment: which cluster and topic are we reading now, and do
+            // the checkpoints' offsets lie within the partitions' ranges?
+            let assignment = consumer.context().assignments.load(Ordering::Acquire);
+            let mut watermarks = Watermarks::new();
+            if assignment != checked_assignment {
+                let Some(now) = self.identity(&cancel).await else { break };
+                identity = now;
+                let partitions: Vec<i32> = next_offsets(&batch).keys().copied().collect();
+                watermarks = self.watermarks(&consumer, partitions).await;
+                checked_assignment = assignment;
+            }
+            let stats = loop {
+                let apply = (|| apply_batch(&self.pool, self.projection, &self.topic, &identity, &watermarks, &batch))
+                    .retry(patient())
+                    .notify(|e, wait| tracing::warn!(error = %e, ?wait, "applying a batch failed; retrying"));
+                let outcome = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = apply => r,
+                };
+                match outcome {
+                    Ok(Applied::Batch(stats)) => break Ok(stats),
+                    Ok(Applied::AskWatermarks(partitions)) => {
+                        let marks = self.watermarks(&consumer, partitions.clone()).await;
+                        if partitions.iter().any(|p| !marks.contains_key(p)) {
+                            // The broker did not say: ask again rather than guess.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        watermarks.extend(marks);
+                    }
+                    Ok(Applied::Mismatch(mismatches)) => {
+                        let heal = (|| self.heal(&identity, &mismatches))
+                            .retry(patient())
+                            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "healing from the event store failed; retrying"));
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            r = heal => if let Err(e) = r { break Err(e.to_string()) },
+                        }
+                        // The watermarks were for the checkpoints just replaced.
+                        watermarks.clear();
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
             };
+            consumer.context().verified.store(assignment, Ordering::Release);
             match stats {
                 Ok(stats) => {
                     let p = self.projection.name();
@@ -257,14 +323,189 @@ impl Worker {
         }
         tracing::info!(projection = self.projection.name(), "projector worker stopped");
     }
+
+    /// The cluster and topic ids, asked until the broker answers (`None`: cancelled).
+    async fn identity(&self, cancel: &CancellationToken) -> Option<TopicIdentity> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match surge_runtime::kafka::topic_identity(&self.kafka, &self.topic, Duration::from_secs(5)).await {
+                Ok(id) => return Some(id),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "cannot tell which cluster and topic this is yet")
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Low and high watermarks of `partitions` (those the broker did not answer for are left
+    /// out: their checks wait for another try).
+    async fn watermarks(&self, consumer: &Arc<StreamConsumer<LagContext>>, partitions: Vec<i32>) -> Watermarks {
+        let (consumer, topic) = (consumer.clone(), self.topic.clone());
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mut marks = Watermarks::new();
+            for p in partitions {
+                match consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)) {
+                    Ok(m) => {
+                        marks.insert(p, m);
+                    }
+                    Err(e) => tracing::warn!(topic = %topic, partition = p, error = %e, "watermarks unavailable"),
+                }
+            }
+            marks
+        })
+        .await;
+        fetched.unwrap_or_default()
+    }
+
+    /// Logs and counts each mismatch once, folds from the event store what the views lack,
+    /// and points the checkpoints at this cluster and topic, in one transaction.
+    async fn heal(&self, identity: &TopicIdentity, mismatches: &[Mismatch]) -> Result<(), HealError> {
+        let p = self.projection.name();
+        for m in mismatches {
+            tracing::warn!(
+                projection = p,
+                topic = %self.topic,
+                partition = m.partition,
+                reason = m.reason.as_str(),
+                checkpoint_offset = ?m.next_offset,
+                checkpoint_cluster = ?m.cluster_id,
+                checkpoint_topic_id = ?m.topic_id,
+                cluster = %identity.cluster_id,
+                topic_id = %identity.topic_id,
+                "checkpoint does not match the broker; healing from the event store before following Kafka again"
+            );
+            metrics::counter!("surge_projection_checkpoint_resets_total", "projection" => p, "reason" => m.reason.as_str())
+                .increment(1);
+        }
+        let started = std::time::Instant::now();
+        let mut tx = self.pool.begin().await?;
+        lock_projection(&mut tx, self.projection, Lock::Exclusive).await?;
+        let tables: Vec<String> = self.projection.tables().iter().map(|t| t.to_string()).collect();
+        let report = heal_from_store(&mut tx, self.projection, &tables).await?;
+        // A different cluster or topic invalidates every partition's offsets, not only the
+        // ones this batch showed.
+        let whole_topic = mismatches.iter().any(|m| m.reason.whole_topic());
+        let partitions: Vec<i32> = mismatches.iter().map(|m| m.partition).collect();
+        sqlx::query(
+            "UPDATE projection_checkpoints SET next_offset = NULL, cluster_id = $3, topic_id = $4, updated_at = now() \
+             WHERE projection = $1 AND topic = $2 AND ($5 OR partition = ANY($6))",
+        )
+        .bind(p)
+        .bind(&self.topic)
+        .bind(&identity.cluster_id)
+        .bind(&identity.topic_id)
+        .bind(whole_topic)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("surge_projection_store_healed_events_total", "projection" => p)
+            .increment(report.events as u64);
+        tracing::warn!(
+            projection = p,
+            streams = report.streams,
+            events = report.events,
+            seconds = started.elapsed().as_secs_f64(),
+            "healed from the event store; following Kafka again"
+        );
+        Ok(())
+    }
 }
 
-/// Receives librdkafka's statistics (every 2 s): consumer lag per assigned partition.
+/// Low and high watermark per partition.
+type Watermarks = HashMap<i32, (i64, i64)>;
+
+/// Why a checkpoint's offsets cannot be trusted for the messages at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchReason {
+    /// The checkpoint was written against another Kafka cluster (the broker's data replaced).
+    ClusterChanged,
+    /// The topic was deleted and created again.
+    TopicChanged,
+    /// The checkpoint points past the partition's end (the partition lost data, or is another).
+    BeyondHighWatermark,
+    /// Messages after the checkpoint were deleted (retention) before they were applied.
+    BelowLowWatermark,
+    /// The checkpoint does not say which cluster and topic its offsets belong to.
+    IdentityUnknown,
+}
+
+impl MismatchReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MismatchReason::ClusterChanged => "cluster_changed",
+            MismatchReason::TopicChanged => "topic_changed",
+            MismatchReason::BeyondHighWatermark => "beyond_high_watermark",
+            MismatchReason::BelowLowWatermark => "below_low_watermark",
+            MismatchReason::IdentityUnknown => "identity_unknown",
+        }
+    }
+    fn whole_topic(self) -> bool {
+        matches!(
+            self,
+            MismatchReason::ClusterChanged | MismatchReason::TopicChanged | MismatchReason::IdentityUnknown
+        )
+    }
+}
+
+/// One partition whose checkpoint does not fit the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub partition: i32,
+    pub reason: MismatchReason,
+    pub next_offset: Option<i64>,
+    pub cluster_id: Option<String>,
+    pub topic_id: Option<String>,
+}
+
+/// What [`apply_batch`] did.
+#[derive(Debug)]
+pub enum Applied {
+    Batch(BatchStats),
+    /// Nothing was applied: these checkpoints must be healed first.
+    Mismatch(Vec<Mismatch>),
+    /// Nothing was applied: the batch starts past these partitions' checkpoints, and only
+    /// their watermarks tell lost messages from marker offsets.
+    AskWatermarks(Vec<i32>),
+}
+
+/// Receives librdkafka's statistics (every 2 s): consumer lag per assigned partition; and its
+/// rebalances, so the worker checks its checkpoints against each new assignment.
 pub struct LagContext {
     projection: Projection,
     /// Messages behind, summed over this process's projections (for readiness).
     total: Arc<AtomicI64>,
     mine: AtomicI64,
+    /// Assignments received (0: the group has not been joined yet).
+    assignments: AtomicU64,
+    /// Whether a statistics report came after the latest assignment (the lag is known).
+    stats_since_assignment: AtomicBool,
+    /// The assignment whose checkpoints the worker has checked (and healed where needed).
+    verified: AtomicU64,
+}
+
+impl LagContext {
+    /// Ready to follow the topic, or why not yet.
+    fn following(&self) -> Result<(), &'static str> {
+        let assigned = self.assignments.load(Ordering::Acquire);
+        if assigned == 0 {
+            return Err("projector has not joined its consumer group yet");
+        }
+        if !self.stats_since_assignment.load(Ordering::Acquire) {
+            return Err("projector's lag is not known yet");
+        }
+        // A worker with no message yet has nothing to check; one that received messages has
+        // checked the checkpoints of the current assignment once it applied its first batch.
+        if self.verified.load(Ordering::Acquire) < assigned && self.mine.load(Ordering::Relaxed) > 0 {
+            return Err("projector is checking its checkpoints against the broker");
+        }
+        Ok(())
+    }
 }
 
 impl rdkafka::ClientContext for LagContext {
@@ -282,10 +523,25 @@ impl rdkafka::ClientContext for LagContext {
         }
         let before = self.mine.swap(lag, Ordering::Relaxed);
         self.total.fetch_add(lag - before, Ordering::Relaxed);
+        if self.assignments.load(Ordering::Acquire) > 0 {
+            self.stats_since_assignment.store(true, Ordering::Release);
+        }
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for LagContext {}
+impl rdkafka::consumer::ConsumerContext for LagContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.stats_since_assignment.store(false, Ordering::Release);
+            self.assignments.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(
+                projection = self.projection.name(),
+                partitions = tpl.count(),
+                "partitions assigned"
+            );
+        }
+    }
+}
 
 /// The next offset to read per partition after a batch.
 fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
@@ -297,27 +553,121 @@ fn next_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
     next
 }
 
-/// Applies one batch of messages of `topic` to the projection's views, in one transaction.
+/// The first offset per partition in a batch.
+fn first_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
+    let mut first = BTreeMap::new();
+    for m in batch {
+        let e = first.entry(m.partition()).or_insert(i64::MAX);
+        *e = (*e).min(m.offset());
+    }
+    first
+}
+
+/// A checkpoint row: where the projection is in one partition, and of which cluster and topic.
+struct Checkpoint {
+    next_offset: Option<i64>,
+    cluster_id: Option<String>,
+    topic_id: Option<String>,
+}
+
+/// What a checkpoint says about the messages at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// The checkpoint continues with these messages (or they repeat what it holds).
+    Fits,
+    /// Messages are missing between the checkpoint and the batch, or there are marker
+    /// offsets (a Kafka transaction's commit markers take offsets too): the partition's
+    /// watermarks tell which.
+    AskWatermarks,
+    Mismatch(Mismatch),
+}
+
+/// Whether `row` can be trusted for a batch whose first message of the partition is at
+/// `first`, read from the cluster and topic `identity`, with the partition's watermarks when
+/// they were fetched for this batch.
+fn check(partition: i32, row: &Checkpoint, first: i64, identity: &TopicIdentity, marks: Option<(i64, i64)>) -> Verdict {
+    let reason = if row.cluster_id.as_deref().is_some_and(|c| c != identity.cluster_id) {
+        MismatchReason::ClusterChanged
+    } else if row.topic_id.as_deref().is_some_and(|t| t != identity.topic_id) {
+        MismatchReason::TopicChanged
+    } else if row.next_offset.is_some() && (row.cluster_id.is_none() || row.topic_id.is_none()) {
+        // Written before checkpoints named their cluster and topic: its offsets may belong to
+        // anything; heal once rather than trust them.
+        MismatchReason::IdentityUnknown
+    } else {
+        // NULL: a heal just caught the views up; the next message continues.
+        let Some(next) = row.next_offset else {
+            return Verdict::Fits;
+        };
+        match marks {
+            Some((_, high)) if next > high => MismatchReason::BeyondHighWatermark,
+            Some((low, _)) if next < low => MismatchReason::BelowLowWatermark,
+            // Within the partition's range, the offsets in between were markers or records of
+            // aborted transactions, which consumers never see.
+            Some(_) => return Verdict::Fits,
+            // One offset between batches is the commit marker of the relay's transaction;
+            // more may be lost messages, or aborted rounds: the watermarks tell.
+            None if first > next + 1 => return Verdict::AskWatermarks,
+            None => return Verdict::Fits,
+        }
+    };
+    Verdict::Mismatch(Mismatch {
+        partition,
+        reason,
+        next_offset: row.next_offset,
+        cluster_id: row.cluster_id.clone(),
+        topic_id: row.topic_id.clone(),
+    })
+}
+
+/// How a transaction holds its projection: batches share it, a heal or a replay's switch
+/// holds it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes the projection's transaction-scoped advisory lock, first thing in the transaction. An
+/// advisory lock gives the transaction no id, so a batch waiting here is not a writer the
+/// holder's safe position would wait for (a row lock would be: they would wait on each other).
+pub(crate) async fn lock_projection(conn: &mut PgConnection, p: Projection, lock: Lock) -> Result<(), sqlx::Error> {
+    let sql = match lock {
+        Lock::Shared => "SELECT pg_advisory_xact_lock_shared(hashtextextended('surge-projection:' || $1, 0))",
+        Lock::Exclusive => "SELECT pg_advisory_xact_lock(hashtextextended('surge-projection:' || $1, 0))",
+    };
+    sqlx::query(sql).bind(p.name()).execute(conn).await?;
+    Ok(())
+}
+
+/// Applies one batch of messages of `topic` to the projection's views, in one transaction,
+/// unless a checkpoint of the batch's partitions belongs to another cluster or topic or does
+/// not fit the partition's offsets: then nothing is applied and the mismatches are returned.
 pub async fn apply_batch(
     pool: &PgPool,
     projection: Projection,
     topic: &str,
+    identity: &TopicIdentity,
+    watermarks: &Watermarks,
     batch: &[OwnedMessage],
-) -> Result<BatchStats, sqlx::Error> {
+) -> Result<Applied, sqlx::Error> {
     let mut stats = BatchStats::default();
     let mut tx = pool.begin().await?;
+    lock_projection(&mut tx, projection, Lock::Shared).await?;
     let partitions: Vec<i32> = next_offsets(batch).keys().copied().collect();
     sqlx::query(
-        "INSERT INTO projection_checkpoints (projection, topic, partition, next_offset) \
-         SELECT $1, $2, p, 0 FROM UNNEST($3::int[]) AS p ON CONFLICT DO NOTHING",
+        "INSERT INTO projection_checkpoints (projection, topic, partition, next_offset, cluster_id, topic_id) \
+         SELECT $1, $2, p, 0, $4, $5 FROM UNNEST($3::int[]) AS p ON CONFLICT DO NOTHING",
     )
     .bind(projection.name())
     .bind(topic)
     .bind(&partitions)
+    .bind(&identity.cluster_id)
+    .bind(&identity.topic_id)
     .execute(&mut *tx)
     .await?;
     let rows = sqlx::query(
-        "SELECT partition, next_offset FROM projection_checkpoints \
+        "SELECT partition, next_offset, cluster_id, topic_id FROM projection_checkpoints \
          WHERE projection = $1 AND topic = $2 AND partition = ANY($3) FOR UPDATE",
     )
     .bind(projection.name())
@@ -325,16 +675,43 @@ pub async fn apply_batch(
     .bind(&partitions)
     .fetch_all(&mut *tx)
     .await?;
-    let mut checkpoint: HashMap<i32, i64> = HashMap::new();
+    let mut checkpoint: HashMap<i32, Checkpoint> = HashMap::new();
     for r in rows {
-        checkpoint.insert(r.try_get("partition")?, r.try_get("next_offset")?);
+        checkpoint.insert(
+            r.try_get("partition")?,
+            Checkpoint {
+                next_offset: r.try_get("next_offset")?,
+                cluster_id: r.try_get("cluster_id")?,
+                topic_id: r.try_get("topic_id")?,
+            },
+        );
+    }
+    let (mut mismatches, mut ask) = (Vec::new(), Vec::new());
+    for (partition, first) in first_offsets(batch) {
+        let Some(row) = checkpoint.get(&partition) else {
+            continue;
+        };
+        match check(partition, row, first, identity, watermarks.get(&partition).copied()) {
+            Verdict::Fits => {}
+            Verdict::AskWatermarks => ask.push(partition),
+            Verdict::Mismatch(m) => mismatches.push(m),
+        }
+    }
+    if !mismatches.is_empty() {
+        tx.rollback().await?;
+        return Ok(Applied::Mismatch(mismatches));
+    }
+    if !ask.is_empty() {
+        tx.rollback().await?;
+        return Ok(Applied::AskWatermarks(ask));
     }
 
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     let mut advanced: HashMap<i32, (i64, i64)> = HashMap::new();
     for m in batch {
-        if m.offset() < checkpoint.get(&m.partition()).copied().unwrap_or(0) {
+        let next = checkpoint.get(&m.partition()).and_then(|c| c.next_offset);
+        if next.is_some_and(|next| m.offset() < next) {
             stats.already_checkpointed += 1;
             continue;
         }
@@ -382,7 +759,8 @@ pub async fn apply_batch(
     }
     let (parts, (offsets, positions)): (Vec<i32>, (Vec<i64>, Vec<i64>)) = advanced.into_iter().unzip();
     sqlx::query(
-        "UPDATE projection_checkpoints c SET next_offset = v.o, position = greatest(c.position, v.pos), updated_at = now() \
+        "UPDATE projection_checkpoints c SET next_offset = v.o, position = greatest(c.position, v.pos), \
+                cluster_id = $6, topic_id = $7, updated_at = now() \
          FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS v(p, o, pos) \
          WHERE c.projection = $1 AND c.topic = $2 AND c.partition = v.p",
     )
@@ -391,6 +769,8 @@ pub async fn apply_batch(
     .bind(&parts)
     .bind(&offsets)
     .bind(&positions)
+    .bind(&identity.cluster_id)
+    .bind(&identity.topic_id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -399,7 +779,7 @@ pub async fn apply_batch(
         let latency = (now - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
         metrics::histogram!("surge_event_to_view_seconds", "projection" => projection.name()).record(latency);
     }
-    Ok(stats)
+    Ok(Applied::Batch(stats))
 }
 
 /// Events of a stream between two versions, from the event store (to heal a gap).
@@ -409,16 +789,12 @@ async fn missing_events(
     from: i64,
     to: i64,
 ) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {ENVELOPE_COLUMNS} FROM events WHERE stream_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(stream.as_str())
-        .bind(from)
-        .bind(to)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(EventEnvelope::from_row).collect()
+    surge_store::read_stream(conn, stream, from, to)
+        .await
+        .map_err(|e| match e {
+            surge_store::StoreError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })
 }
 
 /// The events to fold for one message: the message's own event, preceded by any events of its
@@ -565,4 +941,91 @@ pub(crate) async fn apply_orders<S: Clone>(
     let changed: Vec<&orders::OrderRow> = touched.iter().filter_map(|id| rows.get(id)).collect();
     orders::upsert(conn, table, &changed).await?;
     Ok(dead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> TopicIdentity {
+        TopicIdentity {
+            cluster_id: "cluster-a".into(),
+            topic_id: "topic-1".into(),
+        }
+    }
+
+    fn row(next: Option<i64>, cluster: Option<&str>, topic: Option<&str>) -> Checkpoint {
+        Checkpoint {
+            next_offset: next,
+            cluster_id: cluster.map(str::to_owned),
+            topic_id: topic.map(str::to_owned),
+        }
+    }
+
+    fn reason(v: Verdict) -> Option<MismatchReason> {
+        match v {
+            Verdict::Mismatch(m) => Some(m.reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn offsets_of_another_cluster_or_topic_are_never_trusted() {
+        let id = identity();
+        let other_cluster = row(Some(1291), Some("cluster-b"), Some("topic-1"));
+        assert_eq!(
+            reason(check(0, &other_cluster, 0, &id, None)),
+            Some(MismatchReason::ClusterChanged)
+        );
+        let recreated = row(Some(1291), Some("cluster-a"), Some("topic-0"));
+        assert_eq!(
+            reason(check(0, &recreated, 0, &id, None)),
+            Some(MismatchReason::TopicChanged)
+        );
+    }
+
+    #[test]
+    fn offsets_outside_the_partition_are_detected_by_its_watermarks() {
+        let id = identity();
+        // Past the end of a partition that now holds 5.
+        let past = row(Some(1291), Some("cluster-a"), Some("topic-1"));
+        assert_eq!(
+            reason(check(0, &past, 0, &id, Some((0, 5)))),
+            Some(MismatchReason::BeyondHighWatermark)
+        );
+        // From before checkpoints named their cluster and topic: never trusted.
+        let legacy = row(Some(3), None, None);
+        assert_eq!(
+            reason(check(0, &legacy, 0, &id, Some((0, 5)))),
+            Some(MismatchReason::IdentityUnknown)
+        );
+        // Retention deleted offsets 10..40 before they were applied.
+        let behind = row(Some(10), Some("cluster-a"), Some("topic-1"));
+        assert_eq!(
+            reason(check(0, &behind, 40, &id, Some((40, 60)))),
+            Some(MismatchReason::BelowLowWatermark)
+        );
+    }
+
+    #[test]
+    fn a_jump_past_the_checkpoint_asks_the_watermarks_and_markers_fit() {
+        let id = identity();
+        let at = row(Some(10), Some("cluster-a"), Some("topic-1"));
+        assert_eq!(check(0, &at, 12, &id, None), Verdict::AskWatermarks);
+        // One offset skipped: a round's commit marker.
+        assert_eq!(check(0, &at, 11, &id, None), Verdict::Fits);
+        // Offsets 10 and 11 were a transaction's markers: still in the partition's range.
+        assert_eq!(check(0, &at, 12, &id, Some((0, 30))), Verdict::Fits);
+    }
+
+    #[test]
+    fn continuing_repeating_or_freshly_healed_checkpoints_fit() {
+        let id = identity();
+        let at = row(Some(10), Some("cluster-a"), Some("topic-1"));
+        assert_eq!(check(0, &at, 10, &id, None), Verdict::Fits);
+        assert_eq!(check(0, &at, 3, &id, None), Verdict::Fits);
+        assert_eq!(check(0, &at, 3, &id, Some((0, 30))), Verdict::Fits);
+        let healed = row(None, Some("cluster-a"), Some("topic-1"));
+        assert_eq!(check(0, &healed, 500, &id, None), Verdict::Fits);
+    }
 }

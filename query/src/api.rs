@@ -192,6 +192,25 @@ where
     }
 }
 
+/// The answer for a stream the view has no row of: 404 only when the event store has no such
+/// stream either; a stream the projector has not reached yet is a 503 with Retry-After, so a
+/// client that just wrote never reads "does not exist".
+async fn absent(ctx: &QueryContext, stream_id: &str, not_found: String) -> Problem {
+    match views::stream_position_at(&ctx.pool, stream_id, i64::MAX).await {
+        Ok(None) => Problem::not_found(not_found),
+        Ok(Some(_)) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-yet-projected",
+            "The read side has not caught up with this write yet",
+        )
+        .detail(format!(
+            "{stream_id} is in the event store but not in the view yet; retry shortly"
+        ))
+        .retry_after(1),
+        Err(e) => db(e),
+    }
+}
+
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
@@ -282,7 +301,7 @@ async fn get_item(
     let stream = sku.stream_id();
     match read_view(&ctx, &ctx.items, &key, stream.as_str(), token, load).await? {
         Some((v, s, f)) => Ok(view_response(&headers, &v, s, f, "public, max-age=1")),
-        None => Err(Problem::not_found(format!("no catalog item {sku}"))),
+        None => Err(absent(&ctx, stream.as_str(), format!("no catalog item {sku}")).await),
     }
 }
 
@@ -317,7 +336,7 @@ async fn get_order(
             caller.may_read(v.owner.as_deref().unwrap_or_default())?;
             Ok(view_response(&headers, &v, s, f, "private, no-cache"))
         }
-        None => Err(Problem::not_found(format!("no order {order_id}"))),
+        None => Err(absent(&ctx, &stream, format!("no order {order_id}")).await),
     }
 }
 

@@ -7,7 +7,8 @@
 //! may not reflect yet, and every process sees every event) and, for an event of
 //! version `v`, evicts the entry and remembers `v` as the key's floor: a row read from a view
 //! that has not reached `v` yet is served but not cached, so the cache never keeps a value
-//! older than an event it has already seen.
+//! older than an event it has already seen (also when the event arrives while the row is
+//! being read: a loaded row is checked against the floor again once it is in the cache).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -132,14 +133,16 @@ impl ViewCache {
         if let Some(hit) = self.entries.get(key).await {
             return Ok(Some((hit, CacheStatus::Hit)));
         }
-        let floor = self.floors.get(key).await.unwrap_or(0);
         let db_timeout = self.db_timeout;
+        let floors = self.floors.clone();
         let loaded = self
             .entries
             .try_get_with(key.to_string(), async move {
                 let loaded = tokio::time::timeout(db_timeout, load())
                     .await
                     .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+                // The floor as of now, after the load: it may have risen while the row was read.
+                let floor = floors.get(key).await.unwrap_or(0);
                 match loaded {
                     Ok(Some(v)) if v.version >= floor => Ok(Arc::new(v)),
                     Ok(Some(v)) => Err(Miss::Stale(v)),
@@ -150,6 +153,15 @@ impl ViewCache {
             .await;
         match loaded {
             Ok(v) => {
+                // An event may also have raised the floor between that look and the insert,
+                // when there was no entry to evict yet: look again now that the entry is in.
+                // (The invalidator raises the floor before it looks for the entry, so one of
+                // the two sees the other.)
+                let floor = self.floors.get(key).await.unwrap_or(0);
+                if v.version < floor {
+                    self.evict_older_than(key, floor).await;
+                    return Ok(Some((v, CacheStatus::Bypass)));
+                }
                 self.last_known.insert(key.to_string(), v.clone()).await;
                 Ok(Some((v, CacheStatus::Miss)))
             }
@@ -173,6 +185,10 @@ impl ViewCache {
         if version > floor {
             self.floors.insert(key.to_string(), version).await;
         }
+        self.evict_older_than(key, version).await;
+    }
+
+    async fn evict_older_than(&self, key: &str, version: i64) {
         if let Some(e) = self.entries.get(key).await {
             if e.version < version {
                 self.entries.invalidate(key).await;
@@ -241,7 +257,8 @@ pub async fn spawn_invalidator(
     for (stream_type, projection) in PROJECTION_OF_TOPIC {
         let topic = surge_events::topics::topic_for(&kafka.topic_prefix, stream_type);
         let checkpoints: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM projection_checkpoints WHERE projection = $1 AND topic = $2",
+            "SELECT partition, next_offset FROM projection_checkpoints \
+             WHERE projection = $1 AND topic = $2 AND next_offset IS NOT NULL",
         )
         .bind(projection)
         .bind(&topic)
@@ -301,6 +318,7 @@ pub async fn spawn_invalidator(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Notify;
 
     fn view(version: i64) -> CachedView {
         CachedView {
@@ -372,6 +390,37 @@ mod tests {
             .get_or_load("b", || async { Err(sqlx::Error::PoolTimedOut) })
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_event_seen_while_a_load_is_pending_keeps_the_loaded_row_out_of_the_cache() {
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
+        let (loading, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let reader = tokio::spawn({
+            let (cache, loading, release) = (cache.clone(), loading.clone(), release.clone());
+            async move {
+                cache
+                    .get_or_load("a", || async move {
+                        // The view still says version 1 when it is read...
+                        loading.notify_one();
+                        release.notified().await;
+                        Ok(Some(view(1)))
+                    })
+                    .await
+            }
+        });
+        // ...and the event of version 2 arrives before the read returns: nothing to evict yet.
+        loading.notified().await;
+        cache.invalidate("a", 2).await;
+        release.notify_one();
+        let (v, s) = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Bypass, 1), "served, but not cached");
+        let (v, s) = cache
+            .get_or_load("a", || async { Ok(Some(view(2))) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s, v.version), (CacheStatus::Miss, 2), "the next read goes to the view");
     }
 
     #[tokio::test]

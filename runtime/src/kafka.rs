@@ -54,3 +54,92 @@ pub fn check_broker(config: &KafkaConfig, timeout: Duration) -> Result<usize, Ka
     let md = admin.inner().fetch_metadata(None, timeout)?;
     Ok(md.brokers().len())
 }
+
+/// Which cluster and which incarnation of a topic a consumer reads: offsets mean something only
+/// for the pair. A broker whose data was replaced has a new cluster id; a topic deleted and
+/// created again has a new topic id (both kept by Kafka in KRaft mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicIdentity {
+    pub cluster_id: String,
+    pub topic_id: String,
+}
+
+/// Asks a broker of `config.brokers` for the cluster id and `topic`'s id (a Metadata request,
+/// version 12, which rdkafka does not expose; the wire types come from `kafka-protocol`).
+pub async fn topic_identity(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<TopicIdentity, String> {
+    use bytes::{Buf, BytesMut};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const VERSION: i16 = 12;
+
+    let ask = async {
+        let mut last = String::from("no broker address configured");
+        for broker in config.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            let mut stream = match tokio::net::TcpStream::connect(broker).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("{broker}: {e}");
+                    continue;
+                }
+            };
+            let header = RequestHeader::default()
+                .with_request_api_key(ApiKey::Metadata as i16)
+                .with_request_api_version(VERSION)
+                .with_correlation_id(1)
+                .with_client_id(Some(StrBytes::from_static_str("surge")));
+            let request = MetadataRequest::default()
+                .with_topics(Some(vec![MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
+            let mut body = BytesMut::new();
+            header
+                .encode(&mut body, MetadataRequest::header_version(VERSION))
+                .map_err(|e| e.to_string())?;
+            request.encode(&mut body, VERSION).map_err(|e| e.to_string())?;
+            let mut frame = Vec::with_capacity(body.len() + 4);
+            frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
+            frame.extend_from_slice(&body);
+            let io = async {
+                stream.write_all(&frame).await?;
+                let len = stream.read_i32().await?;
+                let mut buf = vec![0u8; len.max(0) as usize];
+                stream.read_exact(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            };
+            let buf = match io.await {
+                Ok(b) => b,
+                Err(e) => {
+                    last = format!("{broker}: {e}");
+                    continue;
+                }
+            };
+            let mut bytes = bytes::Bytes::from(buf);
+            ResponseHeader::decode(&mut bytes, MetadataResponse::header_version(VERSION)).map_err(|e| e.to_string())?;
+            let response = MetadataResponse::decode(&mut bytes, VERSION).map_err(|e| e.to_string())?;
+            let _ = bytes.remaining();
+            let cluster_id = response
+                .cluster_id
+                .map(|c| c.to_string())
+                .ok_or_else(|| "the broker named no cluster id".to_string())?;
+            let t = response
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+                .ok_or_else(|| format!("topic {topic} not in the metadata answer"))?;
+            if t.error_code != 0 {
+                return Err(format!("topic {topic}: Kafka error code {}", t.error_code));
+            }
+            return Ok(TopicIdentity {
+                cluster_id,
+                topic_id: t.topic_id.to_string(),
+            });
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no metadata answer within {timeout:?}")))
+}

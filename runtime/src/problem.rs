@@ -91,6 +91,20 @@ impl Problem {
         }
     }
 
+    /// 504: the request may have taken effect. The database failed while committing it and
+    /// could not be asked in time whether the commit took. Unlike `unavailable` this is no
+    /// invitation to retry (no Retry-After): a blind retry can do it twice. `check` is the
+    /// path (on the query API) that shows whether it did.
+    pub fn outcome_unknown(check: &str) -> Self {
+        Problem::new(StatusCode::GATEWAY_TIMEOUT, "outcome-unknown", "Outcome unknown")
+            .detail(format!(
+                "The request may have taken effect: the database failed while committing it and could not be \
+                 asked whether it did. Read {check} to find out before sending it again; a retry with the same \
+                 Idempotency-Key is always safe."
+            ))
+            .with("check", check)
+    }
+
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
             .detail(detail)

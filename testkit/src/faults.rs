@@ -43,7 +43,6 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
-        let libs = kafka_libs();
         let (port, controller) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("surge-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join("data")).expect("broker dir");
@@ -54,7 +53,20 @@ impl PrivateBroker {
             + &format!("log.dirs={}\n", dir.join("data").display());
         let props = dir.join("server.properties");
         std::fs::write(&props, props_text).expect("broker properties");
-        let cp = format!("{libs}/*");
+        let mut broker = PrivateBroker {
+            brokers: format!("127.0.0.1:{port}"),
+            dir,
+            props,
+            child: None,
+        };
+        broker.format();
+        broker.resume().await;
+        broker
+    }
+
+    /// Formats the (empty) data directory for a new cluster with an id of its own.
+    fn format(&self) {
+        let cp = format!("{}/*", kafka_libs());
         let id = std::process::Command::new("java")
             .args(["-cp", &cp, "kafka.tools.StorageTool", "random-uuid"])
             .output()
@@ -62,7 +74,7 @@ impl PrivateBroker {
         let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
         let formatted = std::process::Command::new("java")
             .args(["-cp", &cp, "kafka.tools.StorageTool", "format", "-t", &id, "-c"])
-            .arg(&props)
+            .arg(&self.props)
             .arg("--standalone")
             .output()
             .expect("storage tool runs");
@@ -71,14 +83,6 @@ impl PrivateBroker {
             "format: {}",
             String::from_utf8_lossy(&formatted.stderr)
         );
-        let mut broker = PrivateBroker {
-            brokers: format!("127.0.0.1:{port}"),
-            dir,
-            props,
-            child: None,
-        };
-        broker.resume().await;
-        broker
     }
 
     /// Starts the broker process (again) and waits until it answers metadata requests.
@@ -112,6 +116,18 @@ impl PrivateBroker {
         );
     }
 
+    /// Replaces the broker's data as an operator who deleted its data directory would: killed,
+    /// emptied, formatted with a new cluster id, started again. Topics, messages and consumer
+    /// group offsets are gone; the address stays.
+    pub async fn replace_data(&mut self) {
+        self.stop();
+        let data = self.dir.join("data");
+        std::fs::remove_dir_all(&data).expect("broker data removed");
+        std::fs::create_dir_all(&data).expect("broker data dir");
+        self.format();
+        self.resume().await;
+    }
+
     /// Kills the broker (SIGKILL: as abrupt as a crash).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -139,8 +155,195 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        TcpProxy::bind(any_port, target).await.expect("proxy binds")
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What [`CommitCutProxy`] does to the next `COMMIT` it sees, once armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitCut {
+    /// Drops the connection instead of forwarding the `COMMIT`: Postgres rolls back.
+    BeforeCommit,
+    /// Forwards the `COMMIT`, waits for Postgres's reply (it has committed then) and drops the
+    /// connection without passing the reply on: the client cannot tell whether it committed.
+    AfterReply,
+    /// As `AfterReply`, and refuses every new connection from then on, until restored: the
+    /// client cannot find out either.
+    AfterReplyAndRefuse,
+}
+
+/// A TCP proxy in front of Postgres that reads what clients send and, once armed, cuts the
+/// connection around the next `COMMIT` (sqlx sends `tx.commit()` as a simple query: a `Q`
+/// message with `COMMIT`). Every other connection and message passes unchanged. It answers
+/// clients' TLS requests with "no", so it can read the plain protocol.
+pub struct CommitCutProxy {
+    pub addr: SocketAddr,
+    state: Arc<CommitCutState>,
+}
+
+struct CommitCutState {
+    armed: std::sync::Mutex<Option<CommitCut>>,
+    refusing: AtomicBool,
+    /// Set once an armed cut happened.
+    fired: AtomicBool,
+}
+
+impl CommitCutProxy {
+    pub async fn start(target: SocketAddr) -> CommitCutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let addr = listener.local_addr().expect("proxy address");
+        let state = Arc::new(CommitCutState {
+            armed: std::sync::Mutex::new(None),
+            refusing: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        });
+        let accepting = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if accepting.refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let state = accepting.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let _ = commit_cut_relay(client, server, state).await;
+                    }
+                });
+            }
+        });
+        CommitCutProxy { addr, state }
+    }
+
+    /// The next `COMMIT` any client sends through the proxy is cut as `cut` says (once).
+    pub fn arm(&self, cut: CommitCut) {
+        self.state.fired.store(false, Ordering::SeqCst);
+        *self.state.armed.lock().expect("commit cut lock") = Some(cut);
+    }
+
+    /// Whether the armed cut happened.
+    pub fn fired(&self) -> bool {
+        self.state.fired.load(Ordering::SeqCst)
+    }
+
+    /// Accepts new connections again after [`CommitCut::AfterReplyAndRefuse`].
+    pub fn restore(&self) {
+        self.state.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Relays one connection, message by message from the client, byte by byte from the server.
+async fn commit_cut_relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    state: Arc<CommitCutState>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: u32 = 80877103;
+    const GSSENC_REQUEST: u32 = 80877104;
+    // Startup: untyped messages (length, then body). Encryption requests are refused here.
+    loop {
+        let len = client.read_u32().await?;
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        client.read_exact(&mut body).await?;
+        let code = body
+            .get(..4)
+            .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        if code == SSL_REQUEST || code == GSSENC_REQUEST {
+            client.write_all(b"N").await?;
+            continue;
+        }
+        server.write_u32(len).await?;
+        server.write_all(&body).await?;
+        break;
+    }
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    // Server to client; once `swallow` is set, what the server says is not passed on but
+    // reported on `replied`.
+    let swallow = Arc::new(AtomicBool::new(false));
+    let (replied, mut reply_seen) = watch::channel(false);
+    let swallowing = swallow.clone();
+    let downstream = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = server_rx.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if swallowing.load(Ordering::SeqCst) {
+                let _ = replied.send(true);
+                continue;
+            }
+            client_tx.write_all(&buf[..n]).await?;
+        }
+    });
+    let upstream = async {
+        loop {
+            let tag = client_rx.read_u8().await?;
+            let len = client_rx.read_u32().await?;
+            let mut body = vec![0; (len as usize).saturating_sub(4)];
+            client_rx.read_exact(&mut body).await?;
+            let is_commit = tag == b'Q'
+                && String::from_utf8_lossy(&body)
+                    .trim_end_matches('\0')
+                    .trim()
+                    .trim_end_matches(';')
+                    .eq_ignore_ascii_case("COMMIT");
+            let cut = if is_commit {
+                state.armed.lock().expect("commit cut lock").take()
+            } else {
+                None
+            };
+            match cut {
+                None => {
+                    server_tx.write_u8(tag).await?;
+                    server_tx.write_u32(len).await?;
+                    server_tx.write_all(&body).await?;
+                }
+                Some(CommitCut::BeforeCommit) => {
+                    state.fired.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Some(cut) => {
+                    if cut == CommitCut::AfterReplyAndRefuse {
+                        state.refusing.store(true, Ordering::SeqCst);
+                    }
+                    // Everything before the COMMIT was answered (sqlx waits for ReadyForQuery
+                    // before it sends COMMIT), so whatever the server says now is its reply.
+                    swallow.store(true, Ordering::SeqCst);
+                    server_tx.write_u8(tag).await?;
+                    server_tx.write_u32(len).await?;
+                    server_tx.write_all(&body).await?;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), reply_seen.wait_for(|seen| *seen)).await;
+                    state.fired.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let result: std::io::Result<()> = upstream.await;
+    // Both directions are dropped here: the client sees its connection close.
+    downstream.abort();
+    result
+}
+
+impl TcpProxy {
+    /// As [`TcpProxy::start`], listening on `listen` (a port a script can name in a service's
+    /// database URL): `fault-proxy` (`src/bin/fault-proxy.rs`) runs one for `./dev chaos`.
+    pub async fn bind(listen: SocketAddr, target: SocketAddr) -> std::io::Result<TcpProxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
         let (up2, gen2) = (up.clone(), generation.clone());
@@ -163,16 +366,6 @@ impl TcpProxy {
                 });
             }
         });
-        TcpProxy { addr, up, generation }
-    }
-
-    /// Drops every open connection and refuses new ones.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        Ok(TcpProxy { addr, up, generation })
     }
 }

@@ -2,13 +2,16 @@
 
 mod analyst;
 mod auth;
+mod checkpoints;
 mod compose;
 mod console;
 mod faults;
 mod flow;
+mod fresh_start;
 mod loadgen;
 mod observability;
 mod query;
 mod replay;
+mod safe_reads;
 mod support;
 mod views;

@@ -20,7 +20,7 @@ pub struct Service {
 }
 
 impl Service {
-    fn spawn<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(CancellationToken) -> F) -> Service {
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(CancellationToken) -> F) -> Service {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(stop.clone()));
         Service { stop, task }

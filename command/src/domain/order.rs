@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! (new) --PlaceOrder--> placed --SubmitPayment--> payment_pending --ConfirmPayment--> paid --ShipOrder--> shipped
-//!                         |                              `--FailPayment--> payment_failed
-//!                         `--CancelOrder--> cancelled
+//!                         |                              |--FailPayment--> payment_failed --.
+//!                         |                              `--RefundPayment-----------------+--> refunded
+//!                         `--CancelOrder--> cancelled ------RefundPayment-----------------'
 //! ```
+//! `RefundPayment` gives back a charge the gateway captured that the order can no longer take
+//! (its stock is gone, or it was cancelled or failed before the charge's outcome was known).
 //! Stock is reserved by the `Inventory` aggregates in the same transaction as `OrderPlaced`;
 //! the order itself only records prices and totals.
 
@@ -13,7 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use surge_events::order::{
-    CancelReason, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, PaymentFailed, PaymentSubmitted,
+    CancelReason, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, PaymentFailed, PaymentRefunded,
+    PaymentSubmitted,
 };
 use surge_events::{CustomerId, Money, OrderEvent, OrderId, OrderLine};
 
@@ -28,6 +32,7 @@ pub enum OrderStatus {
     PaymentFailed,
     Cancelled,
     Shipped,
+    Refunded,
 }
 
 impl OrderStatus {
@@ -40,6 +45,7 @@ impl OrderStatus {
             OrderStatus::PaymentFailed => "payment_failed",
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Shipped => "shipped",
+            OrderStatus::Refunded => "refunded",
         }
     }
 }
@@ -75,6 +81,10 @@ pub enum OrderCommand {
         payment_reference: String,
     },
     FailPayment {
+        reason: String,
+    },
+    RefundPayment {
+        payment_reference: String,
         reason: String,
     },
     CancelOrder {
@@ -192,6 +202,25 @@ impl Aggregate for Order {
                     reason: reason.clone(),
                 })])
             }
+            C::RefundPayment {
+                payment_reference,
+                reason,
+            } => {
+                let order_id = self.require(
+                    "refund the payment of",
+                    &[
+                        OrderStatus::PaymentPending,
+                        OrderStatus::PaymentFailed,
+                        OrderStatus::Cancelled,
+                    ],
+                )?;
+                Ok(vec![OrderEvent::PaymentRefunded(PaymentRefunded {
+                    order_id,
+                    payment_reference: payment_reference.clone(),
+                    amount: self.total.clone().ok_or(DomainError::UnknownOrder(order_id))?,
+                    reason: reason.clone(),
+                })])
+            }
             C::CancelOrder { reason } => {
                 let order_id = self.require("cancel", &[OrderStatus::Placed])?;
                 Ok(vec![OrderEvent::OrderCancelled(OrderCancelled {
@@ -221,6 +250,7 @@ impl Aggregate for Order {
             OrderEvent::PaymentFailed(_) => self.status = OrderStatus::PaymentFailed,
             OrderEvent::OrderCancelled(_) => self.status = OrderStatus::Cancelled,
             OrderEvent::OrderShipped(_) => self.status = OrderStatus::Shipped,
+            OrderEvent::PaymentRefunded(_) => self.status = OrderStatus::Refunded,
         }
     }
 }
@@ -358,6 +388,44 @@ mod tests {
             paid.decide(&OrderCommand::ShipOrder).unwrap()[..],
             [OrderEvent::OrderShipped(_)]
         ));
+    }
+
+    #[test]
+    fn a_captured_charge_is_refunded_only_where_the_order_cannot_take_it() {
+        let refund = OrderCommand::RefundPayment {
+            payment_reference: "ref".into(),
+            reason: "the stock was no longer held".into(),
+        };
+        let pending: Order = given(&[placed(), submitted()]);
+        let events = pending.decide(&refund).unwrap();
+        let OrderEvent::PaymentRefunded(r) = &events[0] else {
+            panic!("not refunded")
+        };
+        assert_eq!(
+            (r.amount.clone(), r.payment_reference.as_str()),
+            (money(1_250, "EUR"), "ref")
+        );
+        let refunded: Order = given(&[placed(), submitted(), events[0].clone()]);
+        assert_eq!(refunded.status, OrderStatus::Refunded);
+        assert!(refunded.decide(&refund).is_err(), "refunded once");
+        let cancelled: Order = given(&[
+            placed(),
+            OrderEvent::OrderCancelled(OrderCancelled {
+                order_id: OrderId(uuid::Uuid::from_u128(1)),
+                reason: CancelReason::ReservationExpired,
+            }),
+        ]);
+        assert!(cancelled.decide(&refund).is_ok());
+        let paid: Order = given(&[
+            placed(),
+            submitted(),
+            OrderEvent::OrderPaid(OrderPaid {
+                order_id: OrderId(uuid::Uuid::from_u128(1)),
+                payment_reference: "r".into(),
+                amount: money(1_250, "EUR"),
+            }),
+        ]);
+        assert!(paid.decide(&refund).is_err(), "a paid order keeps its payment");
     }
 
     #[test]

@@ -1,6 +1,28 @@
-//! Payment tokens: what the checkout may send, and what it must never send (a card number).
+//! Payment tokens: what the checkout may send, and what it must never send (a card number);
+//! and what becomes of a charge the gateway captured.
 
-use super::DomainError;
+use super::{DomainError, OrderStatus};
+
+/// What becomes of a charge the gateway captured, given where the order stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapturedCharge {
+    /// The order awaits this payment: confirm it, selling the held stock.
+    Confirm,
+    /// The order recorded it already (an earlier settlement whose reply was lost).
+    AlreadyRecorded,
+    /// The order can no longer take it: the money goes back to the customer.
+    Refund,
+}
+
+pub fn on_captured_charge(status: OrderStatus) -> CapturedCharge {
+    match status {
+        OrderStatus::PaymentPending => CapturedCharge::Confirm,
+        OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Refunded => CapturedCharge::AlreadyRecorded,
+        OrderStatus::New | OrderStatus::Placed | OrderStatus::PaymentFailed | OrderStatus::Cancelled => {
+            CapturedCharge::Refund
+        }
+    }
+}
 
 /// A payment token from the payment provider's client SDK: `tok_` and 4 to 64 characters of
 /// `[A-Za-z0-9_-]`. Anything that looks like a card number (PAN) is refused and never stored.
@@ -55,6 +77,19 @@ mod tests {
             "371449635398431",
         ] {
             assert_eq!(check_token(pan), Err(DomainError::CardNumberRejected), "{pan}");
+        }
+    }
+
+    #[test]
+    fn a_captured_charge_is_kept_only_by_an_order_awaiting_it() {
+        assert_eq!(on_captured_charge(OrderStatus::PaymentPending), CapturedCharge::Confirm);
+        assert_eq!(on_captured_charge(OrderStatus::Paid), CapturedCharge::AlreadyRecorded);
+        assert_eq!(
+            on_captured_charge(OrderStatus::Refunded),
+            CapturedCharge::AlreadyRecorded
+        );
+        for gone in [OrderStatus::Cancelled, OrderStatus::PaymentFailed] {
+            assert_eq!(on_captured_charge(gone), CapturedCharge::Refund, "{gone}");
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod api;
 mod checkout;
+mod commit_outcome;
 mod relay;
 mod support;
 mod upcasting;
