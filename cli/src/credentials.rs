@@ -4,25 +4,21 @@
 use anyhow::Context;
 use clap::Args;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use surge_runtime::auth::new_api_key;
 use surge_runtime::{AuthConfig, Role};
 
 /// The credentials of a tool: a token given as is, or one minted from the local HS256 secret.
-#[derive(Clone, Args)]
+/// Both are secrets: `Debug` never shows them.
+#[derive(Debug, Clone, Args)]
 pub struct ClientAuth {
     /// Bearer token to call the APIs with (default: an admin token issued with SURGE_JWT_SECRET).
     #[arg(long = "token", env = "SURGE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// HS256 secret the services check tokens with (local deploys).
     #[arg(long = "jwt-secret", env = "SURGE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-}
-
-impl std::fmt::Debug for ClientAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientAuth(<redacted>)")
-    }
+    pub jwt_secret: Option<SecretString>,
 }
 
 impl ClientAuth {
@@ -40,7 +36,7 @@ impl ClientAuth {
     /// The tool's own bearer token: `--token`, else an admin token for `tool`.
     pub fn bearer(&self, tool: &str) -> anyhow::Result<String> {
         match &self.token {
-            Some(t) => Ok(t.clone()),
+            Some(t) => Ok(t.expose_secret().to_string()),
             None => self.issue(tool, Role::Admin),
         }
     }
@@ -94,4 +90,29 @@ pub fn run(c: &TokenConfig) -> anyhow::Result<()> {
     let token = c.auth.build()?.issue(&c.sub, c.role, Duration::from_secs(c.ttl_secs))?;
     println!("{token}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token_or_the_secret() {
+        let (token, secret) = ("tok-0123456789", "jwt-secret-0123456789abcdef012345");
+        let auth = ClientAuth {
+            token: Some(token.into()),
+            jwt_secret: Some(secret.into()),
+        };
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains(token) && !shown.contains(secret), "{shown}");
+        assert_eq!(auth.bearer("test").unwrap(), token);
+        let config = TokenConfig {
+            role: Role::Admin,
+            sub: "ops".into(),
+            ttl_secs: 60,
+            api_key: false,
+            auth: AuthConfig::hs256(secret),
+        };
+        assert!(!format!("{config:?}").contains(secret));
+    }
 }

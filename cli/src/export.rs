@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use sqlx::Connection;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
-use surge_events::{EventEnvelope, StreamType, ENVELOPE_COLUMNS};
+use surge_events::{EventEnvelope, StreamType};
 use surge_runtime::DatabaseConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,7 +51,7 @@ pub struct ExportConfig {
     pub to_position: Option<i64>,
 }
 
-const BATCH: i64 = 5000;
+const BATCH: usize = 5000;
 
 enum Sink {
     Ndjson(BufWriter<Box<dyn Write + Send>>),
@@ -89,36 +89,29 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
             "payload",
         ])?;
     }
-    let mut conn = sqlx::PgConnection::connect(&config.db.url).await?;
+    let mut conn = sqlx::PgConnection::connect_with(&config.db.connect_options()?).await?;
+    // Never past the safe position: an export that a later one continues ("from the last
+    // position + 1") must not miss a transaction that commits late.
+    let safe = surge_store::safe_position(&mut conn, std::time::Duration::from_secs(60)).await?;
+    let up_to = config.to_position.map_or(safe, |to| to.min(safe));
+    let filter = surge_store::log::ExportFilter {
+        stream_id: config.stream_id.clone(),
+        stream_type: config.stream_type.clone(),
+        event_types: config.event_types.clone(),
+        from_time: config.from_time,
+        to_time: config.to_time,
+        from_position: config.from_position,
+        up_to,
+    };
     let mut tx = conn.begin().await?;
-    let declare = format!(
-        "DECLARE export CURSOR FOR SELECT {ENVELOPE_COLUMNS} FROM events \
-         WHERE ($1::text IS NULL OR stream_id = $1) AND ($2::text IS NULL OR stream_type = $2) \
-           AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
-           AND ($4::timestamptz IS NULL OR occurred_at >= $4) AND ($5::timestamptz IS NULL OR occurred_at < $5) \
-           AND ($6::bigint IS NULL OR position >= $6) AND ($7::bigint IS NULL OR position <= $7) \
-         ORDER BY position"
-    );
-    sqlx::query(&declare)
-        .bind(&config.stream_id)
-        .bind(&config.stream_type)
-        .bind(&config.event_types)
-        .bind(config.from_time)
-        .bind(config.to_time)
-        .bind(config.from_position)
-        .bind(config.to_position)
-        .execute(&mut *tx)
-        .await?;
+    surge_store::log::open_export(&mut tx, &filter).await?;
     let mut count = 0u64;
     loop {
-        let rows = sqlx::query(&format!("FETCH {BATCH} FROM export"))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = surge_store::log::fetch_export(&mut tx, BATCH).await?;
         if rows.is_empty() {
             break;
         }
-        for row in &rows {
-            let e = EventEnvelope::from_row(row)?;
+        for e in &rows {
             match &mut out {
                 Sink::Ndjson(w) => {
                     w.write_all(&e.to_json())?;
@@ -149,6 +142,11 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
         Sink::Ndjson(w) => w.flush()?,
         Sink::Csv(w) => w.flush()?,
     }
+    eprintln!(
+        "surge export: {count} events at positions up to {up_to}, past which nothing can still appear below; \
+         continue with --from-position {}",
+        up_to + 1
+    );
     Ok(count)
 }
 
@@ -177,43 +175,11 @@ pub async fn import(config: &ImportConfig) -> anyhow::Result<u64> {
         let e = EventEnvelope::from_json(line.as_bytes()).with_context(|| format!("line {}", n + 1))?;
         batch.push(e);
         if batch.len() == 1000 {
-            count += insert(&mut tx, &std::mem::take(&mut batch)).await?;
+            count += surge_store::log::import(&mut tx, &std::mem::take(&mut batch)).await?;
         }
     }
-    count += insert(&mut tx, &batch).await?;
-    sqlx::query(
-        "SELECT setval(pg_get_serial_sequence('events', 'position'), greatest((SELECT max(position) FROM events), 1))",
-    )
-    .execute(&mut *tx)
-    .await?;
+    count += surge_store::log::import(&mut tx, &batch).await?;
+    surge_store::log::reset_position_sequence(&mut tx).await?;
     tx.commit().await?;
     Ok(count)
-}
-
-async fn insert(conn: &mut sqlx::PgConnection, events: &[EventEnvelope]) -> anyhow::Result<u64> {
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let col = |f: fn(&EventEnvelope) -> String| events.iter().map(f).collect::<Vec<_>>();
-    let done = sqlx::query(
-        "INSERT INTO events (position, event_id, stream_id, stream_type, version, event_type, schema_version, \
-                             payload, correlation_id, causation_id, actor, occurred_at) OVERRIDING SYSTEM VALUE \
-         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::int[], \
-                              $8::jsonb[], $9::uuid[], $10::uuid[], $11::text[], $12::timestamptz[])",
-    )
-    .bind(events.iter().map(|e| e.position).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-    .bind(col(|e| e.stream_id.0.clone()))
-    .bind(col(|e| e.stream_type.as_str().to_string()))
-    .bind(events.iter().map(|e| e.version).collect::<Vec<_>>())
-    .bind(col(|e| e.event_type.clone()))
-    .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.metadata.correlation_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.metadata.causation_id).collect::<Vec<_>>())
-    .bind(col(|e| e.metadata.actor.clone()))
-    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
 }

@@ -1,7 +1,8 @@
 //! The command API: HTTP in, commands to [`Commands`], problem+json out.
 
 use crate::admission::{admit, Admission};
-use crate::commands::{AddItem, CommandError, Commands, OrderAccepted, PlaceOrder};
+use crate::answers::{CommandError, MoneyDoc, OrderAccepted};
+use crate::commands::{AddItem, Commands, PlaceOrder};
 use crate::domain::DomainError;
 use crate::idempotency::IdempotencyKey;
 use axum::extract::State;
@@ -65,16 +66,6 @@ pub struct ApiDoc;
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-/// An amount in minor units (cents) of an ISO 4217 currency.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct MoneyDoc {
-    #[schema(minimum = 0, example = 12900)]
-    minor: i64,
-    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
-    currency: String,
 }
 
 /// The error answer of a command: a problem with a stable type; 5xx causes are logged once.

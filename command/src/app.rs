@@ -20,64 +20,78 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Args)]
 pub struct CommandApiConfig {
     /// Address the command API listens on.
-    #[arg(long = "addr", env = "SURGE_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long = "addr", env = "SURGE_COMMAND_ADDR", default_value = CommandApiConfig::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub db: DatabaseConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
     /// How long stock stays reserved for an unpaid order, in seconds.
-    #[arg(long, env = "SURGE_RESERVATION_TTL_SECS", default_value_t = 900)]
+    #[arg(long, env = "SURGE_RESERVATION_TTL_SECS", default_value_t = CommandApiConfig::DEFAULT_RESERVATION_TTL_SECS)]
     pub reservation_ttl_secs: u64,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = CommandApiConfig::DEFAULT_BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
     /// Browser origins allowed to call this API (comma-separated; empty: none).
     #[arg(long = "cors-origins", env = "SURGE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     /// Run the worker that expires unpaid reservations in this process.
-    #[arg(long, env = "SURGE_EXPIRY_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SURGE_EXPIRY_WORKER", default_value_t = CommandApiConfig::DEFAULT_EXPIRY_WORKER, action = clap::ArgAction::Set)]
     pub expiry_worker: bool,
     /// Run the worker that settles payments (with the simulated gateway) in this process.
-    #[arg(long, env = "SURGE_PAYMENT_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SURGE_PAYMENT_WORKER", default_value_t = CommandApiConfig::DEFAULT_PAYMENT_WORKER, action = clap::ArgAction::Set)]
     pub payment_worker: bool,
     /// Longest a payment gateway call may take, in milliseconds.
-    #[arg(long, env = "SURGE_GATEWAY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "SURGE_GATEWAY_TIMEOUT_MS", default_value_t = CommandApiConfig::DEFAULT_GATEWAY_TIMEOUT_MS)]
     pub gateway_timeout_ms: u64,
     /// Latency of the simulated payment gateway, in milliseconds.
-    #[arg(long, env = "SURGE_GATEWAY_LATENCY_MS", default_value_t = 50)]
+    #[arg(long, env = "SURGE_GATEWAY_LATENCY_MS", default_value_t = CommandApiConfig::DEFAULT_GATEWAY_LATENCY_MS)]
     pub gateway_latency_ms: u64,
     /// Orders that may wait in one SKU's sequencer lane before new ones are refused (503).
-    #[arg(long, env = "SURGE_SKU_QUEUE_DEPTH", default_value_t = 4096)]
+    #[arg(long, env = "SURGE_SKU_QUEUE_DEPTH", default_value_t = CommandApiConfig::DEFAULT_SKU_QUEUE_DEPTH)]
     pub sku_queue_depth: usize,
     /// Sustained commands per second per client (API key, else IP) before 429.
-    #[arg(long, env = "SURGE_RATE_LIMIT_PER_SEC", default_value_t = 500)]
+    #[arg(long, env = "SURGE_RATE_LIMIT_PER_SEC", default_value_t = CommandApiConfig::DEFAULT_RATE_LIMIT_PER_SEC)]
     pub rate_limit_per_sec: u32,
     /// Commands a client may send at once above its sustained rate.
-    #[arg(long, env = "SURGE_RATE_LIMIT_BURST", default_value_t = 1000)]
+    #[arg(long, env = "SURGE_RATE_LIMIT_BURST", default_value_t = CommandApiConfig::DEFAULT_RATE_LIMIT_BURST)]
     pub rate_limit_burst: u32,
     /// Commands handled at once by this process before new ones are shed (503).
-    #[arg(long, env = "SURGE_MAX_IN_FLIGHT", default_value_t = 2048)]
+    #[arg(long, env = "SURGE_MAX_IN_FLIGHT", default_value_t = CommandApiConfig::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 }
 
+/// The defaults, written once: the command line shows them and [`CommandApiConfig::new`] uses them.
 impl CommandApiConfig {
+    pub const DEFAULT_ADDR: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_RESERVATION_TTL_SECS: u64 = 900;
+    pub const DEFAULT_BODY_LIMIT_BYTES: usize = 64 * 1024;
+    pub const DEFAULT_EXPIRY_WORKER: bool = true;
+    pub const DEFAULT_PAYMENT_WORKER: bool = true;
+    pub const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 5000;
+    pub const DEFAULT_GATEWAY_LATENCY_MS: u64 = 50;
+    pub const DEFAULT_SKU_QUEUE_DEPTH: usize = 4096;
+    pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 500;
+    pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1000;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
+
+    /// The command line's defaults around `addr`, `db` and `auth` (tests, embedding).
     pub fn new(addr: SocketAddr, db: DatabaseConfig, auth: AuthConfig) -> Self {
         CommandApiConfig {
             addr,
             db,
             auth,
-            reservation_ttl_secs: 900,
-            body_limit_bytes: 64 * 1024,
+            reservation_ttl_secs: Self::DEFAULT_RESERVATION_TTL_SECS,
+            body_limit_bytes: Self::DEFAULT_BODY_LIMIT_BYTES,
             cors_origins: Vec::new(),
-            expiry_worker: true,
-            payment_worker: true,
-            gateway_timeout_ms: 5000,
-            gateway_latency_ms: 50,
-            sku_queue_depth: 4096,
-            rate_limit_per_sec: 500,
-            rate_limit_burst: 1000,
-            max_in_flight: 2048,
+            expiry_worker: Self::DEFAULT_EXPIRY_WORKER,
+            payment_worker: Self::DEFAULT_PAYMENT_WORKER,
+            gateway_timeout_ms: Self::DEFAULT_GATEWAY_TIMEOUT_MS,
+            gateway_latency_ms: Self::DEFAULT_GATEWAY_LATENCY_MS,
+            sku_queue_depth: Self::DEFAULT_SKU_QUEUE_DEPTH,
+            rate_limit_per_sec: Self::DEFAULT_RATE_LIMIT_PER_SEC,
+            rate_limit_burst: Self::DEFAULT_RATE_LIMIT_BURST,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -184,5 +198,32 @@ impl CommandApp {
             let _ = w.await;
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secrets() {
+        let (password, jwt) = ("db-pa55word-x", "jwt-secret-0123456789abcdef012345");
+        let config = CommandApiConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            DatabaseConfig::new(format!("postgres://surge:{password}@127.0.0.1:5432/surge")),
+            AuthConfig::hs256(jwt),
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(password) && !shown.contains(jwt), "{shown}");
+    }
+
+    #[test]
+    fn relay_debug_never_shows_the_database_password() {
+        let password = "db-pa55word-x";
+        let config = crate::RelayConfig::new(
+            DatabaseConfig::new(format!("postgres://surge:{password}@127.0.0.1:5432/surge")),
+            surge_runtime::KafkaConfig::new("127.0.0.1:9092", ""),
+        );
+        assert!(!format!("{config:?}").contains(password));
     }
 }

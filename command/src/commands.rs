@@ -7,74 +7,20 @@
 //! transaction: all or nothing. Placing an order goes through the per-SKU lanes of
 //! [`crate::sequencer`], which batch many orders into one such transaction.
 
-use crate::domain::payment::{on_captured_charge, CapturedCharge};
-use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
+pub use crate::answers::{CommandError, OrderAccepted};
+use crate::domain::payment::{on_captured_charge, CapturedCharge, Settled, Settlement};
+use crate::domain::{checkout, Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
 use crate::idempotency::IdempotencyKey;
-use crate::payments::{Settled, Settlement};
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
+use serde::Serialize;
 use sha2::Digest;
 use std::future::Future;
 use std::time::Duration;
 use surge_events::order::CancelReason;
 use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku, StreamId};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error("stream {stream_id} kept changing; current version {current_version}")]
-    Conflict { stream_id: String, current_version: i64 },
-    #[error("idempotency key was already used with a different request")]
-    IdempotencyKeyReused,
-    #[error("too many orders are waiting for {sku} ({queue_depth} queued, about {estimated_wait:?} to clear); retry shortly")]
-    Overloaded {
-        sku: Sku,
-        queue_depth: usize,
-        estimated_wait: Duration,
-    },
-    #[error("the sequencer lane stopped before answering")]
-    LaneStopped,
-    #[error("the event store is unreachable or busy: {0}")]
-    StoreUnavailable(String),
-    /// The commit failed and whether it took could not be found out: `check` is the query
-    /// API's path that shows whether it did.
-    #[error("the outcome is unknown; see {check}")]
-    OutcomeUnknown { check: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for CommandError {
-    fn from(e: sqlx::Error) -> Self {
-        CommandError::Store(StoreError::Database(e))
-    }
-}
-
-impl CommandError {
-    /// An order's commit whose outcome is unknown: its page shows whether it was placed.
-    pub fn outcome_unknown_of_order(order_id: OrderId) -> Self {
-        CommandError::OutcomeUnknown {
-            check: format!("/v1/orders/{order_id}"),
-        }
-    }
-
-    fn is_store_conflict(&self) -> bool {
-        matches!(self, CommandError::Store(e) if e.is_conflict())
-    }
-
-    /// A commit whose outcome is unknown becomes [`CommandError::OutcomeUnknown`], naming
-    /// where to read whether it took.
-    fn or_unknown_outcome(self, check: impl FnOnce() -> String) -> Self {
-        match self {
-            CommandError::Store(StoreError::CommitOutcomeUnknown(_)) => CommandError::OutcomeUnknown { check: check() },
-            other => other,
-        }
-    }
-}
 
 /// A new catalog item with its opening stock.
 #[derive(Debug, Clone)]
@@ -91,19 +37,6 @@ pub struct AddItem {
 pub struct PlaceOrder {
     pub customer_id: CustomerId,
     pub lines: Vec<(Sku, i64)>,
-}
-
-/// The answer to an accepted order; replayed as is for a repeated idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OrderAccepted {
-    #[schema(value_type = uuid::Uuid)]
-    pub order_id: OrderId,
-    pub status: String,
-    #[schema(value_type = crate::api::MoneyDoc)]
-    pub total: Money,
-    pub reservation_expires_at: DateTime<Utc>,
-    /// Global position of the order's last event: pass it to the query API to read your write.
-    pub consistency_token: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,14 +68,9 @@ enum Bookkeeping<'a> {
 }
 
 impl Bookkeeping<'_> {
-    async fn apply(&self, conn: &mut sqlx::PgConnection, order_id: OrderId) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut sqlx::PgConnection, order_id: OrderId) -> Result<(), StoreError> {
         match self {
-            Bookkeeping::ReservationSettled => {
-                sqlx::query("DELETE FROM reservation_deadlines WHERE order_id = $1")
-                    .bind(order_id.0)
-                    .execute(conn)
-                    .await?;
-            }
+            Bookkeeping::ReservationSettled => surge_store::deadlines::forget(conn, order_id).await?,
             Bookkeeping::PaymentSubmitted { token } => {
                 sqlx::query("INSERT INTO pending_payments (order_id, payment_token) VALUES ($1, $2)")
                     .bind(order_id.0)
@@ -150,15 +78,7 @@ impl Bookkeeping<'_> {
                     .execute(conn)
                     .await?;
             }
-            Bookkeeping::PaymentSettled => {
-                sqlx::query(
-                    "WITH p AS (DELETE FROM pending_payments WHERE order_id = $1) \
-                     DELETE FROM reservation_deadlines WHERE order_id = $1",
-                )
-                .bind(order_id.0)
-                .execute(conn)
-                .await?;
-            }
+            Bookkeeping::PaymentSettled => surge_store::deadlines::forget_with_payment(conn, order_id).await?,
         }
         Ok(())
     }
@@ -284,10 +204,12 @@ impl Commands {
             + chrono::Duration::from_std(self.settings.reservation_ttl).unwrap_or(chrono::Duration::minutes(15));
         self.sequencer
             .place(PlaceJob {
-                order_id,
-                customer_id: cmd.customer_id.clone(),
-                lines: cmd.lines.clone(),
-                expires_at,
+                order: checkout::PlaceOrder {
+                    order_id,
+                    customer_id: cmd.customer_id.clone(),
+                    lines: cmd.lines.clone(),
+                    reservation_expires_at: expires_at,
+                },
                 key,
                 meta: meta.clone(),
             })

@@ -12,9 +12,12 @@
 use crate::commands::{CommandError, Commands};
 use futures::StreamExt;
 use std::time::Duration;
-use surge_events::OrderId;
 use tokio_util::sync::CancellationToken;
 
+/// How long a claimed deadline is hidden from other workers while this one settles it.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// Most deadlines claimed in one round.
+const CLAIM_LIMIT: i64 = 100;
 /// Orders a worker settles at once (each holds a pooled connection while it does).
 const CONCURRENT_EXPIRIES: usize = 4;
 
@@ -40,21 +43,15 @@ impl ExpiryWorker {
 
     /// Claims due deadlines and settles each order. Returns how many were claimed.
     pub async fn expire_due(&self) -> Result<usize, CommandError> {
-        let due: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "UPDATE reservation_deadlines SET expires_at = now() + interval '30 seconds' \
-             WHERE order_id IN (SELECT d.order_id FROM reservation_deadlines d WHERE d.expires_at <= now() \
-                                AND NOT EXISTS (SELECT 1 FROM pending_payments p WHERE p.order_id = d.order_id) \
-                                ORDER BY d.expires_at LIMIT 100 FOR UPDATE OF d SKIP LOCKED) \
-             RETURNING order_id",
-        )
-        .fetch_all(self.commands.store().pool())
-        .await?;
+        let due = surge_store::deadlines::claim_due(self.commands.store().pool(), CLAIM_LEASE, CLAIM_LIMIT)
+            .await
+            .map_err(CommandError::from)?;
         // A few at a time: after a flash sale thousands of holds run out together, and one by
         // one they would take minutes; each order's SKUs are locked while it settles, so
         // orders of the same SKU still take turns.
         futures::stream::iter(&due)
             .for_each_concurrent(CONCURRENT_EXPIRIES, |id| async move {
-                if let Err(e) = self.commands.expire_order(OrderId(*id)).await {
+                if let Err(e) = self.commands.expire_order(*id).await {
                     tracing::warn!(order_id = %id, error = %e, "expiring an order failed; it will be retried");
                 }
             })

@@ -18,8 +18,10 @@
 //! the order can no longer take (its stock gone, or the order cancelled or failed meanwhile)
 //! is refunded through the gateway and recorded as `PaymentRefunded`, never dropped.
 
+use crate::answers::CommandError;
 use crate::breaker::Breaker;
-use crate::commands::{CommandError, Commands};
+use crate::commands::Commands;
+use crate::domain::payment::{Settled, Settlement};
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::PgPool;
@@ -471,20 +473,4 @@ impl<G: PaymentGateway> PaymentWorker<G> {
         .await?;
         Ok(())
     }
-}
-
-/// How a submitted payment ended, as the gateway said it definitely did.
-#[derive(Debug, Clone)]
-pub enum Settlement {
-    Paid { reference: String },
-    Failed { reason: String },
-}
-
-/// What recording a settlement came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
-    /// Recorded now or before: the payment is over.
-    Recorded,
-    /// The charge was captured but the order can no longer take it: it must be refunded.
-    MustRefund { reference: String, reason: String },
 }

@@ -25,7 +25,7 @@
 //! whole round: consumers skip what they already have (by stream version / event id).
 
 use crate::breaker::Breaker;
-use crate::store::{envelope_from_row, StoreError};
+use crate::store::StoreError;
 use clap::Args;
 use futures::future::{join_all, BoxFuture};
 use rdkafka::config::ClientConfig;
@@ -35,7 +35,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,33 +68,46 @@ pub struct RelayConfig {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     /// Outbox rows published per round trip.
-    #[arg(long, env = "SURGE_RELAY_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "SURGE_RELAY_BATCH_SIZE",
+        default_value_t = RelayConfig::DEFAULT_BATCH_SIZE,
+        value_parser = clap::value_parser!(i64).range(1..)
+    )]
     pub batch_size: i64,
     /// Pause when the outbox is empty, in milliseconds.
-    #[arg(long, env = "SURGE_RELAY_IDLE_MS", default_value_t = 10)]
+    #[arg(long, env = "SURGE_RELAY_IDLE_MS", default_value_t = RelayConfig::DEFAULT_IDLE_MS)]
     pub idle_ms: u64,
     /// How long one event may wait for Kafka's acknowledgement before its round counts as
     /// failed (its transaction is aborted, its events stay in the outbox and are sent again),
     /// in milliseconds; also the bound on starting, committing and aborting a transaction.
-    #[arg(long, env = "SURGE_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SURGE_RELAY_DELIVERY_TIMEOUT_MS", default_value_t = RelayConfig::DEFAULT_DELIVERY_TIMEOUT_MS)]
     pub delivery_timeout_ms: u64,
     /// Address of the relay's /healthz, /readyz and /metrics.
     #[arg(
         long = "relay-admin-addr",
         env = "SURGE_RELAY_ADMIN_ADDR",
-        default_value = "127.0.0.1:9101"
+        default_value = RelayConfig::DEFAULT_ADMIN_ADDR
     )]
     pub admin_addr: std::net::SocketAddr,
 }
 
+/// The defaults, written once: the command line shows them and [`RelayConfig::new`] uses them.
 impl RelayConfig {
+    pub const DEFAULT_BATCH_SIZE: i64 = 1000;
+    pub const DEFAULT_IDLE_MS: u64 = 10;
+    pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_ADMIN_ADDR: &'static str = "127.0.0.1:9101";
+
+    /// The command line's defaults around `db` and `kafka`, except the admin address: port 0,
+    /// so that several relays can run in one process (tests).
     pub fn new(db: DatabaseConfig, kafka: KafkaConfig) -> Self {
         RelayConfig {
             db,
             kafka,
-            batch_size: 1000,
-            idle_ms: 10,
-            delivery_timeout_ms: 10_000,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            idle_ms: Self::DEFAULT_IDLE_MS,
+            delivery_timeout_ms: Self::DEFAULT_DELIVERY_TIMEOUT_MS,
             admin_addr: ([127, 0, 0, 1], 0).into(),
         }
     }
@@ -384,7 +396,10 @@ impl Relay {
     /// after two idle ones, so the server itself drops a session cut off from its relay within
     /// about [`LEASE_EXPIRES`] (its default would be two hours).
     fn lock_session_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
-        Ok(PgConnectOptions::from_str(&self.config.db.url)?
+        Ok(self
+            .config
+            .db
+            .connect_options()?
             .application_name("surge-relay-lock")
             .options([
                 ("statement_timeout", "5s"),
@@ -528,21 +543,15 @@ impl Relay {
     /// order, commit once every event is acknowledged, then delete the batch. A failed send or
     /// commit aborts the transaction and leaves the whole batch in the outbox.
     async fn round(&self, lock_conn: &mut PgConnection, lease: &LeaseClock) -> Result<RoundEnd, RelayError> {
-        let read = sqlx::query(
-            "SELECT e.* FROM outbox o JOIN events e ON e.position = o.position \
-             ORDER BY o.position LIMIT $1",
-        )
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *lock_conn);
-        let Some(rows) = on_lock_session(lease, STATEMENT_TIMEOUT, read).await else {
+        let read = surge_store::outbox::read_batch(&mut *lock_conn, self.config.batch_size);
+        let Some(envelopes) = on_lock_session(lease, STATEMENT_TIMEOUT, read).await else {
             return Ok(RoundEnd::LeaseLost);
         };
-        if rows.is_empty() {
+        if envelopes.is_empty() {
             metrics::gauge!("surge_relay_lag_seconds").set(0.0);
             metrics::gauge!("surge_outbox_backlog").set(0.0);
             return Ok(RoundEnd::Idle);
         }
-        let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
         if let Some(oldest) = envelopes.first() {
             let lag = (chrono::Utc::now() - oldest.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::gauge!("surge_relay_lag_seconds").set(lag);
@@ -596,15 +605,12 @@ impl Relay {
             return Ok(RoundEnd::LeaseLost);
         }
         let positions: Vec<i64> = envelopes.iter().map(|env| env.position).collect();
-        let delete = sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
-            .bind(&positions)
-            .execute(&mut *lock_conn);
+        let delete = surge_store::outbox::delete(&mut *lock_conn, &positions);
         if on_lock_session(lease, STATEMENT_TIMEOUT, delete).await.is_none() {
             return Ok(RoundEnd::LeaseLost);
         }
         metrics::counter!("surge_relay_published_total").increment(read as u64);
-        let backlog = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) b")
-            .fetch_one(&mut *lock_conn);
+        let backlog = surge_store::outbox::backlog(&mut *lock_conn);
         let Some(backlog) = on_lock_session(lease, STATEMENT_TIMEOUT, backlog).await else {
             return Ok(RoundEnd::LeaseLost);
         };
@@ -678,10 +684,10 @@ impl LeaseClock {
 
 /// Runs `statement` on the lock session within `limit`. An answer confirms the lease; an
 /// error or no answer loses it (the session is no longer to be trusted).
-async fn on_lock_session<T>(
+async fn on_lock_session<T, E: std::fmt::Display>(
     lease: &LeaseClock,
     limit: Duration,
-    statement: impl Future<Output = Result<T, sqlx::Error>>,
+    statement: impl Future<Output = Result<T, E>>,
 ) -> Option<T> {
     let sent = Instant::now();
     match timeout(limit, statement).await {

@@ -4,10 +4,10 @@
 //! make them collide on the SKU stream's version and retry, or queue on a row lock. Instead,
 //! orders go to one in-process lane per SKU (the order's SKU with the longest queue): a task
 //! that drains what is queued (up to `max_batch`), decides every order in turn against the
-//! SKUs' states in memory (all lines reserved or none), and appends the whole batch (the SKUs'
-//! `StockReserved` events, each order's `OrderPlaced`, their idempotency keys and reservation
-//! deadlines) in ONE transaction. Each caller still gets its own answer: accepted with its own
-//! consistency token, or refused with its reason.
+//! SKUs' states in memory (the domain's [`checkout::place`]: all lines reserved or none), and
+//! appends the whole batch (the SKUs' `StockReserved` events, each order's `OrderPlaced`, their
+//! idempotency keys and reservation deadlines) in ONE transaction. Each caller still gets its
+//! own answer: accepted with its own consistency token, or refused with its reason.
 //!
 //! Other writers of the same SKUs (another lane with a multi-SKU order, a payment, a
 //! cancellation, an expiry, another process) take turns with the lane: each takes the SKU
@@ -17,8 +17,9 @@
 //! decides the batch again (bounded), so nothing oversells.
 //! A full lane refuses at once ([`CommandError::Overloaded`]) instead of queueing unboundedly.
 
-use crate::commands::{CommandError, OrderAccepted};
-use crate::domain::{Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand};
+use crate::answers::{CommandError, OrderAccepted};
+use crate::domain::checkout::{self, PlaceOrder};
+use crate::domain::{DomainError, Inventory};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::store::{EventStore, NewEvent, StateCache, StoreError, StreamAppend};
 use backon::{ExponentialBuilder, Retryable};
@@ -27,16 +28,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{CustomerId, EventMetadata, InventoryEvent, Money, OrderEvent, OrderId, OrderLine, Sku, StreamId};
+use surge_events::{EventMetadata, OrderId, Sku, StreamId};
+use surge_store::idempotency::Answer;
 use tokio::sync::{mpsc, oneshot};
 
 /// One order, waiting in the lane of its hottest SKU.
 pub struct PlaceJob {
-    pub order_id: OrderId,
-    pub customer_id: CustomerId,
-    /// SKUs (distinct) and quantities.
-    pub lines: Vec<(Sku, i64)>,
-    pub expires_at: DateTime<Utc>,
+    pub order: PlaceOrder,
     pub key: Option<IdempotencyKey>,
     pub meta: EventMetadata,
 }
@@ -138,6 +136,7 @@ impl Sequencer {
     /// flash sale), and waits for its own answer.
     pub async fn place(&self, job: PlaceJob) -> Result<OrderAccepted, CommandError> {
         let Some(sku) = job
+            .order
             .lines
             .iter()
             .map(|(sku, _)| sku)
@@ -302,27 +301,24 @@ impl Lane {
 
         // Every SKU of the batch (the lane's own, and those of multi-SKU orders), locked
         // against the other writers of these SKUs (lanes, payments, cancellations), then read.
-        let mut skus: Vec<&Sku> = jobs.iter().flat_map(|j| j.lines.iter().map(|(s, _)| s)).collect();
+        let mut skus: Vec<&Sku> = jobs.iter().flat_map(|j| j.order.lines.iter().map(|(s, _)| s)).collect();
         skus.sort();
         skus.dedup();
         let streams: Vec<StreamId> = skus.iter().map(|s| s.stream_id()).collect();
         EventStore::lock_streams(&mut tx, &streams).await?;
         let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &streams).await?;
-        let mut states: BTreeMap<Sku, SkuBatch> = skus
-            .into_iter()
-            .cloned()
-            .zip(loaded)
-            .map(|(sku, (version, state))| {
-                (
-                    sku,
-                    SkuBatch {
-                        version,
-                        state,
-                        events: Vec::new(),
-                    },
-                )
-            })
-            .collect();
+        let mut inventories: BTreeMap<Sku, Inventory> = BTreeMap::new();
+        let mut states: BTreeMap<Sku, SkuBatch> = BTreeMap::new();
+        for (sku, (version, state)) in skus.into_iter().cloned().zip(loaded) {
+            inventories.insert(sku.clone(), state);
+            states.insert(
+                sku,
+                SkuBatch {
+                    version,
+                    events: Vec::new(),
+                },
+            );
+        }
 
         let mut orders = Vec::new();
         let mut accepted_idx = Vec::new();
@@ -330,16 +326,17 @@ impl Lane {
             if outcomes[i].is_some() {
                 continue;
             }
-            match decide(&states, job) {
-                Ok((reservations, order_events, total)) => {
-                    for (sku, e) in reservations {
-                        if let Some(b) = states.get_mut(&sku) {
-                            b.state.evolve(&e);
-                            b.events.push(NewEvent::new(&e, &job.meta));
+            // Evolves `inventories` by the order's reservations, so the next job sees them.
+            match checkout::place(&job.order, &mut inventories) {
+                Ok(placement) => {
+                    for (sku, e) in &placement.reservations {
+                        if let Some(b) = states.get_mut(sku) {
+                            b.events.push(NewEvent::new(e, &job.meta));
                         }
                     }
-                    orders.push(StreamAppend::new(job.order_id.stream_id(), 0, &order_events, &job.meta));
-                    accepted_idx.push((i, total));
+                    let order_stream = job.order.order_id.stream_id();
+                    orders.push(StreamAppend::new(order_stream, 0, &placement.order, &job.meta));
+                    accepted_idx.push((i, placement.total));
                 }
                 Err(e) => outcomes[i] = Some(Outcome::Refused(e)),
             }
@@ -356,7 +353,10 @@ impl Lane {
         let after: Vec<(StreamId, i64, Inventory)> = states
             .iter()
             .filter(|(_, b)| !b.events.is_empty())
-            .map(|(sku, b)| (sku.stream_id(), b.version + b.events.len() as i64, b.state.clone()))
+            .filter_map(|(sku, b)| {
+                let state = inventories.get(sku)?.clone();
+                Some((sku.stream_id(), b.version + b.events.len() as i64, state))
+            })
             .collect();
         let mut appended = None;
         if !accepted_idx.is_empty() {
@@ -373,42 +373,34 @@ impl Lane {
             let n_reserved: usize = appends.iter().map(|a| a.events.len()).sum();
             appends.extend(orders);
             let committed = EventStore::append_in(&mut tx, &appends).await?;
-            let ids: Vec<uuid::Uuid> = accepted_idx.iter().map(|(i, _)| jobs[*i].order_id.0).collect();
-            let deadlines: Vec<DateTime<Utc>> = accepted_idx.iter().map(|(i, _)| jobs[*i].expires_at).collect();
+            let deadlines: Vec<(OrderId, DateTime<Utc>)> = accepted_idx
+                .iter()
+                .map(|(i, _)| (jobs[*i].order.order_id, jobs[*i].order.reservation_expires_at))
+                .collect();
             // Events were stored in `appends` order: the SKUs' first, then one OrderPlaced per order.
-            let (mut scopes, mut names, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+            let mut answers = Vec::new();
             for (n, (i, total)) in accepted_idx.into_iter().enumerate() {
                 let job = &jobs[i];
                 let answer = OrderAccepted {
-                    order_id: job.order_id,
+                    order_id: job.order.order_id,
                     status: "placed".into(),
                     total,
-                    reservation_expires_at: job.expires_at,
+                    reservation_expires_at: job.order.reservation_expires_at,
                     consistency_token: committed.positions.get(n_reserved + n).copied().unwrap_or(0),
                 };
                 if let Some(k) = &job.key {
-                    scopes.push(k.scope.as_str());
-                    names.push(k.key.as_str());
-                    bodies.push(serde_json::to_value(&answer).unwrap_or_default());
+                    answers.push(Answer {
+                        scope: &k.scope,
+                        key: &k.key,
+                        status: 202,
+                        response: serde_json::to_value(&answer).unwrap_or_default(),
+                    });
                 }
                 outcomes[i] = Some(Outcome::Accepted(answer));
             }
             // The reservations' deadlines and the keys' answers in one statement (one round
             // trip less per batch: the hot lane's batches are back to back).
-            sqlx::query(
-                "WITH deadlines AS (INSERT INTO reservation_deadlines (order_id, expires_at) \
-                     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])) \
-                 UPDATE idempotency_keys i SET status = 202, response = u.r \
-                 FROM UNNEST($3::text[], $4::text[], $5::jsonb[]) AS u(s, k, r) \
-                 WHERE i.scope = u.s AND i.key = u.k",
-            )
-            .bind(&ids)
-            .bind(&deadlines)
-            .bind(&scopes)
-            .bind(&names)
-            .bind(&bodies)
-            .execute(&mut *tx)
-            .await?;
+            surge_store::deadlines::insert_with_answers(&mut tx, &deadlines, &answers).await?;
             appended = Some(committed);
         }
         let commit = match &appended {
@@ -439,49 +431,11 @@ impl Lane {
     }
 }
 
-/// One SKU's part of a batch: its state as loaded (and as evolved by the batch so far) and
-/// the events the batch decided for it.
+/// One SKU's part of a batch: its version as loaded and the events the batch decided for it
+/// (its state, as evolved by the batch so far, is decided on by [`checkout::place`]).
 struct SkuBatch {
     version: i64,
-    state: Inventory,
     events: Vec<NewEvent>,
-}
-
-type Decision = (Vec<(Sku, InventoryEvent)>, Vec<OrderEvent>, Money);
-
-/// Decides one order against the batch's SKU states: a reservation per line (all or none),
-/// the order's events, and its total.
-fn decide(states: &BTreeMap<Sku, SkuBatch>, job: &PlaceJob) -> Result<Decision, DomainError> {
-    let mut lines = Vec::with_capacity(job.lines.len());
-    let mut reservations = Vec::with_capacity(job.lines.len());
-    for (sku, quantity) in &job.lines {
-        let unknown = || DomainError::UnknownItem { sku: sku.clone() };
-        let state = &states.get(sku).ok_or_else(unknown)?.state;
-        let price = state.item.as_ref().map(|i| i.price.clone()).ok_or_else(unknown)?;
-        lines.push(OrderLine {
-            sku: sku.clone(),
-            quantity: *quantity,
-            unit_price: price,
-        });
-        let events = state.decide(&InventoryCommand::ReserveStock {
-            sku: sku.clone(),
-            order_id: job.order_id,
-            quantity: *quantity,
-            expires_at: job.expires_at,
-        })?;
-        reservations.extend(events.into_iter().map(|e| (sku.clone(), e)));
-    }
-    let order_events = Order::default().decide(&OrderCommand::PlaceOrder {
-        order_id: job.order_id,
-        customer_id: job.customer_id.clone(),
-        lines,
-        reservation_expires_at: job.expires_at,
-    })?;
-    let total = match &order_events[..] {
-        [OrderEvent::OrderPlaced(p)] => p.total.clone(),
-        _ => return Err(DomainError::UnknownOrder(job.order_id)),
-    };
-    Ok((reservations, order_events, total))
 }
 
 fn same_request(a: &PlaceJob, b: &PlaceJob) -> bool {

@@ -126,6 +126,26 @@ impl StreamId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What the stream is of, read from its id (the one place that knows the `inventory-` and
+    /// `order-` prefixes besides [`Sku::stream_id`] and [`OrderId::stream_id`]); `None` for an
+    /// id that names neither a valid SKU nor an order's UUID.
+    pub fn parse(&self) -> Option<StreamOf> {
+        if let Some(sku) = self.0.strip_prefix("inventory-") {
+            Sku::parse(sku).ok().map(StreamOf::Inventory)
+        } else if let Some(id) = self.0.strip_prefix("order-") {
+            id.parse().ok().map(|id| StreamOf::Order(OrderId(id)))
+        } else {
+            None
+        }
+    }
+}
+
+/// What a stream holds the events of, as [`StreamId::parse`] reads it from the stream's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamOf {
+    Inventory(Sku),
+    Order(OrderId),
 }
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -187,5 +207,23 @@ mod tests {
     fn stream_ids_name_their_type() {
         assert_eq!(Sku::parse("X1").unwrap().stream_id().as_str(), "inventory-X1");
         assert!(OrderId::new().stream_id().as_str().starts_with("order-"));
+    }
+
+    #[test]
+    fn stream_ids_parse_back_to_what_they_are_of() {
+        let sku = Sku::parse("X1").unwrap();
+        assert_eq!(sku.stream_id().parse(), Some(StreamOf::Inventory(sku)));
+        let order = OrderId::new();
+        assert_eq!(order.stream_id().parse(), Some(StreamOf::Order(order)));
+        for odd in [
+            "inventory-",
+            "inventory-a b",
+            "order-",
+            "order-not-a-uuid",
+            "payment-1",
+            "X1",
+        ] {
+            assert_eq!(StreamId(odd.into()).parse(), None, "{odd}");
+        }
     }
 }

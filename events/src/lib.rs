@@ -23,7 +23,7 @@ pub mod topics;
 pub mod upcast;
 
 pub use envelope::{decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
-pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId};
+pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId, StreamOf};
 pub use inventory::InventoryEvent;
 pub use money::{Currency, Money, MoneyError};
 pub use order::{OrderEvent, OrderLine};

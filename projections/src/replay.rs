@@ -28,7 +28,7 @@ pub struct ReplayConfig {
     #[arg(long = "projection", value_enum, value_delimiter = ',', default_values_t = Projection::ALL)]
     pub projections: Vec<Projection>,
     /// Events folded per transaction while building.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = ReplayConfig::DEFAULT_BATCH_SIZE)]
     pub batch_size: i64,
     /// Print the plan and change nothing.
     #[arg(long)]
@@ -41,6 +41,10 @@ pub struct ReplayConfig {
     /// Where a caller other than the terminal (the console) watches the replay.
     #[arg(skip)]
     pub progress: Option<ReplayProgress>,
+}
+
+impl ReplayConfig {
+    pub const DEFAULT_BATCH_SIZE: i64 = 5000;
 }
 
 /// A replay's progress as a watcher sees it: the projection being rebuilt, events folded of
@@ -259,7 +263,7 @@ async fn fold_into(
 }
 
 pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayError> {
-    let mut conn = PgConnection::connect(&config.db.url).await?;
+    let mut conn = PgConnection::connect_with(&config.db.connect_options()?).await?;
     let mut reports = Vec::new();
     for &p in &config.projections {
         let total = surge_store::count_events(&mut conn, p.stream_type()).await?;

@@ -14,13 +14,15 @@ use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{decode, topics, EventEnvelope, InventoryEvent, OrderEvent, StreamId, StreamType};
+use surge_events::{
+    decode, topics, EventEnvelope, InventoryEvent, OrderEvent, OrderId, StreamId, StreamOf, StreamType,
+};
 use surge_runtime::kafka::TopicIdentity;
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use tokio_util::sync::CancellationToken;
@@ -68,33 +70,42 @@ pub struct ProjectorConfig {
     #[arg(long = "projection", env = "SURGE_PROJECTIONS", value_enum, value_delimiter = ',', default_values_t = Projection::ALL)]
     pub projections: Vec<Projection>,
     /// Most messages applied in one transaction.
-    #[arg(long, env = "SURGE_PROJECTOR_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(long, env = "SURGE_PROJECTOR_BATCH_SIZE", default_value_t = ProjectorConfig::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// How long a batch waits to fill after its first message, in milliseconds.
-    #[arg(long, env = "SURGE_PROJECTOR_BATCH_WAIT_MS", default_value_t = 5)]
+    #[arg(long, env = "SURGE_PROJECTOR_BATCH_WAIT_MS", default_value_t = ProjectorConfig::DEFAULT_BATCH_WAIT_MS)]
     pub batch_wait_ms: u64,
     /// Address of the projector's /healthz, /readyz and /metrics.
     #[arg(
         long = "projector-admin-addr",
         env = "SURGE_PROJECTOR_ADMIN_ADDR",
-        default_value = "127.0.0.1:9102"
+        default_value = ProjectorConfig::DEFAULT_ADMIN_ADDR
     )]
     pub admin_addr: std::net::SocketAddr,
     /// Messages behind (summed over partitions) past which /readyz says not ready.
-    #[arg(long, env = "SURGE_PROJECTOR_MAX_LAG", default_value_t = 100_000)]
+    #[arg(long, env = "SURGE_PROJECTOR_MAX_LAG", default_value_t = ProjectorConfig::DEFAULT_MAX_LAG)]
     pub max_lag: i64,
 }
 
+/// The defaults, written once: the command line shows them and [`ProjectorConfig::new`] uses
+/// them (every projection: [`Projection::ALL`]).
 impl ProjectorConfig {
+    pub const DEFAULT_BATCH_SIZE: usize = 1000;
+    pub const DEFAULT_BATCH_WAIT_MS: u64 = 5;
+    pub const DEFAULT_ADMIN_ADDR: &'static str = "127.0.0.1:9102";
+    pub const DEFAULT_MAX_LAG: i64 = 100_000;
+
+    /// The command line's defaults around `db` and `kafka`, except the admin address: port 0,
+    /// so that several projectors can run in one process (tests).
     pub fn new(db: DatabaseConfig, kafka: KafkaConfig) -> Self {
         ProjectorConfig {
             db,
             kafka,
             projections: Projection::ALL.to_vec(),
-            batch_size: 1000,
-            batch_wait_ms: 5,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            batch_wait_ms: Self::DEFAULT_BATCH_WAIT_MS,
             admin_addr: ([127, 0, 0, 1], 0).into(),
-            max_lag: 100_000,
+            max_lag: Self::DEFAULT_MAX_LAG,
         }
     }
 }
@@ -391,18 +402,8 @@ impl Worker {
         // ones this batch showed.
         let whole_topic = mismatches.iter().any(|m| m.reason.whole_topic());
         let partitions: Vec<i32> = mismatches.iter().map(|m| m.partition).collect();
-        sqlx::query(
-            "UPDATE projection_checkpoints SET next_offset = NULL, cluster_id = $3, topic_id = $4, updated_at = now() \
-             WHERE projection = $1 AND topic = $2 AND ($5 OR partition = ANY($6))",
-        )
-        .bind(p)
-        .bind(&self.topic)
-        .bind(&identity.cluster_id)
-        .bind(&identity.topic_id)
-        .bind(whole_topic)
-        .bind(&partitions)
-        .execute(&mut *tx)
-        .await?;
+        let src = source(self.projection, &self.topic, identity);
+        surge_store::checkpoints::reset(&mut tx, src, whole_topic, &partitions).await?;
         tx.commit().await?;
         metrics::counter!("surge_projection_store_healed_events_total", "projection" => p)
             .increment(report.events as u64);
@@ -563,11 +564,23 @@ fn first_offsets(batch: &[OwnedMessage]) -> BTreeMap<i32, i64> {
     first
 }
 
-/// A checkpoint row: where the projection is in one partition, and of which cluster and topic.
-struct Checkpoint {
-    next_offset: Option<i64>,
-    cluster_id: Option<String>,
-    topic_id: Option<String>,
+use surge_store::checkpoints::Checkpoint;
+
+/// The checkpoints' key for this projection, topic and cluster.
+fn source<'a>(p: Projection, topic: &'a str, identity: &'a TopicIdentity) -> surge_store::checkpoints::Source<'a> {
+    surge_store::checkpoints::Source {
+        projection: p.name(),
+        topic,
+        cluster_id: &identity.cluster_id,
+        topic_id: &identity.topic_id,
+    }
+}
+
+fn store_error(e: surge_store::StoreError) -> sqlx::Error {
+    match e {
+        surge_store::StoreError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
 }
 
 /// What a checkpoint says about the messages at hand.
@@ -655,37 +668,13 @@ pub async fn apply_batch(
     let mut tx = pool.begin().await?;
     lock_projection(&mut tx, projection, Lock::Shared).await?;
     let partitions: Vec<i32> = next_offsets(batch).keys().copied().collect();
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (projection, topic, partition, next_offset, cluster_id, topic_id) \
-         SELECT $1, $2, p, 0, $4, $5 FROM UNNEST($3::int[]) AS p ON CONFLICT DO NOTHING",
-    )
-    .bind(projection.name())
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&identity.cluster_id)
-    .bind(&identity.topic_id)
-    .execute(&mut *tx)
-    .await?;
-    let rows = sqlx::query(
-        "SELECT partition, next_offset, cluster_id, topic_id FROM projection_checkpoints \
-         WHERE projection = $1 AND topic = $2 AND partition = ANY($3) FOR UPDATE",
-    )
-    .bind(projection.name())
-    .bind(topic)
-    .bind(&partitions)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut checkpoint: HashMap<i32, Checkpoint> = HashMap::new();
-    for r in rows {
-        checkpoint.insert(
-            r.try_get("partition")?,
-            Checkpoint {
-                next_offset: r.try_get("next_offset")?,
-                cluster_id: r.try_get("cluster_id")?,
-                topic_id: r.try_get("topic_id")?,
-            },
-        );
-    }
+    let src = source(projection, topic, identity);
+    let checkpoint: HashMap<i32, Checkpoint> = surge_store::checkpoints::lock_partitions(&mut tx, src, &partitions)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|c| (c.partition, c))
+        .collect();
     let (mut mismatches, mut ask) = (Vec::new(), Vec::new());
     for (partition, first) in first_offsets(batch) {
         let Some(row) = checkpoint.get(&partition) else {
@@ -757,22 +746,10 @@ pub async fn apply_batch(
         .execute(&mut *tx)
         .await?;
     }
-    let (parts, (offsets, positions)): (Vec<i32>, (Vec<i64>, Vec<i64>)) = advanced.into_iter().unzip();
-    sqlx::query(
-        "UPDATE projection_checkpoints c SET next_offset = v.o, position = greatest(c.position, v.pos), \
-                cluster_id = $6, topic_id = $7, updated_at = now() \
-         FROM UNNEST($3::int[], $4::bigint[], $5::bigint[]) AS v(p, o, pos) \
-         WHERE c.projection = $1 AND c.topic = $2 AND c.partition = v.p",
-    )
-    .bind(projection.name())
-    .bind(topic)
-    .bind(&parts)
-    .bind(&offsets)
-    .bind(&positions)
-    .bind(&identity.cluster_id)
-    .bind(&identity.topic_id)
-    .execute(&mut *tx)
-    .await?;
+    let advanced: Vec<(i32, i64, i64)> = advanced.into_iter().map(|(p, (o, pos))| (p, o, pos)).collect();
+    surge_store::checkpoints::advance(&mut tx, src, &advanced)
+        .await
+        .map_err(store_error)?;
     tx.commit().await?;
     let now = chrono::Utc::now();
     for t in std::mem::take(&mut stats.occurred) {
@@ -844,16 +821,20 @@ pub(crate) async fn apply_catalog<S: Clone>(
     let mut dead = Vec::new();
     let skus: Vec<String> = envelopes
         .iter()
-        .filter_map(|(_, e)| e.stream_id.as_str().strip_prefix("inventory-").map(str::to_owned))
+        .filter_map(|(_, e)| match e.stream_id.parse() {
+            Some(StreamOf::Inventory(sku)) => Some(String::from(sku)),
+            _ => None,
+        })
         .collect();
     let mut rows = catalog::load(conn, items_table, &skus).await?;
     let mut touched = std::collections::HashSet::new();
     let mut sales = Vec::new();
     for (m, env) in envelopes {
-        let Some(sku) = env.stream_id.as_str().strip_prefix("inventory-").map(str::to_owned) else {
+        let Some(StreamOf::Inventory(sku)) = env.stream_id.parse() else {
             dead.push((m, format!("stream id {} is not an inventory stream", env.stream_id)));
             continue;
         };
+        let sku = String::from(sku);
         let version = rows.get(&sku).map_or(0, |r| r.version);
         for env in events_to_fold(conn, version, env, stats).await? {
             let event = match decode::<InventoryEvent>(&env) {
@@ -897,17 +878,15 @@ pub(crate) async fn apply_orders<S: Clone>(
     let mut dead = Vec::new();
     let ids: Vec<uuid::Uuid> = envelopes
         .iter()
-        .filter_map(|(_, e)| e.stream_id.as_str().strip_prefix("order-").and_then(|s| s.parse().ok()))
+        .filter_map(|(_, e)| match e.stream_id.parse() {
+            Some(StreamOf::Order(id)) => Some(id.0),
+            _ => None,
+        })
         .collect();
     let mut rows = orders::load(conn, table, &ids).await?;
     let mut touched = std::collections::HashSet::new();
     for (m, env) in envelopes {
-        let Some(id) = env
-            .stream_id
-            .as_str()
-            .strip_prefix("order-")
-            .and_then(|s| s.parse::<uuid::Uuid>().ok())
-        else {
+        let Some(StreamOf::Order(OrderId(id))) = env.stream_id.parse() else {
             dead.push((m, format!("stream id {} is not an order stream", env.stream_id)));
             continue;
         };
@@ -947,6 +926,16 @@ pub(crate) async fn apply_orders<S: Clone>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn config_debug_never_shows_the_database_password() {
+        let password = "db-pa55word-x";
+        let config = ProjectorConfig::new(
+            DatabaseConfig::new(format!("postgres://surge:{password}@127.0.0.1:5432/surge")),
+            KafkaConfig::new("127.0.0.1:9092", ""),
+        );
+        assert!(!format!("{config:?}").contains(password));
+    }
+
     fn identity() -> TopicIdentity {
         TopicIdentity {
             cluster_id: "cluster-a".into(),
@@ -956,6 +945,7 @@ mod tests {
 
     fn row(next: Option<i64>, cluster: Option<&str>, topic: Option<&str>) -> Checkpoint {
         Checkpoint {
+            partition: 0,
             next_offset: next,
             cluster_id: cluster.map(str::to_owned),
             topic_id: topic.map(str::to_owned),

@@ -256,14 +256,12 @@ pub async fn spawn_invalidator(
     let mut starts = Vec::new();
     for (stream_type, projection) in PROJECTION_OF_TOPIC {
         let topic = surge_events::topics::topic_for(&kafka.topic_prefix, stream_type);
-        let checkpoints: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM projection_checkpoints \
-             WHERE projection = $1 AND topic = $2 AND next_offset IS NOT NULL",
-        )
-        .bind(projection)
-        .bind(&topic)
-        .fetch_all(pool)
-        .await?;
+        let checkpoints = surge_store::checkpoints::next_offsets(pool, projection, &topic)
+            .await
+            .map_err(|e| match e {
+                surge_store::StoreError::Database(e) => InvalidatorError::from(e),
+                _ => InvalidatorError::Setup,
+            })?;
         starts.push((
             topic,
             checkpoints.into_iter().collect::<std::collections::HashMap<_, _>>(),

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use surge_events::{EventEnvelope, ENVELOPE_COLUMNS};
+use surge_events::EventEnvelope;
 use surge_projections::replay::{ProgressState, ReplayConfig, ReplayProgress, Source};
 use surge_projections::Projection;
 use surge_runtime::auth::{Authenticator, SESSION_COOKIE};
@@ -378,10 +378,14 @@ fn db(e: sqlx::Error) -> Problem {
     Problem::database(&e)
 }
 
-async fn events_where(pool: &sqlx::PgPool, filter: &str, bind: String) -> Result<Vec<EventEnvelope>, Problem> {
-    let sql = format!("SELECT {ENVELOPE_COLUMNS} FROM events WHERE {filter} ORDER BY position LIMIT {EVENTS_LIMIT}");
-    let rows = sqlx::query(&sql).bind(bind).fetch_all(pool).await.map_err(db)?;
-    rows.iter().map(|r| EventEnvelope::from_row(r).map_err(db)).collect()
+fn store(e: surge_store::StoreError) -> Problem {
+    match e {
+        surge_store::StoreError::Database(e) => db(e),
+        other => {
+            tracing::error!(error = %other, "event store read failed");
+            Problem::internal()
+        }
+    }
 }
 
 /// A stream's events in order (the first 500), with payloads and metadata.
@@ -396,7 +400,11 @@ async fn stream_events(
             "a stream id is 1 to 128 characters, like order-<uuid> or inventory-<SKU>",
         ));
     }
-    Ok(Json(events_where(&ctx.pool, "stream_id = $1", stream_id).await?))
+    Ok(Json(
+        surge_store::log::stream_events(&ctx.pool, &stream_id, EVENTS_LIMIT)
+            .await
+            .map_err(store)?,
+    ))
 }
 
 /// Every event of one checkout, across its streams, by correlation id.
@@ -407,11 +415,13 @@ async fn correlated_events(
 ) -> Result<Json<Vec<EventEnvelope>>, Problem> {
     operator(&caller)?;
     Ok(Json(
-        events_where(&ctx.pool, "correlation_id = $1::uuid", correlation_id.to_string()).await?,
+        surge_store::log::correlated_events(&ctx.pool, correlation_id, EVENTS_LIMIT)
+            .await
+            .map_err(store)?,
     ))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 struct ProjectionStatus {
     projection: String,
     /// Highest event-store position applied.
@@ -429,21 +439,20 @@ async fn projections(
     State(ctx): State<QueryContext>,
 ) -> Result<Json<Vec<ProjectionStatus>>, Problem> {
     operator(&caller)?;
-    let rows = sqlx::query_as::<_, ProjectionStatus>(
-        "SELECT p.name AS projection,
-                COALESCE(max(c.position), 0)::BIGINT AS position,
-                COALESCE(sum(c.next_offset), 0)::BIGINT AS offsets,
-                max(c.updated_at) AS updated_at,
-                (SELECT count(*) FROM dead_letters d WHERE d.projection = p.name) AS dead_letters,
-                (SELECT d.error FROM dead_letters d WHERE d.projection = p.name ORDER BY d.id DESC LIMIT 1) AS last_error
-         FROM unnest($1::text[]) AS p(name)
-         LEFT JOIN projection_checkpoints c ON c.projection = p.name
-         GROUP BY p.name ORDER BY p.name",
-    )
-    .bind(Projection::ALL.iter().map(|p| p.name().to_string()).collect::<Vec<_>>())
-    .fetch_all(&ctx.pool)
-    .await
-    .map_err(db)?;
+    let names: Vec<String> = Projection::ALL.iter().map(|p| p.name().to_string()).collect();
+    let rows = surge_store::checkpoints::summaries(&ctx.pool, &names)
+        .await
+        .map_err(store)?
+        .into_iter()
+        .map(|s| ProjectionStatus {
+            projection: s.projection,
+            position: s.position,
+            offsets: s.offsets,
+            updated_at: s.updated_at,
+            dead_letters: s.dead_letters,
+            last_error: s.last_error,
+        })
+        .collect();
     Ok(Json(rows))
 }
 
@@ -477,7 +486,7 @@ async fn start_replay(
     let config = ReplayConfig {
         db: ctx.console.primary.clone(),
         projections: vec![req.projection],
-        batch_size: 5000,
+        batch_size: ReplayConfig::DEFAULT_BATCH_SIZE,
         dry_run: false,
         source: Source::Store,
         kafka: ctx.console.kafka.clone(),

@@ -204,14 +204,13 @@ pub async fn sales(
     .await
 }
 
-/// The position of the last event of `stream_id` at or before `token`: the position a view
-/// row of that stream must have reached to reflect a write that returned `token`.
+/// The position of the last event of `stream_id` at or before `token` (the event store's
+/// answer, see [`surge_store::log::stream_position_at`]).
 pub async fn stream_position_at(pool: &PgPool, stream_id: &str, token: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT position FROM events WHERE stream_id = $1 AND position <= $2 ORDER BY version DESC LIMIT 1",
-    )
-    .bind(stream_id)
-    .bind(token)
-    .fetch_optional(pool)
-    .await
+    surge_store::log::stream_position_at(pool, stream_id, token)
+        .await
+        .map_err(|e| match e {
+            surge_store::StoreError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })
 }

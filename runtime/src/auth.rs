@@ -18,6 +18,7 @@ use clap::Args;
 use http::request::Parts;
 use http::{header, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -135,12 +136,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 }
 
 /// How tokens and keys are checked. Secrets come from the environment or files, never the
-/// command line in production, and are never logged (`Debug` hides them).
-#[derive(Clone, Args, Default)]
+/// command line in production, and are never logged: the HS256 secret is a [`SecretString`],
+/// whose `Debug` hides it. API key entries are hashes, not secrets.
+#[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
     /// HS256 secret that signs and checks bearer tokens (local and single-team deploys).
     #[arg(long = "jwt-secret", env = "SURGE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
     /// File holding the HS256 secret (instead of SURGE_JWT_SECRET).
     #[arg(long = "jwt-secret-file", env = "SURGE_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
@@ -151,10 +153,10 @@ pub struct AuthConfig {
     #[arg(long = "jwt-jwks-file", env = "SURGE_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
     /// Required `iss` of tokens.
-    #[arg(long = "jwt-issuer", env = "SURGE_JWT_ISSUER", default_value = "surge")]
+    #[arg(long = "jwt-issuer", env = "SURGE_JWT_ISSUER", default_value = AuthConfig::DEFAULT_ISSUER)]
     pub issuer: String,
     /// Required `aud` of tokens.
-    #[arg(long = "jwt-audience", env = "SURGE_JWT_AUDIENCE", default_value = "surge")]
+    #[arg(long = "jwt-audience", env = "SURGE_JWT_AUDIENCE", default_value = AuthConfig::DEFAULT_AUDIENCE)]
     pub audience: String,
     /// API keys of service clients as `name:role:sha256hex` (comma-separated; `surge token
     /// --api-key` makes one). Only the hash is configured.
@@ -167,17 +169,18 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
 }
 
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
-            .field("jwt_secret_file", &self.jwt_secret_file)
-            .field("jwt_public_key_file", &self.jwt_public_key_file)
-            .field("jwt_jwks_file", &self.jwt_jwks_file)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("api_keys", &self.api_keys.len())
-            .finish()
+/// Nothing configured (no way in yet), with the command line's issuer and audience.
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            issuer: Self::DEFAULT_ISSUER.into(),
+            audience: Self::DEFAULT_AUDIENCE.into(),
+            api_keys: Vec::new(),
+        }
     }
 }
 
@@ -187,7 +190,7 @@ pub enum AuthError {
     NotConfigured,
     #[error("reading {0}: {1}")]
     File(PathBuf, std::io::Error),
-    #[error("the HS256 secret must be at least 32 bytes")]
+    #[error("the HS256 secret (SURGE_JWT_SECRET or SURGE_JWT_SECRET_FILE) must be at least 32 bytes")]
     WeakSecret,
     #[error("bad key: {0}")]
     Key(#[from] jsonwebtoken::errors::Error),
@@ -228,24 +231,31 @@ pub struct Authenticator {
 }
 
 impl AuthConfig {
+    pub const DEFAULT_ISSUER: &'static str = "surge";
+    pub const DEFAULT_AUDIENCE: &'static str = "surge";
+
     /// HS256 with `secret` (tests and local tools).
-    pub fn hs256(secret: impl Into<String>) -> AuthConfig {
+    pub fn hs256(secret: impl Into<SecretString>) -> AuthConfig {
         AuthConfig {
             jwt_secret: Some(secret.into()),
-            issuer: "surge".into(),
-            audience: "surge".into(),
             ..AuthConfig::default()
         }
     }
 
-    fn secret(&self) -> Result<Option<Vec<u8>>, AuthError> {
+    /// The HS256 secret given directly (not through a file): only for handing it on to a
+    /// process or tool that checks or signs tokens with it.
+    pub fn expose_jwt_secret(&self) -> Option<&str> {
+        self.jwt_secret.as_ref().map(|s| s.expose_secret())
+    }
+
+    fn secret(&self) -> Result<Option<SecretSlice<u8>>, AuthError> {
         if let Some(s) = &self.jwt_secret {
-            return Ok(Some(s.as_bytes().to_vec()));
+            return Ok(Some(s.expose_secret().as_bytes().to_vec().into()));
         }
         match &self.jwt_secret_file {
             Some(path) => {
-                let raw = std::fs::read(path).map_err(|e| AuthError::File(path.clone(), e))?;
-                Ok(Some(raw.trim_ascii().to_vec()))
+                let raw = SecretSlice::from(std::fs::read(path).map_err(|e| AuthError::File(path.clone(), e))?);
+                Ok(Some(raw.expose_secret().trim_ascii().to_vec().into()))
             }
             None => Ok(None),
         }
@@ -255,11 +265,12 @@ impl AuthConfig {
         let mut verifiers = Vec::new();
         let mut signing = None;
         if let Some(secret) = self.secret()? {
+            let secret = secret.expose_secret();
             if secret.len() < 32 {
                 return Err(AuthError::WeakSecret);
             }
-            verifiers.push(Verifier::Single(DecodingKey::from_secret(&secret), Algorithm::HS256));
-            signing = Some(EncodingKey::from_secret(&secret));
+            verifiers.push(Verifier::Single(DecodingKey::from_secret(secret), Algorithm::HS256));
+            signing = Some(EncodingKey::from_secret(secret));
         }
         if let Some(path) = &self.jwt_public_key_file {
             let pem = std::fs::read(path).map_err(|e| AuthError::File(path.clone(), e))?;
@@ -568,6 +579,29 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_secret() {
-        assert!(!format!("{:?}", AuthConfig::hs256(SECRET)).contains(SECRET));
+        let config = AuthConfig::hs256(SECRET);
+        assert!(!format!("{config:?}").contains(SECRET));
+        assert_eq!(config.expose_jwt_secret(), Some(SECRET));
+    }
+
+    #[test]
+    fn an_empty_secret_refuses_to_start_and_says_which_setting() {
+        let err = AuthConfig::hs256("").build().err().expect("an empty secret is refused");
+        assert!(matches!(err, AuthError::WeakSecret));
+        assert!(err.to_string().contains("SURGE_JWT_SECRET"));
+    }
+
+    #[test]
+    fn the_default_checks_the_command_line_issuer_and_audience() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            auth: AuthConfig,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["surge"]).unwrap().auth;
+        let default = AuthConfig::default();
+        if std::env::var_os("SURGE_JWT_ISSUER").is_none() && std::env::var_os("SURGE_JWT_AUDIENCE").is_none() {
+            assert_eq!((parsed.issuer, parsed.audience), (default.issuer, default.audience));
+        }
     }
 }

@@ -1,8 +1,7 @@
 //! Postgres connections and the schema migrations (the files live in `schema/migrations`).
 
 use crate::DatabaseConfig;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use std::str::FromStr;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 /// The migrations of the event store and the views, embedded in the binary.
@@ -11,7 +10,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../schema/migrati
 /// Opens a pool; fails fast (5 s) when Postgres is not reachable, and no statement may run
 /// longer than 10 s (a stuck query must not hold a connection through a spike).
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&config.url)?.options([("statement_timeout", "10s")]);
+    let options = config.connect_options()?.options([("statement_timeout", "10s")]);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -1,15 +1,36 @@
-//! Surge's event log, read by position.
+//! Surge's event log and its side tables: the only SQL on `events`, `outbox`,
+//! `idempotency_keys`, `reservation_deadlines` and `projection_checkpoints`.
+//!
+//! Owns the write path ([`append`]): writers lock the streams they will append to
+//! ([`append::lock_streams`]), read them ([`append::read_streams_after`]), append with
+//! optimistic concurrency (`(stream_id, version)` is unique: a clash is
+//! [`StoreError::Conflict`]) together with the events' outbox rows, and commit through
+//! [`append::commit`], which finds out whether a commit whose reply was lost took.
+//! Beside the events, in the writer's transaction: [`idempotency`] keys (claimed, released,
+//! looked up) and reservation [`deadlines`] (written with an order, forgotten with the
+//! transition that ends its hold, claimed by the expiry worker).
 //!
 //! Owns the one correct way to read "everything after position P" ([`position`]): positions
 //! are allocated when a writer inserts, not when it commits, so a transaction that took
 //! position 995 can commit after another one that took 1000 has committed and been read.
 //! A reader that moves its cursor past 1000 would never see 995. [`safe_position`] returns a
 //! position below which no event can appear any more, and [`read_all`] reads only up to it.
-//! [`stream_heads`] and [`read_stream`] serve readers that heal by stream version.
+//! [`stream_heads`] and [`read_stream`] serve readers that heal by stream version; [`log`]
+//! serves operators and analysts (one stream, one checkout, exports with filters, imports, stats);
+//! [`checkpoints`] keeps where each projection is in each Kafka partition; [`outbox`] is the
+//! relay's queue. Every module answers the one [`StoreError`] ([`error`]).
 //!
-//! It never decides anything and never writes views. (The write path still lives in
-//! `surge-command`'s `store` module; it moves here with the store issue.)
+//! It never decides anything and never writes views: what the events mean (aggregates, the
+//! checkout decision) is `surge-domain`'s, and it depends on `surge-events` only.
 
+pub mod append;
+pub mod checkpoints;
+pub mod deadlines;
+pub mod error;
+pub mod idempotency;
+pub mod log;
+pub mod outbox;
 pub mod position;
 
-pub use position::{count_events, read_all, read_stream, safe_position, stream_heads, ReadAll, StoreError};
+pub use error::{is_transient, StoreError};
+pub use position::{count_events, read_all, read_stream, safe_position, stream_heads, ReadAll};

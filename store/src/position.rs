@@ -3,8 +3,8 @@
 //! The mechanism: a reader takes one snapshot and, in the same statement, the highest visible
 //! position `top`; then it draws a fresh transaction id `R`. Every event at or below `top`
 //! that is not visible yet belongs to a transaction that already had its id when the snapshot
-//! was taken (the append assigns the id before it draws positions: `surge-command`'s
-//! `append_in` has `pg_current_xact_id()` as a one-time filter of its insert), and any such id
+//! was taken (the append assigns the id before it draws positions: [`crate::append::append`]
+//! has `pg_current_xact_id()` as a one-time filter of its insert), and any such id
 //! is either in the snapshot's `xip` list or at or above its `xmax` (ids assigned after the
 //! last completed one are not listed) and below `R`. So once every transaction of
 //! `xip ∪ [xmax, R)` has ended, committed or rolled back, the events at or below `top` are
@@ -15,15 +15,7 @@ use sqlx::PgConnection;
 use std::time::{Duration, Instant};
 use surge_events::{EventEnvelope, StreamId, StreamType, ENVELOPE_COLUMNS};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("writers held transactions open for more than {0:?}; the safe position could not be confirmed")]
-    InFlightTooLong(Duration),
-    #[error("the safe position was asked inside a transaction that already has an id (take advisory locks, not row locks, before asking)")]
-    CallerHasTransactionId,
-}
+pub use crate::error::StoreError;
 
 /// A position at or below which every event that will ever exist is visible now.
 ///

@@ -59,7 +59,7 @@ impl TestEnv {
             .await
             .expect("the test role may create databases");
         let db = DatabaseConfig {
-            url: with_database(&admin_url, &db_name),
+            url: with_database(&admin_url, &db_name).into(),
             max_connections: 20,
         };
         let pool = surge_runtime::db::connect(&db).await.expect("test database reachable");
@@ -132,14 +132,14 @@ impl TestEnv {
 
     /// The URL of this test's database through `proxy` (same credentials and name).
     pub fn url_via(&self, proxy: std::net::SocketAddr) -> String {
-        let (scheme_creds, rest) = self.db.url.split_once('@').expect("URL with credentials");
+        let (scheme_creds, rest) = self.db.expose_url().split_once('@').expect("URL with credentials");
         let path = rest.split_once('/').map_or("", |(_, p)| p);
         format!("{scheme_creds}@{proxy}/{path}")
     }
 
     /// Host and port of the Postgres server.
     pub fn postgres_addr(&self) -> std::net::SocketAddr {
-        let rest = self.db.url.split_once('@').map_or("", |(_, r)| r);
+        let rest = self.db.expose_url().split_once('@').map_or("", |(_, r)| r);
         let host_port = rest.split('/').next().unwrap_or("127.0.0.1:5432");
         let host_port = if host_port.contains(':') {
             host_port.to_string()

@@ -28,9 +28,9 @@ pub struct FlashSaleConfig {
     /// Background SKUs (plenty of stock each).
     #[arg(long, default_value_t = 20)]
     pub background_skus: usize,
-    /// Retry (same idempotency key, backing off, up to ~15 s) when the answer is unknown or a
-    /// 503: a transport error or an unavailable service, as a careful client does while
-    /// processes restart. Every order then ends accepted or refused, so the audit can demand
+    /// Retry (same idempotency key, backing off, for up to ~45 s) when the answer is unknown:
+    /// a transport error, a 503 (unavailable) or a 504 (outcome unknown), as a careful client
+    /// does while processes restart and links break. Every order then ends accepted or refused, so the audit can demand
     /// that accepted orders and stored orders are the same set (`./dev chaos`).
     #[arg(long)]
     pub retry_unknown: bool,

@@ -172,7 +172,7 @@ pub struct Shop {
     pub recorder: Arc<Recorder>,
     accepted: Mutex<HashMap<String, HashSet<String>>>,
     unknown: AtomicU64,
-    /// Retry an unknown answer (no answer, or 503) with the same idempotency key.
+    /// Retry an unknown answer (no answer, 503 or 504) with the same idempotency key.
     pub retry_unknown: bool,
 }
 
@@ -236,14 +236,20 @@ impl Shop {
             let req = self.http.post(&url).header("idempotency-key", &key).json(&body);
             let answer = send(self.as_shopper(req, n), true).await;
             match answer.status {
-                None | Some(503) if self.retry_unknown => Err(answer),
+                // No answer, 503 (unavailable, overloaded) and 504 (outcome unknown: the
+                // commit's fate could not be learned) may each have taken effect or not; the
+                // same key makes the retry safe and returns the first outcome if it did.
+                None | Some(503) | Some(504) if self.retry_unknown => Err(answer),
                 _ => Ok(answer),
             }
         };
+        // Bounded by time as well as by count: long enough to outlast a restart of Postgres
+        // or the broker under load, short enough that a run always ends.
         let policy = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(2))
-            .with_max_times(if self.retry_unknown { 10 } else { 0 })
+            .with_max_times(if self.retry_unknown { 40 } else { 0 })
+            .with_total_delay(Some(Duration::from_secs(45)))
             .with_jitter();
         let answer = self
             .recorder

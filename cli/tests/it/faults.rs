@@ -123,7 +123,7 @@ async fn readiness_follows_postgres() {
     let env = TestEnv::new().await;
     let proxy = TcpProxy::start(env.postgres_addr()).await;
     let db = DatabaseConfig {
-        url: env.url_via(proxy.addr),
+        url: env.url_via(proxy.addr).into(),
         max_connections: 3,
     };
     let app = CommandApp::build(CommandApiConfig::new(
@@ -194,8 +194,8 @@ async fn sigterm_with_requests_in_flight_loses_none() {
     let url = format!("http://127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_surge"))
         .args(["command-api", "--addr", &format!("127.0.0.1:{port}")])
-        .env("SURGE_DATABASE_URL", &env.db.url)
-        .env("SURGE_JWT_SECRET", env.auth.jwt_secret.as_deref().unwrap_or_default())
+        .env("SURGE_DATABASE_URL", env.db.expose_url())
+        .env("SURGE_JWT_SECRET", env.auth.expose_jwt_secret().unwrap_or_default())
         .env("SURGE_LOG_FORMAT", "json")
         .env("SURGE_GATEWAY_LATENCY_MS", "0")
         .stdout(std::process::Stdio::null())

@@ -23,7 +23,7 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
         support::projector(&env, 500).await,
     ];
     let out = std::env::temp_dir().join(format!("surge-loadgen-{}", uuid::Uuid::new_v4().simple()));
-    let secret = env.auth.jwt_secret.clone().expect("the test env signs with HS256");
+    let secret = env.auth.expose_jwt_secret().expect("the test env signs with HS256");
     let args = [
         "surge",
         "loadgen",
@@ -33,9 +33,9 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
         "--query-url",
         &query_url,
         "--database-url",
-        &env.db.url,
+        env.db.expose_url(),
         "--jwt-secret",
-        &secret,
+        secret,
         "--out-dir",
         out.to_str().expect("utf-8 path"),
         "--skus",

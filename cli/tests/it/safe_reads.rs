@@ -36,7 +36,7 @@ fn item_added(sku: &str) -> StreamAppend {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reading_after_a_position_never_skips_a_late_commit() {
     let env = TestEnv::new().await;
-    let mut held = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    let mut held = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
     let mut late = held.begin().await.unwrap();
     let late_position = EventStore::append_in(&mut late, &[item_added("LATE-1")])
         .await
@@ -61,7 +61,7 @@ async fn reading_after_a_position_never_skips_a_late_commit() {
 
     // The reader follows the log while the writers go on and the late transaction stays open.
     let reader = tokio::spawn({
-        let url = env.db.url.clone();
+        let url = env.db.expose_url().to_string();
         async move {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
             let (mut after, mut seen, mut positions) = (0, Vec::new(), Vec::new());
@@ -123,8 +123,8 @@ async fn reading_after_a_position_never_skips_a_late_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_safe_position_waits_for_a_writer_newer_than_the_snapshot_knows() {
     let env = TestEnv::new().await;
-    let mut w_conn = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
-    let mut a_conn = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    let mut w_conn = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
+    let mut a_conn = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
     let mut w = w_conn.begin().await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
         .execute(&mut *w)
@@ -146,7 +146,7 @@ async fn the_safe_position_waits_for_a_writer_newer_than_the_snapshot_knows() {
     assert!(later > held);
     w.commit().await.unwrap();
 
-    let mut reader = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    let mut reader = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
     match surge_store::safe_position(&mut reader, Duration::from_millis(300)).await {
         Err(surge_store::StoreError::InFlightTooLong(_)) => {}
         Ok(p) => assert!(p < held, "safe position {p} passes the open writer's {held}"),
@@ -169,7 +169,7 @@ async fn replay_waits_for_a_transaction_held_open_and_keeps_its_event() {
         support::add_item(&http, &cmd, sku, 500, 50).await;
     }
     // A writer draws a position and holds its transaction open ...
-    let mut held = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    let mut held = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
     let mut late = held.begin().await.unwrap();
     EventStore::append_in(&mut late, &[item_added("HELD-1")]).await.unwrap();
     // ... while others commit after it.
@@ -242,7 +242,7 @@ async fn safe_position_cost_under_write_load() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut conn = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
     let (started, before) = (
         std::time::Instant::now(),
         appended.load(std::sync::atomic::Ordering::Relaxed),

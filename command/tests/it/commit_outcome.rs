@@ -15,7 +15,7 @@ async fn start(env: &TestEnv) -> (Api, CommitCutProxy) {
     let url = env.url_via(proxy.addr);
     let api = start_api_with(env, |c| {
         c.db = DatabaseConfig {
-            url,
+            url: url.into(),
             max_connections: 4,
         };
         c.expiry_worker = false;

@@ -483,7 +483,7 @@ async fn a_leader_cut_off_from_postgres_is_replaced_within_the_bound_and_stays_q
     let partition = Partition::start(env.postgres_addr()).await;
     let a_config = RelayConfig::new(
         DatabaseConfig {
-            url: env.url_via(partition.addr),
+            url: env.url_via(partition.addr).into(),
             max_connections: 4,
         },
         env.kafka.clone(),

@@ -416,7 +416,7 @@ async fn an_approval_that_could_not_be_recorded_ends_paid() {
     // The worker reaches Postgres through a proxy the gateway cuts right after approving.
     let proxy = Arc::new(TcpProxy::start(env.postgres_addr()).await);
     let pool = surge_runtime::db::connect(&surge_runtime::DatabaseConfig {
-        url: env.url_via(proxy.addr),
+        url: env.url_via(proxy.addr).into(),
         max_connections: 4,
     })
     .await

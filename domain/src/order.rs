@@ -11,50 +11,16 @@
 //! Stock is reserved by the `Inventory` aggregates in the same transaction as `OrderPlaced`;
 //! the order itself only records prices and totals.
 
-use super::{Aggregate, DomainError, MAX_LINES, MAX_QUANTITY};
+use crate::aggregate::Aggregate;
+use crate::error::{DomainError, MAX_LINES, MAX_QUANTITY};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use surge_events::order::{
     CancelReason, OrderCancelled, OrderPaid, OrderPlaced, OrderShipped, PaymentFailed, PaymentRefunded,
     PaymentSubmitted,
 };
 use surge_events::{CustomerId, Money, OrderEvent, OrderId, OrderLine};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    #[default]
-    New,
-    Placed,
-    PaymentPending,
-    Paid,
-    PaymentFailed,
-    Cancelled,
-    Shipped,
-    Refunded,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::New => "new",
-            OrderStatus::Placed => "placed",
-            OrderStatus::PaymentPending => "payment_pending",
-            OrderStatus::Paid => "paid",
-            OrderStatus::PaymentFailed => "payment_failed",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Shipped => "shipped",
-            OrderStatus::Refunded => "refunded",
-        }
-    }
-}
-
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::status::OrderStatus;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Order {
@@ -95,8 +61,9 @@ pub enum OrderCommand {
 
 impl Order {
     fn id(&self) -> Result<OrderId, DomainError> {
+        // An order never placed has no id of its own: it is named by the nil UUID.
         self.order_id
-            .ok_or(DomainError::UnknownOrder(OrderId(uuid::Uuid::nil())))
+            .ok_or(DomainError::UnknownOrder(OrderId(Default::default())))
     }
 
     fn require(&self, action: &'static str, allowed: &[OrderStatus]) -> Result<OrderId, DomainError> {
@@ -258,7 +225,7 @@ impl Aggregate for Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::given;
+    use crate::testing::given;
     use surge_events::{Currency, Sku};
 
     fn money(minor: i64, cur: &str) -> Money {
@@ -323,7 +290,7 @@ mod tests {
 
     #[test]
     fn an_order_is_placed_once() {
-        let state: Order = given(&[placed()]);
+        let state = Order::fold(&[placed()]);
         assert!(matches!(
             state.decide(&place(vec![line("A", 1, 1)])),
             Err(DomainError::OrderAlreadyExists(_))
@@ -332,9 +299,9 @@ mod tests {
 
     #[test]
     fn cannot_pay_a_cancelled_order() {
-        let state: Order = given(&[placed()]);
+        let state = Order::fold(&[placed()]);
         let events = state.decide(&cancel()).unwrap();
-        let cancelled: Order = given(&[placed(), events[0].clone()]);
+        let cancelled = Order::fold(&[placed(), events[0].clone()]);
         assert_eq!(cancelled.status, OrderStatus::Cancelled);
         let pay = OrderCommand::SubmitPayment {
             token_fingerprint: "x".into(),
@@ -350,12 +317,12 @@ mod tests {
 
     #[test]
     fn payment_is_confirmed_or_failed_only_while_pending() {
-        let placed_only: Order = given(&[placed()]);
+        let placed_only = Order::fold(&[placed()]);
         let confirm = OrderCommand::ConfirmPayment {
             payment_reference: "ref".into(),
         };
         assert!(placed_only.decide(&confirm).is_err());
-        let pending: Order = given(&[placed(), submitted()]);
+        let pending = Order::fold(&[placed(), submitted()]);
         let events = pending.decide(&confirm).unwrap();
         let OrderEvent::OrderPaid(paid) = &events[0] else {
             panic!("not paid")
@@ -372,9 +339,9 @@ mod tests {
 
     #[test]
     fn cannot_cancel_a_paid_or_pending_order() {
-        let pending: Order = given(&[placed(), submitted()]);
+        let pending = Order::fold(&[placed(), submitted()]);
         assert!(pending.decide(&cancel()).is_err());
-        let paid: Order = given(&[
+        let paid = Order::fold(&[
             placed(),
             submitted(),
             OrderEvent::OrderPaid(OrderPaid {
@@ -396,7 +363,7 @@ mod tests {
             payment_reference: "ref".into(),
             reason: "the stock was no longer held".into(),
         };
-        let pending: Order = given(&[placed(), submitted()]);
+        let pending = Order::fold(&[placed(), submitted()]);
         let events = pending.decide(&refund).unwrap();
         let OrderEvent::PaymentRefunded(r) = &events[0] else {
             panic!("not refunded")
@@ -405,10 +372,10 @@ mod tests {
             (r.amount.clone(), r.payment_reference.as_str()),
             (money(1_250, "EUR"), "ref")
         );
-        let refunded: Order = given(&[placed(), submitted(), events[0].clone()]);
+        let refunded = Order::fold(&[placed(), submitted(), events[0].clone()]);
         assert_eq!(refunded.status, OrderStatus::Refunded);
         assert!(refunded.decide(&refund).is_err(), "refunded once");
-        let cancelled: Order = given(&[
+        let cancelled = Order::fold(&[
             placed(),
             OrderEvent::OrderCancelled(OrderCancelled {
                 order_id: OrderId(uuid::Uuid::from_u128(1)),
@@ -416,7 +383,7 @@ mod tests {
             }),
         ]);
         assert!(cancelled.decide(&refund).is_ok());
-        let paid: Order = given(&[
+        let paid = Order::fold(&[
             placed(),
             submitted(),
             OrderEvent::OrderPaid(OrderPaid {
@@ -434,5 +401,235 @@ mod tests {
             Order::default().decide(&cancel()),
             Err(DomainError::UnknownOrder(_))
         ));
+    }
+
+    // Given/when/then: every command accepted, and every refusal.
+
+    fn id() -> OrderId {
+        OrderId(uuid::Uuid::from_u128(1))
+    }
+    fn paid() -> OrderEvent {
+        OrderEvent::OrderPaid(OrderPaid {
+            order_id: id(),
+            payment_reference: "r".into(),
+            amount: money(1_250, "EUR"),
+        })
+    }
+    fn failed() -> OrderEvent {
+        OrderEvent::PaymentFailed(PaymentFailed {
+            order_id: id(),
+            reason: "declined".into(),
+        })
+    }
+    fn cancelled(reason: CancelReason) -> OrderEvent {
+        OrderEvent::OrderCancelled(OrderCancelled { order_id: id(), reason })
+    }
+    fn refunded() -> OrderEvent {
+        OrderEvent::PaymentRefunded(PaymentRefunded {
+            order_id: id(),
+            payment_reference: "ref".into(),
+            amount: money(1_250, "EUR"),
+            reason: "late".into(),
+        })
+    }
+    fn shipped() -> OrderEvent {
+        OrderEvent::OrderShipped(OrderShipped { order_id: id() })
+    }
+    /// A history that leaves the order in `status`.
+    fn history(status: OrderStatus) -> Vec<OrderEvent> {
+        match status {
+            OrderStatus::New => vec![],
+            OrderStatus::Placed => vec![placed()],
+            OrderStatus::PaymentPending => vec![placed(), submitted()],
+            OrderStatus::Paid => vec![placed(), submitted(), paid()],
+            OrderStatus::PaymentFailed => vec![placed(), submitted(), failed()],
+            OrderStatus::Cancelled => vec![placed(), cancelled(CancelReason::CustomerRequest)],
+            OrderStatus::Shipped => vec![placed(), submitted(), paid(), shipped()],
+            OrderStatus::Refunded => vec![placed(), submitted(), refunded()],
+        }
+    }
+    const ALL: [OrderStatus; 8] = [
+        OrderStatus::New,
+        OrderStatus::Placed,
+        OrderStatus::PaymentPending,
+        OrderStatus::Paid,
+        OrderStatus::PaymentFailed,
+        OrderStatus::Cancelled,
+        OrderStatus::Shipped,
+        OrderStatus::Refunded,
+    ];
+    fn confirm() -> OrderCommand {
+        OrderCommand::ConfirmPayment {
+            payment_reference: "ref".into(),
+        }
+    }
+    fn refund() -> OrderCommand {
+        OrderCommand::RefundPayment {
+            payment_reference: "ref".into(),
+            reason: "late".into(),
+        }
+    }
+
+    #[test]
+    fn each_history_leads_to_its_status() {
+        for status in ALL {
+            assert_eq!(Order::fold(&history(status)).status, status);
+        }
+    }
+
+    #[test]
+    fn place_order_records_lines_total_and_hold() {
+        let after = given::<Order>([])
+            .when(place(vec![line("A", 2, 500), line("B", 1, 250)]))
+            .then_expect([OrderEvent::OrderPlaced(OrderPlaced {
+                order_id: id(),
+                customer_id: CustomerId::parse("alice").unwrap(),
+                lines: vec![line("A", 2, 500), line("B", 1, 250)],
+                total: money(1_250, "EUR"),
+                reservation_expires_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            })]);
+        assert_eq!(after.state.status, OrderStatus::Placed);
+        assert_eq!(after.state.total, Some(money(1_250, "EUR")));
+    }
+
+    #[test]
+    fn place_order_refusals() {
+        for status in ALL.into_iter().filter(|s| *s != OrderStatus::New) {
+            given::<Order>(history(status))
+                .when(place(vec![line("A", 1, 1)]))
+                .then_refuse(DomainError::OrderAlreadyExists(id()));
+        }
+        for count in [0, MAX_LINES + 1] {
+            let lines = (0..count).map(|n| line(&format!("S{n}"), 1, 1)).collect();
+            given::<Order>([])
+                .when(place(lines))
+                .then_refuse(DomainError::InvalidLineCount { count, max: MAX_LINES });
+        }
+        for quantity in [0, -1, MAX_QUANTITY + 1] {
+            given::<Order>([])
+                .when(place(vec![line("A", 1, 1), line("B", quantity, 1)]))
+                .then_refuse(DomainError::InvalidQuantity {
+                    quantity,
+                    max: MAX_QUANTITY,
+                });
+        }
+        given::<Order>([])
+            .when(place(vec![line("A", 1, 1), line("B", 1, 1), line("A", 2, 1)]))
+            .then_refuse(DomainError::InvalidField {
+                field: "lines",
+                reason: "each SKU may appear on one line only".into(),
+            });
+        let mut usd = line("B", 1, 1);
+        usd.unit_price = money(1, "USD");
+        given::<Order>([])
+            .when(place(vec![line("A", 1, 1), usd]))
+            .then_refuse(DomainError::MixedCurrencies);
+        given::<Order>([])
+            .when(place(vec![line("A", MAX_QUANTITY, i64::MAX / 2)]))
+            .then_refuse(DomainError::AmountOverflow);
+        given::<Order>([])
+            .when(place(vec![line("A", 1, i64::MAX), line("B", 1, 1)]))
+            .then_refuse(DomainError::AmountOverflow);
+    }
+
+    #[test]
+    fn submit_payment_moves_a_placed_order_to_pending() {
+        let after = given::<Order>(history(OrderStatus::Placed))
+            .when(OrderCommand::SubmitPayment {
+                token_fingerprint: "f".into(),
+            })
+            .then_expect([submitted()]);
+        assert_eq!(after.state.status, OrderStatus::PaymentPending);
+    }
+
+    #[test]
+    fn confirm_payment_charges_the_total() {
+        let after = given::<Order>(history(OrderStatus::PaymentPending))
+            .when(OrderCommand::ConfirmPayment {
+                payment_reference: "r".into(),
+            })
+            .then_expect([paid()]);
+        assert_eq!(after.state.status, OrderStatus::Paid);
+    }
+
+    #[test]
+    fn fail_payment_records_the_reason() {
+        let after = given::<Order>(history(OrderStatus::PaymentPending))
+            .when(OrderCommand::FailPayment {
+                reason: "declined".into(),
+            })
+            .then_expect([failed()]);
+        assert_eq!(after.state.status, OrderStatus::PaymentFailed);
+    }
+
+    #[test]
+    fn refund_payment_gives_back_the_total_where_the_order_cannot_keep_it() {
+        for status in [
+            OrderStatus::PaymentPending,
+            OrderStatus::PaymentFailed,
+            OrderStatus::Cancelled,
+        ] {
+            let after = given::<Order>(history(status)).when(refund()).then_expect([refunded()]);
+            assert_eq!(after.state.status, OrderStatus::Refunded, "from {status}");
+        }
+    }
+
+    #[test]
+    fn cancel_order_records_why() {
+        for reason in [CancelReason::CustomerRequest, CancelReason::ReservationExpired] {
+            let after = given::<Order>(history(OrderStatus::Placed))
+                .when(OrderCommand::CancelOrder { reason })
+                .then_expect([cancelled(reason)]);
+            assert_eq!(after.state.status, OrderStatus::Cancelled);
+        }
+    }
+
+    #[test]
+    fn ship_order_ships_a_paid_order() {
+        let after = given::<Order>(history(OrderStatus::Paid))
+            .when(OrderCommand::ShipOrder)
+            .then_expect([shipped()]);
+        assert_eq!(after.state.status, OrderStatus::Shipped);
+    }
+
+    #[test]
+    fn every_transition_is_refused_outside_the_statuses_it_leaves() {
+        let table: [(OrderCommand, &str, &[OrderStatus]); 6] = [
+            (
+                OrderCommand::SubmitPayment {
+                    token_fingerprint: "f".into(),
+                },
+                "pay",
+                &[OrderStatus::Placed],
+            ),
+            (confirm(), "confirm payment of", &[OrderStatus::PaymentPending]),
+            (
+                OrderCommand::FailPayment { reason: "x".into() },
+                "fail payment of",
+                &[OrderStatus::PaymentPending],
+            ),
+            (
+                refund(),
+                "refund the payment of",
+                &[
+                    OrderStatus::PaymentPending,
+                    OrderStatus::PaymentFailed,
+                    OrderStatus::Cancelled,
+                ],
+            ),
+            (cancel(), "cancel", &[OrderStatus::Placed]),
+            (OrderCommand::ShipOrder, "ship", &[OrderStatus::Paid]),
+        ];
+        for (command, action, allowed) in table {
+            for status in ALL {
+                let when = given::<Order>(history(status)).when(command.clone());
+                if status == OrderStatus::New {
+                    // Never placed: named by the nil id, since it has none of its own.
+                    when.then_refuse(DomainError::UnknownOrder(OrderId(uuid::Uuid::nil())));
+                } else if !allowed.contains(&status) {
+                    when.then_refuse(DomainError::InvalidTransition { action, status });
+                }
+            }
+        }
     }
 }

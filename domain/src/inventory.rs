@@ -3,7 +3,8 @@
 //! Invariant: `available >= 0` and every unit is in exactly one of available, reserved (held for
 //! an order until it is paid, released or expired) or sold.
 
-use super::{Aggregate, DomainError, MAX_QUANTITY, MAX_RESTOCK};
+use crate::aggregate::Aggregate;
+use crate::error::{DomainError, MAX_QUANTITY, MAX_RESTOCK};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use surge_events::inventory::{
@@ -252,7 +253,7 @@ impl Aggregate for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::given;
+    use crate::testing::given;
     use chrono::Duration;
     use proptest::prelude::*;
     use surge_events::Currency;
@@ -294,7 +295,7 @@ mod tests {
 
     #[test]
     fn adding_an_item_twice_is_refused() {
-        let state: Inventory = given(&[added(5)]);
+        let state = Inventory::fold(&[added(5)]);
         let cmd = InventoryCommand::AddItem {
             sku: sku(),
             name: "x".into(),
@@ -332,7 +333,7 @@ mod tests {
     #[test]
     fn reserving_takes_from_available() {
         let order = OrderId::new();
-        let state: Inventory = given(&[added(5)]);
+        let state = Inventory::fold(&[added(5)]);
         let events = state.decide(&reserve(order, 3)).unwrap();
         assert_eq!(events, vec![reserved(order, 3)]);
         let mut after = state.clone();
@@ -342,7 +343,7 @@ mod tests {
 
     #[test]
     fn cannot_reserve_more_than_available() {
-        let state: Inventory = given(&[added(5), reserved(OrderId::new(), 4)]);
+        let state = Inventory::fold(&[added(5), reserved(OrderId::new(), 4)]);
         assert_eq!(
             state.decide(&reserve(OrderId::new(), 2)),
             Err(DomainError::OutOfStock {
@@ -355,7 +356,7 @@ mod tests {
 
     #[test]
     fn quantities_must_be_positive() {
-        let state: Inventory = given(&[added(5)]);
+        let state = Inventory::fold(&[added(5)]);
         for q in [0, -1, MAX_QUANTITY + 1] {
             assert!(matches!(
                 state.decide(&reserve(OrderId::new(), q)),
@@ -389,7 +390,7 @@ mod tests {
     #[test]
     fn one_order_reserves_a_sku_once() {
         let order = OrderId::new();
-        let state: Inventory = given(&[added(5), reserved(order, 1)]);
+        let state = Inventory::fold(&[added(5), reserved(order, 1)]);
         assert!(matches!(
             state.decide(&reserve(order, 1)),
             Err(DomainError::AlreadyReserved { .. })
@@ -399,7 +400,7 @@ mod tests {
     #[test]
     fn release_returns_stock_and_is_idempotent() {
         let order = OrderId::new();
-        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let mut state = Inventory::fold(&[added(5), reserved(order, 2)]);
         let cmd = InventoryCommand::ReleaseReservation {
             sku: sku(),
             order_id: order,
@@ -414,7 +415,7 @@ mod tests {
     #[test]
     fn expiry_only_when_due_and_only_once() {
         let order = OrderId::new();
-        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let mut state = Inventory::fold(&[added(5), reserved(order, 2)]);
         let early = InventoryCommand::ExpireReservation {
             sku: sku(),
             order_id: order,
@@ -439,7 +440,7 @@ mod tests {
     #[test]
     fn commit_sells_held_stock_only() {
         let order = OrderId::new();
-        let mut state: Inventory = given(&[added(5), reserved(order, 2)]);
+        let mut state = Inventory::fold(&[added(5), reserved(order, 2)]);
         let cmd = InventoryCommand::CommitReservation {
             sku: sku(),
             order_id: order,
@@ -448,6 +449,223 @@ mod tests {
         state.evolve(&events[0]);
         assert_eq!((state.available, state.reserved(), state.sold), (3, 0, 2));
         assert!(matches!(state.decide(&cmd), Err(DomainError::NoReservation { .. })));
+    }
+
+    // Given/when/then: every command accepted, and every refusal.
+
+    fn add(name: &str, category: &str, initial_stock: i64) -> InventoryCommand {
+        InventoryCommand::AddItem {
+            sku: sku(),
+            name: name.into(),
+            category: category.into(),
+            price: eur(9_900),
+            initial_stock,
+        }
+    }
+    fn restock(quantity: i64) -> InventoryCommand {
+        InventoryCommand::Restock { sku: sku(), quantity }
+    }
+    fn order(n: u128) -> OrderId {
+        OrderId(uuid::Uuid::from_u128(n))
+    }
+    fn expire(order_id: OrderId, now: DateTime<Utc>) -> InventoryCommand {
+        InventoryCommand::ExpireReservation {
+            sku: sku(),
+            order_id,
+            now,
+        }
+    }
+
+    #[test]
+    fn add_item_opens_the_catalog_entry_with_its_stock() {
+        for stock in [0, 5, MAX_RESTOCK] {
+            let after = given::<Inventory>([])
+                .when(add("Sneaker", "shoes", stock))
+                .then_expect([added(stock)]);
+            assert_eq!(after.state.available, stock);
+        }
+    }
+
+    #[test]
+    fn add_item_refusals() {
+        given::<Inventory>([added(5)])
+            .when(add("Sneaker", "shoes", 1))
+            .then_refuse(DomainError::ItemAlreadyExists { sku: sku() });
+        let long_name = "n".repeat(201);
+        for name in ["", "  ", "bell\u{7}", long_name.as_str()] {
+            given::<Inventory>([])
+                .when(add(name, "shoes", 1))
+                .then_refuse(DomainError::InvalidField {
+                    field: "name",
+                    reason: "must be 1 to 200 printable characters".into(),
+                });
+        }
+        let long_category = "c".repeat(65);
+        for category in ["", "tab\tbed", long_category.as_str()] {
+            given::<Inventory>([])
+                .when(add("Sneaker", category, 1))
+                .then_refuse(DomainError::InvalidField {
+                    field: "category",
+                    reason: "must be 1 to 64 printable characters".into(),
+                });
+        }
+        for quantity in [-1, MAX_RESTOCK + 1] {
+            given::<Inventory>([])
+                .when(add("Sneaker", "shoes", quantity))
+                .then_refuse(DomainError::InvalidQuantity {
+                    quantity,
+                    max: MAX_RESTOCK,
+                });
+        }
+    }
+
+    #[test]
+    fn restock_adds_to_available() {
+        let after = given::<Inventory>([added(5), reserved(order(1), 2)])
+            .when(restock(10))
+            .then_expect([InventoryEvent::StockRestocked(StockRestocked {
+                sku: sku(),
+                quantity: 10,
+            })]);
+        assert_eq!((after.state.available, after.state.reserved()), (13, 2));
+    }
+
+    #[test]
+    fn restock_refusals() {
+        given::<Inventory>([])
+            .when(restock(1))
+            .then_refuse(DomainError::UnknownItem { sku: sku() });
+        for quantity in [0, -3, MAX_RESTOCK + 1] {
+            given::<Inventory>([added(5)])
+                .when(restock(quantity))
+                .then_refuse(DomainError::InvalidQuantity {
+                    quantity,
+                    max: MAX_RESTOCK,
+                });
+        }
+        given::<Inventory>([added(i64::MAX - 1)])
+            .when(restock(2))
+            .then_refuse(DomainError::AmountOverflow);
+    }
+
+    #[test]
+    fn reserve_stock_holds_units_for_the_order_until_its_deadline() {
+        let after = given::<Inventory>([added(5)])
+            .when(reserve(order(1), 5))
+            .then_expect([reserved(order(1), 5)]);
+        assert_eq!(after.state.available, 0);
+        assert_eq!(
+            after.state.holds.get(&order(1)),
+            Some(&Hold {
+                quantity: 5,
+                expires_at: t0() + Duration::minutes(15)
+            })
+        );
+    }
+
+    #[test]
+    fn reserve_stock_refusals() {
+        given::<Inventory>([])
+            .when(reserve(order(1), 1))
+            .then_refuse(DomainError::UnknownItem { sku: sku() });
+        for quantity in [0, -1, MAX_QUANTITY + 1] {
+            given::<Inventory>([added(MAX_RESTOCK)])
+                .when(reserve(order(1), quantity))
+                .then_refuse(DomainError::InvalidQuantity {
+                    quantity,
+                    max: MAX_QUANTITY,
+                });
+        }
+        given::<Inventory>([added(5), reserved(order(1), 1)])
+            .when(reserve(order(1), 1))
+            .then_refuse(DomainError::AlreadyReserved {
+                sku: sku(),
+                order_id: order(1),
+            });
+        given::<Inventory>([added(5), reserved(order(1), 3)])
+            .when(reserve(order(2), 3))
+            .then_refuse(DomainError::OutOfStock {
+                sku: sku(),
+                requested: 3,
+                available: 2,
+            });
+    }
+
+    #[test]
+    fn release_reservation_puts_the_held_units_back_or_does_nothing() {
+        let release = InventoryCommand::ReleaseReservation {
+            sku: sku(),
+            order_id: order(1),
+        };
+        let after = given::<Inventory>([added(5), reserved(order(1), 2), reserved(order(2), 1)])
+            .when(release.clone())
+            .then_expect([InventoryEvent::ReservationReleased(ReservationReleased {
+                sku: sku(),
+                order_id: order(1),
+                quantity: 2,
+            })]);
+        assert_eq!((after.state.available, after.state.reserved()), (4, 1));
+        after.when(release.clone()).then_expect([]);
+        given::<Inventory>([]).when(release).then_expect([]);
+    }
+
+    #[test]
+    fn expire_reservation_puts_the_units_back_once_due() {
+        let after = given::<Inventory>([added(5), reserved(order(1), 2)])
+            .when(expire(order(1), t0() + Duration::minutes(15)))
+            .then_expect([InventoryEvent::ReservationExpired(ReservationExpired {
+                sku: sku(),
+                order_id: order(1),
+                quantity: 2,
+            })]);
+        assert_eq!(after.state.available, 5);
+        after.when(expire(order(1), t0() + Duration::hours(1))).then_expect([]);
+    }
+
+    #[test]
+    fn expire_reservation_refuses_a_hold_not_yet_due() {
+        given::<Inventory>([added(5), reserved(order(1), 2)])
+            .when(expire(order(1), t0() + Duration::minutes(15) - Duration::seconds(1)))
+            .then_refuse(DomainError::ReservationNotDue {
+                sku: sku(),
+                order_id: order(1),
+            });
+    }
+
+    #[test]
+    fn commit_reservation_sells_the_held_units_at_the_catalog_price() {
+        let after = given::<Inventory>([added(5), reserved(order(1), 2)])
+            .when(InventoryCommand::CommitReservation {
+                sku: sku(),
+                order_id: order(1),
+            })
+            .then_expect([InventoryEvent::StockCommitted(StockCommitted {
+                sku: sku(),
+                order_id: order(1),
+                quantity: 2,
+                unit_price: eur(9_900),
+            })]);
+        assert_eq!(
+            (after.state.available, after.state.reserved(), after.state.sold),
+            (3, 0, 2)
+        );
+    }
+
+    #[test]
+    fn commit_reservation_refusals() {
+        let commit = InventoryCommand::CommitReservation {
+            sku: sku(),
+            order_id: order(1),
+        };
+        given::<Inventory>([])
+            .when(commit.clone())
+            .then_refuse(DomainError::UnknownItem { sku: sku() });
+        given::<Inventory>([added(5), reserved(order(2), 1)])
+            .when(commit)
+            .then_refuse(DomainError::NoReservation {
+                sku: sku(),
+                order_id: order(1),
+            });
     }
 
     fn any_command() -> impl Strategy<Value = InventoryCommand> {
@@ -480,7 +698,7 @@ mod tests {
             initial in 0i64..30,
             commands in proptest::collection::vec(any_command(), 0..80),
         ) {
-            let mut state: Inventory = given(&[added(initial)]);
+            let mut state = Inventory::fold(&[added(initial)]);
             let mut total = initial;
             for cmd in &commands {
                 if let Ok(events) = state.decide(cmd) {

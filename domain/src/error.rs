@@ -1,35 +1,7 @@
-//! The pure part of the write side: aggregates decide and evolve, with no I/O at all.
-//!
-//! `decide(&state, &command) -> Result<Vec<Event>, DomainError>` says what happens;
-//! `evolve(&mut state, &event)` folds what happened. The event store and the command API
-//! only load state, call `decide`, and append what it returned.
+//! The refusals of the rules, and the bounds they enforce.
 
-pub mod inventory;
-pub mod order;
-pub mod payment;
-
-use surge_events::{OrderId, Payload, Sku};
-
-pub use inventory::{Inventory, InventoryCommand};
-pub use order::{Order, OrderCommand, OrderStatus};
-
-/// An event-sourced aggregate: state folded from its stream's events.
-pub trait Aggregate: Default + Clone + Send + Sync + 'static {
-    type Command;
-    type Event: Payload;
-
-    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, DomainError>;
-    fn evolve(&mut self, event: &Self::Event);
-
-    /// The state after `events`, from the empty state.
-    fn fold<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
-        let mut state = Self::default();
-        for e in events {
-            state.evolve(e);
-        }
-        state
-    }
-}
+use crate::status::OrderStatus;
+use surge_events::{OrderId, Sku};
 
 /// A business rule said no. Each variant maps to a 422 (or 404/409) problem with a stable type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,9 +68,3 @@ impl DomainError {
 pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_RESTOCK: i64 = 1_000_000_000;
 pub const MAX_LINES: usize = 50;
-
-/// Given/when/then for aggregates: `given(events).when(command)` is the decision.
-#[cfg(test)]
-pub(crate) fn given<A: Aggregate>(events: &[A::Event]) -> A {
-    A::fold(events)
-}

@@ -1,7 +1,8 @@
 //! Payment tokens: what the checkout may send, and what it must never send (a card number);
 //! and what becomes of a charge the gateway captured.
 
-use super::{DomainError, OrderStatus};
+use crate::error::DomainError;
+use crate::status::OrderStatus;
 
 /// What becomes of a charge the gateway captured, given where the order stands now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,22 @@ pub fn on_captured_charge(status: OrderStatus) -> CapturedCharge {
             CapturedCharge::Refund
         }
     }
+}
+
+/// How a submitted payment ended, as the gateway said it definitely did.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    Paid { reference: String },
+    Failed { reason: String },
+}
+
+/// What recording a settlement came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Recorded now or before: the payment is over.
+    Recorded,
+    /// The charge was captured but the order can no longer take it: it must be refunded.
+    MustRefund { reference: String, reason: String },
 }
 
 /// A payment token from the payment provider's client SDK: `tok_` and 4 to 64 characters of
