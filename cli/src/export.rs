@@ -49,6 +49,11 @@ pub struct ExportConfig {
     /// Events at or before this global position.
     #[arg(long)]
     pub to_position: Option<i64>,
+    /// Read everything visible now instead of stopping at the store's safe position: for a
+    /// read-only replica or a one-off copy, where no export continues after this one (an
+    /// export that stops at a position a late transaction had not committed yet would skip it).
+    #[arg(long)]
+    pub visible_now: bool,
 }
 
 const BATCH: usize = 5000;
@@ -92,8 +97,17 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
     let mut conn = sqlx::PgConnection::connect_with(&config.db.connect_options()?).await?;
     // Never past the safe position: an export that a later one continues ("from the last
     // position + 1") must not miss a transaction that commits late.
-    let safe = surge_store::safe_position(&mut conn, std::time::Duration::from_secs(60)).await?;
+    let safe = if config.visible_now {
+        i64::MAX
+    } else {
+        surge_store::safe_position(&mut conn, std::time::Duration::from_secs(60))
+            .await
+            .context("finding the safe position (on a read-only replica, or for a one-off copy, pass --visible-now)")?
+    };
     let up_to = config.to_position.map_or(safe, |to| to.min(safe));
+    if config.to_position.is_some_and(|to| to > safe) {
+        eprintln!("surge export: --to-position lowered to the safe position {safe}");
+    }
     let filter = surge_store::log::ExportFilter {
         stream_id: config.stream_id.clone(),
         stream_type: config.stream_type.clone(),
@@ -142,11 +156,13 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
         Sink::Ndjson(w) => w.flush()?,
         Sink::Csv(w) => w.flush()?,
     }
-    eprintln!(
-        "surge export: {count} events at positions up to {up_to}, past which nothing can still appear below; \
-         continue with --from-position {}",
-        up_to + 1
-    );
+    if !config.visible_now {
+        eprintln!(
+            "surge export: {count} events at positions up to {up_to}, past which nothing can still appear below; \
+             continue with --from-position {}",
+            up_to + 1
+        );
+    }
     Ok(count)
 }
 

@@ -543,10 +543,18 @@ impl Relay {
     /// order, commit once every event is acknowledged, then delete the batch. A failed send or
     /// commit aborts the transaction and leaves the whole batch in the outbox.
     async fn round(&self, lock_conn: &mut PgConnection, lease: &LeaseClock) -> Result<RoundEnd, RelayError> {
-        let read = surge_store::outbox::read_batch(&mut *lock_conn, self.config.batch_size);
+        // Only a failure of the session itself puts the lease in doubt; a row that does not
+        // decode is this round's error (logged, retried), not a reason to step down.
+        let read = async {
+            match surge_store::outbox::read_batch(&mut *lock_conn, self.config.batch_size).await {
+                Err(StoreError::Database(e)) => Err(e),
+                other => Ok(other),
+            }
+        };
         let Some(envelopes) = on_lock_session(lease, STATEMENT_TIMEOUT, read).await else {
             return Ok(RoundEnd::LeaseLost);
         };
+        let envelopes = envelopes?;
         if envelopes.is_empty() {
             metrics::gauge!("surge_relay_lag_seconds").set(0.0);
             metrics::gauge!("surge_outbox_backlog").set(0.0);

@@ -228,6 +228,9 @@ struct Worker {
     batch_wait: Duration,
 }
 
+/// How long a worker waits for a message before it counts itself caught up with its assignment.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
 /// The retry policy of the database work of a batch: a database outage is waited out.
 fn patient() -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -247,6 +250,14 @@ impl Worker {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
                 m = consumer.recv() => m,
+                _ = tokio::time::sleep(IDLE_CHECK) => {
+                    // Nothing to read: this assignment has nothing to check yet (the first
+                    // message that comes is checked against its checkpoint before it is applied).
+                    // The lag may still show the commit markers of the relay's transactions.
+                    let assigned = consumer.context().assignments.load(Ordering::Acquire);
+                    consumer.context().verified.fetch_max(assigned, Ordering::AcqRel);
+                    continue;
+                }
             };
             let first = match first {
                 Ok(m) => m.detach(),
@@ -307,7 +318,7 @@ impl Worker {
                     Err(e) => break Err(e.to_string()),
                 }
             };
-            consumer.context().verified.store(assignment, Ordering::Release);
+            consumer.context().verified.fetch_max(assignment, Ordering::AcqRel);
             match stats {
                 Ok(stats) => {
                     let p = self.projection.name();
@@ -486,7 +497,8 @@ pub struct LagContext {
     assignments: AtomicU64,
     /// Whether a statistics report came after the latest assignment (the lag is known).
     stats_since_assignment: AtomicBool,
-    /// The assignment whose checkpoints the worker has checked (and healed where needed).
+    /// The latest assignment the worker has caught up with: its first batch checked (healed
+    /// where needed) and applied, or nothing to read.
     verified: AtomicU64,
 }
 
@@ -500,10 +512,10 @@ impl LagContext {
         if !self.stats_since_assignment.load(Ordering::Acquire) {
             return Err("projector's lag is not known yet");
         }
-        // A worker with no message yet has nothing to check; one that received messages has
-        // checked the checkpoints of the current assignment once it applied its first batch.
-        if self.verified.load(Ordering::Acquire) < assigned && self.mine.load(Ordering::Relaxed) > 0 {
-            return Err("projector is checking its checkpoints against the broker");
+        // Caught up with the current assignment: its first batch checked against the
+        // checkpoints and applied, or nothing to read for a moment.
+        if self.verified.load(Ordering::Acquire) < assigned {
+            return Err("projector is checking its checkpoints against the broker and catching up");
         }
         Ok(())
     }

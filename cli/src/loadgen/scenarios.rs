@@ -360,6 +360,7 @@ async fn analyst(shop: Arc<Shop>, dir: std::path::PathBuf, every: u64, exports: 
             to_time: None,
             from_position: None,
             to_position: None,
+            visible_now: false,
         };
         let started = Instant::now();
         let result = crate::export::export(&config).await;

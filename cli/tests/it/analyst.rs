@@ -19,6 +19,7 @@ fn config(env: &TestEnv, format: Format, out: std::path::PathBuf) -> ExportConfi
         to_time: None,
         from_position: None,
         to_position: None,
+        visible_now: false,
     }
 }
 
