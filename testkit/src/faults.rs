@@ -9,11 +9,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// Two distinct free loopback ports (both held while the second is chosen, so they differ).
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("bound address").port();
+    (port(&a), port(&b))
 }
 
 /// Where `./dev` put the Kafka jars: `SURGE_KAFKA_LIBS`, else its default cache location.
@@ -43,7 +44,7 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
-        let (port, controller) = (free_port(), free_port());
+        let (port, controller) = two_free_ports();
         let dir = std::env::temp_dir().join(format!("surge-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join("data")).expect("broker dir");
         let template = include_str!("../../deploy/kafka/server.properties");

@@ -112,14 +112,11 @@ impl Catalog {
             .map(|(i, s)| (s.clone(), args.stock, categories[i % CATEGORIES].as_str()))
             .collect();
         let token = super::seed_catalog(&shop.http, &shop.command_url, &items).await?;
-        // Reads start when the query API serves the whole catalog.
-        let last = &skus[n - 1];
-        super::wait_readable(
-            &shop.http,
-            &format!("{}/v1/catalog/items/{last}", shop.query_url),
-            token,
-        )
-        .await?;
+        // Reads start when the query API serves the whole catalog: every SKU, since they sit
+        // in different partitions that the projector follows independently.
+        for sku in &skus {
+            super::wait_readable(&shop.http, &format!("{}/v1/catalog/items/{sku}", shop.query_url), token).await?;
+        }
         Ok(Catalog {
             skus,
             categories,

@@ -13,10 +13,12 @@ use surge_runtime::KafkaConfig;
 use surge_testkit::faults::PrivateBroker;
 use surge_testkit::TestEnv;
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+/// Free loopback addresses, all different (each held until all are chosen).
+fn free_addrs<const N: usize>() -> [std::net::SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound address"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -32,7 +34,7 @@ async fn the_demo_runs_to_the_end_on_a_brand_new_broker() {
     let (cmd, command) = support::command_api(&env).await;
     // A short consistency wait: a read side that is not following yet shows at once.
     let (qry, query) = support::query_api_with(&env, |c| c.consistency_wait_ms = 100).await;
-    let (relay_admin, projector_admin) = (free_addr(), free_addr());
+    let [relay_admin, projector_admin, projector_again] = free_addrs();
     let relay = Relay::build(RelayConfig {
         admin_addr: relay_admin,
         ..RelayConfig::new(support::db(&env), env.kafka.clone())
@@ -72,7 +74,7 @@ async fn the_demo_runs_to_the_end_on_a_brand_new_broker() {
     // A second start on the same topics (the demo run again): everything was read already
     // and the relay's transaction markers keep the lag above zero, yet it must be ready.
     projector.stop().await;
-    let projector_admin = free_addr();
+    let projector_admin = projector_again;
     let again = Projector::build(ProjectorConfig {
         admin_addr: projector_admin,
         ..ProjectorConfig::new(support::db(&env), env.kafka.clone())
