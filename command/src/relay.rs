@@ -25,7 +25,6 @@
 //! whole round: consumers skip what they already have (by stream version / event id).
 
 use crate::breaker::Breaker;
-use crate::store::StoreError;
 use clap::Args;
 use futures::future::{join_all, BoxFuture};
 use rdkafka::config::ClientConfig;
@@ -40,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use surge_events::{topics, EventEnvelope};
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
+use surge_store::StoreError;
 use tokio::time::{timeout, Instant};
 
 /// Session advisory lock key held by the active relay ("surge-relay").

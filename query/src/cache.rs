@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::StreamType;
+use surge_events::{StreamId, StreamOf, StreamType};
 use surge_runtime::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -303,10 +303,10 @@ pub async fn spawn_invalidator(
             let Some(head) = msg.payload().and_then(|p| serde_json::from_slice::<Head>(p).ok()) else {
                 continue;
             };
-            if let Some(sku) = head.stream_id.strip_prefix("inventory-") {
-                items.invalidate(sku, head.version).await;
-            } else if let Some(id) = head.stream_id.strip_prefix("order-") {
-                orders.invalidate(id, head.version).await;
+            match StreamId(head.stream_id).parse() {
+                Some(StreamOf::Inventory(sku)) => items.invalidate(sku.as_str(), head.version).await,
+                Some(StreamOf::Order(id)) => orders.invalidate(&id.to_string(), head.version).await,
+                None => {}
             }
         }
         tracing::info!("cache invalidator stopped");

@@ -15,6 +15,7 @@
 //! position 995 can commit after another one that took 1000 has committed and been read.
 //! A reader that moves its cursor past 1000 would never see 995. [`safe_position`] returns a
 //! position below which no event can appear any more, and [`read_all`] reads only up to it.
+//! [`Subscription`] catches up from a position and then follows, through that same safe read.
 //! [`stream_heads`] and [`read_stream`] serve readers that heal by stream version; [`log`]
 //! serves operators and analysts (one stream, one checkout, exports with filters, imports, stats);
 //! [`checkpoints`] keeps where each projection is in each Kafka partition; [`outbox`] is the
@@ -31,6 +32,8 @@ pub mod idempotency;
 pub mod log;
 pub mod outbox;
 pub mod position;
+pub mod subscription;
 
 pub use error::{is_transient, StoreError};
 pub use position::{count_events, read_all, read_stream, safe_position, stream_heads, ReadAll};
+pub use subscription::Subscription;

@@ -117,6 +117,78 @@ async fn reading_after_a_position_never_skips_a_late_commit() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "in position order");
 }
 
+/// A subscription catches up on history, then follows new events through the same safe read:
+/// across the switch, with writers going on and one transaction held open, every event comes
+/// once, in position order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_catches_up_then_follows_without_gap_or_repeat() {
+    let env = TestEnv::new().await;
+    for i in 0..30 {
+        let mut tx = env.pool.begin().await.unwrap();
+        EventStore::append_in(&mut tx, &[item_added(&format!("H-{i}"))])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let subscriber = tokio::spawn({
+        let url = env.db.expose_url().to_string();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut sub = surge_store::Subscription::after(0, None).batch(7);
+            let (mut seen, mut positions) = (Vec::new(), Vec::new());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while seen.len() < 131 && tokio::time::Instant::now() < deadline {
+                for e in sub.next(&mut conn, Duration::from_millis(200)).await.unwrap() {
+                    positions.push(e.position);
+                    seen.push(e.stream_id.0);
+                }
+            }
+            (seen, positions)
+        }
+    });
+    // Live writers while the subscriber is still on history, one of them holding its
+    // transaction open across the others.
+    let mut held = sqlx::PgConnection::connect(env.db.expose_url()).await.unwrap();
+    let mut late = held.begin().await.unwrap();
+    EventStore::append_in(&mut late, &[item_added("SUB-LATE")])
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = env.pool.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let mut tx = pool.begin().await.unwrap();
+                    EventStore::append_in(&mut tx, &[item_added(&format!("L{w}-{i}"))])
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.commit().await.unwrap();
+    let (seen, positions) = subscriber.await.unwrap();
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(
+        seen.len(),
+        131,
+        "history, live and the late commit, each once (got {})",
+        seen.len()
+    );
+    assert_eq!(unique.len(), 131, "no event twice");
+    assert!(
+        seen.contains(&"inventory-SUB-LATE".to_string()),
+        "the late commit was delivered"
+    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in position order");
+    env.cleanup().await;
+}
+
 /// A writer whose transaction id is above the snapshot's `xmax` is not in its `xip` list: a
 /// writer W with an older id commits a later position while the writer A with a newer id is
 /// still open. The reader must wait for A all the same.
