@@ -33,6 +33,24 @@ fn item_added(sku: &str) -> StreamAppend {
     }
 }
 
+/// Four writers, each committing 25 items (`<prefix><writer>-<i>`) one transaction at a time.
+fn spawn_writers(pool: &sqlx::PgPool, prefix: &'static str) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let mut tx = pool.begin().await.unwrap();
+                    EventStore::append_in(&mut tx, &[item_added(&format!("{prefix}{w}-{i}"))])
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reading_after_a_position_never_skips_a_late_commit() {
     let env = TestEnv::new().await;
@@ -44,20 +62,7 @@ async fn reading_after_a_position_never_skips_a_late_commit() {
         .last_position;
 
     // Writers that commit after the held transaction drew its position.
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let pool = env.pool.clone();
-            tokio::spawn(async move {
-                for i in 0..25 {
-                    let mut tx = pool.begin().await.unwrap();
-                    EventStore::append_in(&mut tx, &[item_added(&format!("W{w}-{i}"))])
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&env.pool, "W");
 
     // The reader follows the log while the writers go on and the late transaction stays open.
     let reader = tokio::spawn({
@@ -153,20 +158,7 @@ async fn a_subscription_catches_up_then_follows_without_gap_or_repeat() {
     EventStore::append_in(&mut late, &[item_added("SUB-LATE")])
         .await
         .unwrap();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let pool = env.pool.clone();
-            tokio::spawn(async move {
-                for i in 0..25 {
-                    let mut tx = pool.begin().await.unwrap();
-                    EventStore::append_in(&mut tx, &[item_added(&format!("L{w}-{i}"))])
-                        .await
-                        .unwrap();
-                    tx.commit().await.unwrap();
-                }
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&env.pool, "L");
     for w in writers {
         w.await.unwrap();
     }
