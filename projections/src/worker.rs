@@ -588,13 +588,6 @@ fn source<'a>(p: Projection, topic: &'a str, identity: &'a TopicIdentity) -> sur
     }
 }
 
-fn store_error(e: surge_store::StoreError) -> sqlx::Error {
-    match e {
-        surge_store::StoreError::Database(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
-    }
-}
-
 /// What a checkpoint says about the messages at hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
@@ -683,7 +676,7 @@ pub async fn apply_batch(
     let src = source(projection, topic, identity);
     let checkpoint: HashMap<i32, Checkpoint> = surge_store::checkpoints::lock_partitions(&mut tx, src, &partitions)
         .await
-        .map_err(store_error)?
+        .map_err(sqlx::Error::from)?
         .into_iter()
         .map(|c| (c.partition, c))
         .collect();
@@ -761,7 +754,7 @@ pub async fn apply_batch(
     let advanced: Vec<(i32, i64, i64)> = advanced.into_iter().map(|(p, (o, pos))| (p, o, pos)).collect();
     surge_store::checkpoints::advance(&mut tx, src, &advanced)
         .await
-        .map_err(store_error)?;
+        .map_err(sqlx::Error::from)?;
     tx.commit().await?;
     let now = chrono::Utc::now();
     for t in std::mem::take(&mut stats.occurred) {
@@ -778,12 +771,7 @@ async fn missing_events(
     from: i64,
     to: i64,
 ) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    surge_store::read_stream(conn, stream, from, to)
-        .await
-        .map_err(|e| match e {
-            surge_store::StoreError::Database(e) => e,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })
+    Ok(surge_store::read_stream(conn, stream, from, to).await?)
 }
 
 /// The events to fold for one message: the message's own event, preceded by any events of its

@@ -207,10 +207,5 @@ pub async fn sales(
 /// The position of the last event of `stream_id` at or before `token` (the event store's
 /// answer, see [`surge_store::log::stream_position_at`]).
 pub async fn stream_position_at(pool: &PgPool, stream_id: &str, token: i64) -> Result<Option<i64>, sqlx::Error> {
-    surge_store::log::stream_position_at(pool, stream_id, token)
-        .await
-        .map_err(|e| match e {
-            surge_store::StoreError::Database(e) => e,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })
+    Ok(surge_store::log::stream_position_at(pool, stream_id, token).await?)
 }

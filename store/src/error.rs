@@ -44,3 +44,14 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         .and_then(|d| d.code())
         .is_some_and(|c| c == "40P01" || c == "40001")
 }
+
+/// For callers whose errors are sqlx's (the projector's batches, the query side's reads): a
+/// database error stays itself, anything else of the store becomes a protocol error.
+impl From<StoreError> for sqlx::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        }
+    }
+}

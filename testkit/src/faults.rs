@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Two distinct free loopback ports (both held while the second is chosen, so they differ).
-fn two_free_ports() -> (u16, u16) {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &std::net::TcpListener| l.local_addr().expect("bound address").port();
-    (port(&a), port(&b))
+/// `N` distinct free loopback addresses (each held until all are chosen, so they differ).
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound address"))
 }
 
 /// Where `./dev` put the Kafka jars: `SURGE_KAFKA_LIBS`, else its default cache location.
@@ -44,7 +44,7 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
-        let (port, controller) = two_free_ports();
+        let [port, controller] = free_addrs().map(|a: SocketAddr| a.port());
         let dir = std::env::temp_dir().join(format!("surge-broker-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join("data")).expect("broker dir");
         let template = include_str!("../../deploy/kafka/server.properties");

@@ -10,16 +10,8 @@ use surge_cli::demo::{run, DemoConfig};
 use surge_command::{Relay, RelayConfig};
 use surge_projections::{Projector, ProjectorConfig};
 use surge_runtime::KafkaConfig;
-use surge_testkit::faults::PrivateBroker;
+use surge_testkit::faults::{free_addrs, PrivateBroker};
 use surge_testkit::TestEnv;
-
-/// Free loopback addresses, all different (each held until all are chosen).
-fn free_addrs<const N: usize>() -> [std::net::SocketAddr; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("bound address"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_runs_to_the_end_on_a_brand_new_broker() {
