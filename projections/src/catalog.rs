@@ -1,12 +1,88 @@
 //! The catalog projection: `catalog_items` (one row per SKU with its stock) and
 //! `sales_by_minute` (units and revenue sold per SKU and minute), from inventory events.
 
+use crate::view::View;
+use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use std::collections::HashMap;
-use surge_events::{inventory::InventoryEvent, EventEnvelope};
+use surge_events::{inventory::InventoryEvent, EventEnvelope, Sku, StreamId, StreamOf};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The catalog view: one row per SKU in `catalog_items`, sales per minute in `sales_by_minute`.
+pub struct Catalog;
+
+#[async_trait]
+impl View for Catalog {
+    type Event = InventoryEvent;
+    type Key = Sku;
+    type Row = CatalogRow;
+    type Extra = SaleDelta;
+
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["catalog_items", "sales_by_minute"]
+    }
+    fn key(&self, stream: &StreamId) -> Option<Sku> {
+        match stream.parse() {
+            Some(StreamOf::Inventory(sku)) => Some(sku),
+            _ => None,
+        }
+    }
+    fn stream_id(&self, key: &Sku) -> StreamId {
+        key.stream_id()
+    }
+    fn version(&self, row: &CatalogRow) -> i64 {
+        row.version
+    }
+    fn fold(
+        &self,
+        row: Option<CatalogRow>,
+        env: &EventEnvelope,
+        event: &InventoryEvent,
+        sales: &mut Vec<SaleDelta>,
+    ) -> Option<CatalogRow> {
+        let (row, sale) = fold(row, env, event);
+        sales.extend(sale);
+        row
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        tables: &[String],
+        keys: &[Sku],
+    ) -> Result<HashMap<Sku, CatalogRow>, sqlx::Error> {
+        let skus: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let rows = load(conn, &tables[0], &skus).await?;
+        Ok(rows
+            .into_values()
+            .filter_map(|r| Sku::parse(r.sku.clone()).ok().map(|k| (k, r)))
+            .collect())
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        tables: &[String],
+        rows: &[&CatalogRow],
+        sales: Vec<SaleDelta>,
+    ) -> Result<(), sqlx::Error> {
+        upsert(conn, &tables[0], rows).await?;
+        add_sales(conn, &tables[1], &sales).await
+    }
+    async fn versions(&self, conn: &mut PgConnection, tables: &[String]) -> Result<Vec<(Sku, i64)>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!("SELECT sku, version FROM {}", tables[0]))
+            .fetch_all(conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(sku, v)| Sku::parse(sku).ok().map(|k| (k, v)))
+            .collect())
+    }
+}
+
+/// A row of `catalog_items`: what the query side reads too.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CatalogRow {
     pub sku: String,
     pub name: String,
@@ -97,22 +173,6 @@ pub fn fold(
     (row, sale)
 }
 
-fn row_from(r: &sqlx::postgres::PgRow) -> Result<CatalogRow, sqlx::Error> {
-    Ok(CatalogRow {
-        sku: r.try_get("sku")?,
-        name: r.try_get("name")?,
-        category: r.try_get("category")?,
-        price_minor: r.try_get("price_minor")?,
-        currency: r.try_get("currency")?,
-        available: r.try_get("available")?,
-        reserved: r.try_get("reserved")?,
-        sold: r.try_get("sold")?,
-        version: r.try_get("version")?,
-        last_position: r.try_get("last_position")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
 /// The rows of `skus`, locked for this transaction.
 pub async fn load(
     conn: &mut PgConnection,
@@ -120,17 +180,14 @@ pub async fn load(
     skus: &[String],
 ) -> Result<HashMap<String, CatalogRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} WHERE sku = ANY($1) FOR UPDATE");
-    let rows = sqlx::query(&sql).bind(skus).fetch_all(conn).await?;
-    rows.iter()
-        .map(|r| row_from(r).map(|row| (row.sku.clone(), row)))
-        .collect()
+    let rows: Vec<CatalogRow> = sqlx::query_as(&sql).bind(skus).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|row| (row.sku.clone(), row)).collect())
 }
 
 /// Every row of the table (tests and audits compare it with a fold of the event store).
 pub async fn load_all(conn: &mut PgConnection, table: &str) -> Result<Vec<CatalogRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} ORDER BY sku");
-    let rows = sqlx::query(&sql).fetch_all(conn).await?;
-    rows.iter().map(row_from).collect()
+    sqlx::query_as(&sql).fetch_all(conn).await
 }
 
 /// Writes the rows in one statement.

@@ -8,9 +8,8 @@
 //! the transaction that also resets the checkpoint). It reads up to the store's safe position
 //! first, so no writer still in flight is left behind.
 
-use crate::worker::{apply_catalog, apply_orders, BatchStats, Projection};
+use crate::view::{BatchStats, Projection};
 use sqlx::PgConnection;
-use std::collections::HashMap;
 use std::time::Duration;
 use surge_events::{EventEnvelope, StreamId};
 
@@ -34,20 +33,6 @@ pub struct HealReport {
     pub events: usize,
 }
 
-/// The version each view row of `p` shows, by stream id.
-async fn view_versions(
-    conn: &mut PgConnection,
-    p: Projection,
-    tables: &[String],
-) -> Result<HashMap<StreamId, i64>, sqlx::Error> {
-    let sql = match p {
-        Projection::Catalog => format!("SELECT 'inventory-' || sku, version FROM {}", tables[0]),
-        Projection::Orders => format!("SELECT 'order-' || order_id::text, version FROM {}", tables[0]),
-    };
-    let rows: Vec<(String, i64)> = sqlx::query_as(&sql).fetch_all(conn).await?;
-    Ok(rows.into_iter().map(|(s, v)| (StreamId(s), v)).collect())
-}
-
 /// Folds into `tables` (the projection's tables, live or a new generation, in the order
 /// [`Projection::tables`] names them) every event of the store the views do not reflect yet.
 pub async fn heal_from_store(
@@ -57,7 +42,7 @@ pub async fn heal_from_store(
 ) -> Result<HealReport, HealError> {
     surge_store::safe_position(conn, Duration::from_secs(30)).await?;
     let heads = surge_store::stream_heads(conn, p.stream_type()).await?;
-    let seen = view_versions(conn, p, tables).await?;
+    let seen = p.versions(conn, tables).await?;
     let behind: Vec<(StreamId, i64, i64)> = heads
         .into_iter()
         .filter_map(|(stream, head)| {
@@ -70,11 +55,9 @@ pub async fn heal_from_store(
         events: 0,
     };
     for chunk in behind.chunks(STREAMS_PER_ROUND) {
-        let mut events: Vec<(i64, EventEnvelope)> = Vec::new();
+        let mut events: Vec<EventEnvelope> = Vec::new();
         for (stream, at, head) in chunk {
-            for e in surge_store::read_stream(conn, stream, at + 1, *head).await? {
-                events.push((e.position, e));
-            }
+            events.extend(surge_store::read_stream(conn, stream, at + 1, *head).await?);
         }
         report.events += fold(conn, p, tables, events).await?;
     }
@@ -86,15 +69,17 @@ pub(crate) async fn fold(
     conn: &mut PgConnection,
     p: Projection,
     tables: &[String],
-    events: Vec<(i64, EventEnvelope)>,
+    events: Vec<EventEnvelope>,
 ) -> Result<usize, sqlx::Error> {
     let mut stats = BatchStats::default();
-    let dead = match p {
-        Projection::Catalog => apply_catalog(conn, &tables[0], &tables[1], events, &mut stats).await?,
-        Projection::Orders => apply_orders(conn, &tables[0], events, &mut stats).await?,
-    };
-    for (position, error) in &dead {
-        tracing::warn!(projection = p.name(), position, error, "event not folded");
+    let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+    for (i, error) in p.apply(conn, tables, events, &mut stats).await? {
+        tracing::warn!(
+            projection = p.name(),
+            position = positions[i],
+            error,
+            "event not folded"
+        );
     }
     Ok(stats.applied)
 }

@@ -1,13 +1,77 @@
 //! The orders projection: `orders` (one row per order, indexed per customer for
 //! `customer_orders` listings), from order events.
 
+use crate::view::View;
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use std::collections::HashMap;
-use surge_events::{EventEnvelope, OrderEvent};
+use surge_events::{EventEnvelope, OrderEvent, OrderId, StreamId, StreamOf};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq)]
+/// The orders view: one row per order in `orders`.
+pub struct Orders;
+
+#[async_trait]
+impl View for Orders {
+    type Event = OrderEvent;
+    type Key = Uuid;
+    type Row = OrderRow;
+    type Extra = ();
+
+    fn name(&self) -> &'static str {
+        "orders"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["orders"]
+    }
+    fn key(&self, stream: &StreamId) -> Option<Uuid> {
+        match stream.parse() {
+            Some(StreamOf::Order(OrderId(id))) => Some(id),
+            _ => None,
+        }
+    }
+    fn stream_id(&self, key: &Uuid) -> StreamId {
+        OrderId(*key).stream_id()
+    }
+    fn version(&self, row: &OrderRow) -> i64 {
+        row.version
+    }
+    fn fold(
+        &self,
+        row: Option<OrderRow>,
+        env: &EventEnvelope,
+        event: &OrderEvent,
+        _: &mut Vec<()>,
+    ) -> Option<OrderRow> {
+        fold(row, env, event)
+    }
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        tables: &[String],
+        keys: &[Uuid],
+    ) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
+        load(conn, &tables[0], keys).await
+    }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        tables: &[String],
+        rows: &[&OrderRow],
+        _: Vec<()>,
+    ) -> Result<(), sqlx::Error> {
+        upsert(conn, &tables[0], rows).await
+    }
+    async fn versions(&self, conn: &mut PgConnection, tables: &[String]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+        sqlx::query_as(&format!("SELECT order_id, version FROM {}", tables[0]))
+            .fetch_all(conn)
+            .await
+    }
+}
+
+/// A row of `orders`: what the query side reads too.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OrderRow {
     pub order_id: Uuid,
     pub customer_id: String,
@@ -60,33 +124,15 @@ pub fn fold(row: Option<OrderRow>, env: &EventEnvelope, event: &OrderEvent) -> O
     })
 }
 
-fn row_from(r: &sqlx::postgres::PgRow) -> Result<OrderRow, sqlx::Error> {
-    Ok(OrderRow {
-        order_id: r.try_get("order_id")?,
-        customer_id: r.try_get("customer_id")?,
-        status: r.try_get("status")?,
-        lines: r.try_get("lines")?,
-        total_minor: r.try_get("total_minor")?,
-        currency: r.try_get("currency")?,
-        placed_at: r.try_get("placed_at")?,
-        updated_at: r.try_get("updated_at")?,
-        version: r.try_get("version")?,
-        last_position: r.try_get("last_position")?,
-    })
-}
-
 pub async fn load(conn: &mut PgConnection, table: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} WHERE order_id = ANY($1) FOR UPDATE");
-    let rows = sqlx::query(&sql).bind(ids).fetch_all(conn).await?;
-    rows.iter()
-        .map(|r| row_from(r).map(|row| (row.order_id, row)))
-        .collect()
+    let rows: Vec<OrderRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|row| (row.order_id, row)).collect())
 }
 
 pub async fn load_all(conn: &mut PgConnection, table: &str) -> Result<Vec<OrderRow>, sqlx::Error> {
     let sql = format!("SELECT * FROM {table} ORDER BY order_id");
-    let rows = sqlx::query(&sql).fetch_all(conn).await?;
-    rows.iter().map(row_from).collect()
+    sqlx::query_as(&sql).fetch_all(conn).await
 }
 
 pub async fn upsert(conn: &mut PgConnection, table: &str, rows: &[&OrderRow]) -> Result<(), sqlx::Error> {

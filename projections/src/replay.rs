@@ -12,7 +12,7 @@
 //!    applied are duplicates by stream version and are skipped.
 
 use crate::heal;
-use crate::worker::Projection;
+use crate::view::Projection;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::{Connection, PgConnection};
@@ -25,7 +25,7 @@ pub struct ReplayConfig {
     #[command(flatten)]
     pub db: DatabaseConfig,
     /// Projections to rebuild (comma-separated).
-    #[arg(long = "projection", value_enum, value_delimiter = ',', default_values_t = Projection::ALL)]
+    #[arg(long = "projection", value_enum, value_delimiter = ',', default_values_t = Projection::ALL.to_vec())]
     pub projections: Vec<Projection>,
     /// Events folded per transaction while building.
     #[arg(long, default_value_t = ReplayConfig::DEFAULT_BATCH_SIZE)]
@@ -258,8 +258,7 @@ async fn fold_into(
     events: Vec<EventEnvelope>,
 ) -> Result<usize, sqlx::Error> {
     let tables: Vec<String> = p.tables().iter().map(|t| format!("{t}_{generation}")).collect();
-    let tagged: Vec<(i64, EventEnvelope)> = events.into_iter().map(|e| (e.position, e)).collect();
-    heal::fold(conn, p, &tables, tagged).await
+    heal::fold(conn, p, &tables, events).await
 }
 
 pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayError> {

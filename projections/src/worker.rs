@@ -8,9 +8,9 @@
 //! version means the row missed events, which are read from the event store and applied first.
 
 use crate::heal::{heal_from_store, HealError};
-use crate::{catalog, orders, step, Step};
+use crate::view::{BatchStats, Projection};
 use backon::{ExponentialBuilder, Retryable};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, Rebalance, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,45 +20,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use surge_events::{
-    decode, topics, EventEnvelope, InventoryEvent, OrderEvent, OrderId, StreamId, StreamOf, StreamType,
-};
+use surge_events::{topics, EventEnvelope};
 use surge_runtime::kafka::TopicIdentity;
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Projection {
-    /// `catalog_items` and `sales_by_minute`, from inventory events.
-    Catalog,
-    /// `orders`, from order events.
-    Orders,
-}
-
-impl Projection {
-    pub const ALL: [Projection; 2] = [Projection::Catalog, Projection::Orders];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Projection::Catalog => "catalog",
-            Projection::Orders => "orders",
-        }
-    }
-    pub fn stream_type(self) -> StreamType {
-        match self {
-            Projection::Catalog => StreamType::Inventory,
-            Projection::Orders => StreamType::Order,
-        }
-    }
-    /// The tables the projection keeps (a replay renews them, a heal writes them).
-    pub fn tables(self) -> &'static [&'static str] {
-        match self {
-            Projection::Catalog => &["catalog_items", "sales_by_minute"],
-            Projection::Orders => &["orders"],
-        }
-    }
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct ProjectorConfig {
@@ -67,7 +32,7 @@ pub struct ProjectorConfig {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     /// Projections this process keeps (comma-separated).
-    #[arg(long = "projection", env = "SURGE_PROJECTIONS", value_enum, value_delimiter = ',', default_values_t = Projection::ALL)]
+    #[arg(long = "projection", env = "SURGE_PROJECTIONS", value_enum, value_delimiter = ',', default_values_t = Projection::ALL.to_vec())]
     pub projections: Vec<Projection>,
     /// Most messages applied in one transaction.
     #[arg(long, env = "SURGE_PROJECTOR_BATCH_SIZE", default_value_t = ProjectorConfig::DEFAULT_BATCH_SIZE)]
@@ -108,18 +73,6 @@ impl ProjectorConfig {
             max_lag: Self::DEFAULT_MAX_LAG,
         }
     }
-}
-
-/// What one batch did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BatchStats {
-    /// When the applied events happened (for the event-to-view latency).
-    pub occurred: Vec<chrono::DateTime<chrono::Utc>>,
-    pub applied: usize,
-    pub duplicates: usize,
-    pub healed: usize,
-    pub dead_letters: usize,
-    pub already_checkpointed: usize,
 }
 
 pub struct Projector {
@@ -700,6 +653,7 @@ pub async fn apply_batch(
         return Ok(Applied::AskWatermarks(ask));
     }
 
+    let mut messages = Vec::with_capacity(batch.len());
     let mut envelopes = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     let mut advanced: HashMap<i32, (i64, i64)> = HashMap::new();
@@ -714,20 +668,18 @@ pub async fn apply_batch(
         match EventEnvelope::from_json(m.payload().unwrap_or_default()) {
             Ok(env) if env.stream_type == projection.stream_type() => {
                 entry.1 = entry.1.max(env.position);
-                envelopes.push((m, env));
+                messages.push(m);
+                envelopes.push(env);
             }
             Ok(env) => dead.push((m, format!("stream type {:?} on the {} topic", env.stream_type, topic))),
             Err(e) => dead.push((m, e.to_string())),
         }
     }
 
-    let failed = match projection {
-        Projection::Catalog => {
-            apply_catalog(&mut tx, "catalog_items", "sales_by_minute", envelopes, &mut stats).await?
-        }
-        Projection::Orders => apply_orders(&mut tx, "orders", envelopes, &mut stats).await?,
-    };
-    dead.extend(failed);
+    let not_folded = projection
+        .apply(&mut tx, &projection.live_tables(), envelopes, &mut stats)
+        .await?;
+    dead.extend(not_folded.into_iter().map(|(i, error)| (messages[i], error)));
     stats.dead_letters = dead.len();
     for (m, error) in &dead {
         tracing::warn!(
@@ -762,164 +714,6 @@ pub async fn apply_batch(
         metrics::histogram!("surge_event_to_view_seconds", "projection" => projection.name()).record(latency);
     }
     Ok(Applied::Batch(stats))
-}
-
-/// Events of a stream between two versions, from the event store (to heal a gap).
-async fn missing_events(
-    conn: &mut PgConnection,
-    stream: &StreamId,
-    from: i64,
-    to: i64,
-) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    Ok(surge_store::read_stream(conn, stream, from, to).await?)
-}
-
-/// The events to fold for one message: the message's own event, preceded by any events of its
-/// stream the row has not seen (read from the event store). Empty for a duplicate.
-async fn events_to_fold(
-    conn: &mut PgConnection,
-    row_version: i64,
-    env: EventEnvelope,
-    stats: &mut BatchStats,
-) -> Result<Vec<EventEnvelope>, sqlx::Error> {
-    match step(row_version, env.version) {
-        Step::Duplicate => {
-            stats.duplicates += 1;
-            Ok(vec![])
-        }
-        Step::Apply => Ok(vec![env]),
-        Step::Gap {
-            missing_from,
-            missing_to,
-        } => {
-            let mut events = missing_events(conn, &env.stream_id, missing_from, missing_to).await?;
-            tracing::warn!(
-                stream = %env.stream_id,
-                correlation_id = %env.metadata.correlation_id,
-                missing_from,
-                missing_to,
-                found = events.len(),
-                "version gap healed from the event store"
-            );
-            stats.healed += events.len();
-            events.push(env);
-            Ok(events)
-        }
-    }
-}
-
-/// Events that could not be applied, each with where it came from and why.
-type DeadLetters<S> = Vec<(S, String)>;
-
-pub(crate) async fn apply_catalog<S: Clone>(
-    conn: &mut PgConnection,
-    items_table: &str,
-    sales_table: &str,
-    envelopes: Vec<(S, EventEnvelope)>,
-    stats: &mut BatchStats,
-) -> Result<DeadLetters<S>, sqlx::Error> {
-    let mut dead = Vec::new();
-    let skus: Vec<String> = envelopes
-        .iter()
-        .filter_map(|(_, e)| match e.stream_id.parse() {
-            Some(StreamOf::Inventory(sku)) => Some(String::from(sku)),
-            _ => None,
-        })
-        .collect();
-    let mut rows = catalog::load(conn, items_table, &skus).await?;
-    let mut touched = std::collections::HashSet::new();
-    let mut sales = Vec::new();
-    for (m, env) in envelopes {
-        let Some(StreamOf::Inventory(sku)) = env.stream_id.parse() else {
-            dead.push((m, format!("stream id {} is not an inventory stream", env.stream_id)));
-            continue;
-        };
-        let sku = String::from(sku);
-        let version = rows.get(&sku).map_or(0, |r| r.version);
-        for env in events_to_fold(conn, version, env, stats).await? {
-            let event = match decode::<InventoryEvent>(&env) {
-                Ok(e) => e,
-                Err(e) => {
-                    dead.push((m.clone(), e.to_string()));
-                    break;
-                }
-            };
-            match catalog::fold(rows.remove(&sku), &env, &event) {
-                (Some(row), sale) => {
-                    stats.occurred.push(env.occurred_at);
-                    tracing::debug!(correlation_id = %env.metadata.correlation_id, stream = %env.stream_id, version = env.version, "event applied");
-                    rows.insert(sku.clone(), row);
-                    sales.extend(sale);
-                    touched.insert(sku.clone());
-                    stats.applied += 1;
-                }
-                (None, _) => {
-                    dead.push((
-                        m,
-                        format!("{} of {} before the item was added", env.event_type, env.stream_id),
-                    ));
-                    break;
-                }
-            }
-        }
-    }
-    let changed: Vec<&catalog::CatalogRow> = touched.iter().filter_map(|s| rows.get(s)).collect();
-    catalog::upsert(conn, items_table, &changed).await?;
-    catalog::add_sales(conn, sales_table, &sales).await?;
-    Ok(dead)
-}
-
-pub(crate) async fn apply_orders<S: Clone>(
-    conn: &mut PgConnection,
-    table: &str,
-    envelopes: Vec<(S, EventEnvelope)>,
-    stats: &mut BatchStats,
-) -> Result<DeadLetters<S>, sqlx::Error> {
-    let mut dead = Vec::new();
-    let ids: Vec<uuid::Uuid> = envelopes
-        .iter()
-        .filter_map(|(_, e)| match e.stream_id.parse() {
-            Some(StreamOf::Order(id)) => Some(id.0),
-            _ => None,
-        })
-        .collect();
-    let mut rows = orders::load(conn, table, &ids).await?;
-    let mut touched = std::collections::HashSet::new();
-    for (m, env) in envelopes {
-        let Some(StreamOf::Order(OrderId(id))) = env.stream_id.parse() else {
-            dead.push((m, format!("stream id {} is not an order stream", env.stream_id)));
-            continue;
-        };
-        let version = rows.get(&id).map_or(0, |r| r.version);
-        for env in events_to_fold(conn, version, env, stats).await? {
-            let event = match decode::<OrderEvent>(&env) {
-                Ok(e) => e,
-                Err(e) => {
-                    dead.push((m.clone(), e.to_string()));
-                    break;
-                }
-            };
-            match orders::fold(rows.remove(&id), &env, &event) {
-                Some(row) => {
-                    stats.occurred.push(env.occurred_at);
-                    tracing::debug!(correlation_id = %env.metadata.correlation_id, stream = %env.stream_id, version = env.version, "event applied");
-                    rows.insert(id, row);
-                    touched.insert(id);
-                    stats.applied += 1;
-                }
-                None => {
-                    dead.push((
-                        m,
-                        format!("{} of {} before the order was placed", env.event_type, env.stream_id),
-                    ));
-                    break;
-                }
-            }
-        }
-    }
-    let changed: Vec<&orders::OrderRow> = touched.iter().filter_map(|id| rows.get(id)).collect();
-    orders::upsert(conn, table, &changed).await?;
-    Ok(dead)
 }
 
 #[cfg(test)]

@@ -1,30 +1,19 @@
 //! Typed reads of the views. Every row carries its stream version (for ETags and cache
-//! freshness) and the global position of the last event applied (for read-your-writes).
+//! freshness) and the global position of the last event applied (for read-your-writes). The
+//! row types are the projections' own ([`CatalogRow`], [`OrderRow`]): defined once, where the
+//! views are written.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
+pub use surge_projections::catalog::CatalogRow;
+pub use surge_projections::orders::OrderRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Price {
     pub minor: i64,
     pub currency: String,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct ItemRow {
-    pub sku: String,
-    pub name: String,
-    pub category: String,
-    pub price_minor: i64,
-    pub currency: String,
-    pub available: i64,
-    pub reserved: i64,
-    pub sold: i64,
-    pub version: i64,
-    pub last_position: i64,
-    pub updated_at: DateTime<Utc>,
 }
 
 /// A catalog item as the API shows it.
@@ -42,8 +31,8 @@ pub struct CatalogItem {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<&ItemRow> for CatalogItem {
-    fn from(r: &ItemRow) -> Self {
+impl From<&CatalogRow> for CatalogItem {
+    fn from(r: &CatalogRow) -> Self {
         CatalogItem {
             sku: r.sku.clone(),
             name: r.name.clone(),
@@ -60,20 +49,6 @@ impl From<&ItemRow> for CatalogItem {
             updated_at: r.updated_at,
         }
     }
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct OrderRow {
-    pub order_id: Uuid,
-    pub customer_id: String,
-    pub status: String,
-    pub lines: serde_json::Value,
-    pub total_minor: i64,
-    pub currency: String,
-    pub placed_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub version: i64,
-    pub last_position: i64,
 }
 
 /// An order as the API shows it.
@@ -127,7 +102,7 @@ pub struct ItemFilter {
     pub in_stock: Option<bool>,
 }
 
-pub async fn item(pool: &PgPool, sku: &str) -> Result<Option<ItemRow>, sqlx::Error> {
+pub async fn item(pool: &PgPool, sku: &str) -> Result<Option<CatalogRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM catalog_items WHERE sku = $1")
         .bind(sku)
         .fetch_optional(pool)
@@ -140,7 +115,7 @@ pub async fn items_page(
     f: &ItemFilter,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<ItemRow>, sqlx::Error> {
+) -> Result<Vec<CatalogRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM catalog_items \
          WHERE ($1::text IS NULL OR sku > $1) \

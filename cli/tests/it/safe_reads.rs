@@ -244,7 +244,7 @@ async fn replay_waits_for_a_transaction_held_open_and_keeps_its_event() {
     let progress = ReplayProgress::default();
     let config = ReplayConfig {
         db: support::db(&env),
-        projections: vec![Projection::Catalog],
+        projections: vec![Projection::of(&surge_projections::catalog::Catalog)],
         batch_size: 3,
         dry_run: false,
         source: Source::Store,
