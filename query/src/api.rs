@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::time::Duration;
-use surge_events::{CustomerId, Sku};
+use surge_events::{CustomerId, OrderId, Sku};
 use surge_runtime::auth::{authenticate_with_session, Authenticator};
 use surge_runtime::extract::{Params, PathParam};
 use surge_runtime::http::SecuritySchemes;
@@ -330,13 +330,13 @@ async fn get_order(
             }))
         }
     };
-    let stream = format!("order-{order_id}");
-    match read_view(&ctx, &ctx.orders, &order_id.to_string(), &stream, token, load).await? {
+    let stream = OrderId(order_id).stream_id();
+    match read_view(&ctx, &ctx.orders, &order_id.to_string(), stream.as_str(), token, load).await? {
         Some((v, s, f)) => {
             caller.may_read(v.owner.as_deref().unwrap_or_default())?;
             Ok(view_response(&headers, &v, s, f, "private, no-cache"))
         }
-        None => Err(absent(&ctx, &stream, format!("no order {order_id}")).await),
+        None => Err(absent(&ctx, stream.as_str(), format!("no order {order_id}")).await),
     }
 }
 
