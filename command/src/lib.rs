@@ -9,7 +9,8 @@
 //! single-SKU orders of a hot item queue in ([`sequencer`]), the HTTP command API ([`api`],
 //! behind rate limits and load shedding: [`admission`]; started through [`app`]), the workers
 //! that settle payments ([`payments`]) and expire unpaid holds ([`expiry`]), and the outbox
-//! relay to Kafka ([`relay`]); both workers call out through circuit breakers ([`breaker`]).
+//! relay to Kafka ([`relay`]); both workers call out through the circuit breakers of
+//! [`surge_runtime::breaker`].
 //! [`invariants`] holds what any command body must keep (fuzzed, and replayed from `fuzz/corpus`).
 //! All I/O lives outside [`domain`]; the event store's version check is the final guard
 //! against oversell, whatever runs in front of it.
@@ -22,7 +23,6 @@ pub mod admission;
 pub mod answers;
 pub mod api;
 pub mod app;
-pub mod breaker;
 pub mod commands;
 pub mod expiry;
 pub mod idempotency;

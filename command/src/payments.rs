@@ -19,7 +19,6 @@
 //! is refunded through the gateway and recorded as `PaymentRefunded`, never dropped.
 
 use crate::answers::CommandError;
-use crate::breaker::Breaker;
 use crate::commands::Commands;
 use crate::domain::payment::{Settled, Settlement};
 use async_trait::async_trait;
@@ -30,6 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 use surge_events::{EventMetadata, Money, OrderId};
+use surge_runtime::breaker::Breaker;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

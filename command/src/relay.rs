@@ -24,7 +24,6 @@
 //! A crash, or a commit whose outcome is unknown, between commit and delete re-publishes that
 //! whole round: consumers skip what they already have (by stream version / event id).
 
-use crate::breaker::Breaker;
 use clap::Args;
 use futures::future::{join_all, BoxFuture};
 use rdkafka::config::ClientConfig;
@@ -38,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use surge_events::{topics, EventEnvelope};
+use surge_runtime::breaker::Breaker;
 use surge_runtime::{DatabaseConfig, KafkaConfig, StartupError};
 use surge_store::StoreError;
 use tokio::time::{timeout, Instant};

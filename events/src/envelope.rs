@@ -103,36 +103,6 @@ pub enum DecodeError {
     Envelope(#[from] serde_json::Error),
 }
 
-/// Decodes the envelope's payload into its typed event.
-pub fn decode<P: Payload>(env: &EventEnvelope) -> Result<P, DecodeError> {
-    if env.stream_type != P::STREAM_TYPE {
-        return Err(DecodeError::WrongStreamType {
-            expected: P::STREAM_TYPE,
-            found: env.stream_type,
-        });
-    }
-    let mut value = crate::upcast::upcast(&env.event_type, env.schema_version, env.payload.clone())?;
-    let obj = value.as_object_mut().ok_or_else(|| DecodeError::UnknownType {
-        event_type: env.event_type.clone(),
-        schema_version: env.schema_version,
-    })?;
-    obj.insert("type".into(), serde_json::Value::String(env.event_type.clone()));
-    serde_json::from_value(value).map_err(|source| {
-        if source.to_string().starts_with("unknown variant") {
-            DecodeError::UnknownType {
-                event_type: env.event_type.clone(),
-                schema_version: env.schema_version,
-            }
-        } else {
-            DecodeError::Payload {
-                event_type: env.event_type.clone(),
-                schema_version: env.schema_version,
-                source,
-            }
-        }
-    })
-}
-
 /// The columns of the `events` table that make an envelope, in the order [`EventEnvelope::from_row`] reads.
 pub const ENVELOPE_COLUMNS: &str = "position, event_id, stream_id, stream_type, version, event_type, \
      schema_version, payload, correlation_id, causation_id, actor, occurred_at";
@@ -178,6 +148,7 @@ impl EventEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode;
     use crate::inventory::{InventoryEvent, StockRestocked};
     use crate::order::OrderEvent;
     use crate::Sku;
@@ -239,7 +210,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::{InventoryEvent, OrderEvent};
+    use crate::{decode, InventoryEvent, OrderEvent};
     use proptest::prelude::*;
 
     fn any_json() -> impl Strategy<Value = serde_json::Value> {

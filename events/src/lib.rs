@@ -22,7 +22,8 @@ pub mod schemas;
 pub mod topics;
 pub mod upcast;
 
-pub use envelope::{decode, DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
+pub use envelope::{DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
+pub use upcast::decode;
 pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId, StreamOf};
 pub use inventory::InventoryEvent;
 pub use money::{Currency, Money, MoneyError};

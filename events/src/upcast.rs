@@ -5,27 +5,63 @@
 //! (amounts as `Money` with a currency). Every other event type is at v1.
 
 use crate::order::OrderPlacedV1;
-use crate::DecodeError;
+use crate::{DecodeError, EventEnvelope, Payload};
 use serde_json::Value;
+
+/// Every event type this code knows, with the schema version it writes. A test in
+/// [`crate::schemas`] checks it against the variants of `OrderEvent` and `InventoryEvent`.
+pub(crate) const CURRENT_VERSIONS: &[(&str, i32)] = &[
+    ("OrderPlaced", 2),
+    ("PaymentSubmitted", 1),
+    ("OrderPaid", 1),
+    ("PaymentFailed", 1),
+    ("OrderCancelled", 1),
+    ("OrderShipped", 1),
+    ("PaymentRefunded", 1),
+    ("ItemAdded", 1),
+    ("StockRestocked", 1),
+    ("StockReserved", 1),
+    ("ReservationReleased", 1),
+    ("ReservationExpired", 1),
+    ("StockCommitted", 1),
+];
 
 /// The schema version this code writes for `event_type` (None: not an event type we know).
 pub fn current_version(event_type: &str) -> Option<i32> {
-    match event_type {
-        "OrderPlaced" => Some(2),
-        "PaymentSubmitted"
-        | "OrderPaid"
-        | "PaymentFailed"
-        | "OrderCancelled"
-        | "OrderShipped"
-        | "PaymentRefunded"
-        | "ItemAdded"
-        | "StockRestocked"
-        | "StockReserved"
-        | "ReservationReleased"
-        | "ReservationExpired"
-        | "StockCommitted" => Some(1),
-        _ => None,
+    CURRENT_VERSIONS
+        .iter()
+        .find(|(known, _)| *known == event_type)
+        .map(|(_, version)| *version)
+}
+
+/// Decodes the envelope's payload into its typed event, upcast to the current version first.
+pub fn decode<P: Payload>(env: &EventEnvelope) -> Result<P, DecodeError> {
+    if env.stream_type != P::STREAM_TYPE {
+        return Err(DecodeError::WrongStreamType {
+            expected: P::STREAM_TYPE,
+            found: env.stream_type,
+        });
     }
+    let mut value = upcast(&env.event_type, env.schema_version, env.payload.clone())?;
+    let obj = value.as_object_mut().ok_or_else(|| DecodeError::UnknownType {
+        event_type: env.event_type.clone(),
+        schema_version: env.schema_version,
+    })?;
+    obj.insert("type".into(), serde_json::Value::String(env.event_type.clone()));
+    serde_json::from_value(value).map_err(|source| {
+        if source.to_string().starts_with("unknown variant") {
+            DecodeError::UnknownType {
+                event_type: env.event_type.clone(),
+                schema_version: env.schema_version,
+            }
+        } else {
+            DecodeError::Payload {
+                event_type: env.event_type.clone(),
+                schema_version: env.schema_version,
+                source,
+            }
+        }
+    })
 }
 
 /// The payload of (`event_type`, `schema_version`) in its current version.

@@ -1,6 +1,7 @@
 //! The query API: reads of the views, cached, with ETags, keyset cursors and read-your-writes.
 
 use crate::cache::{CacheStatus, CachedView, ViewCache};
+pub use crate::context::{ConsistencyMode, QueryContext};
 use crate::views::{self, CatalogItem, ItemFilter, Order};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,7 +13,6 @@ use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use std::time::Duration;
 use surge_events::{CustomerId, OrderId, Sku};
 use surge_runtime::auth::{authenticate_with_session, Authenticator};
@@ -26,25 +26,6 @@ use uuid::Uuid;
 pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
 pub const MAX_PAGE_SIZE: i64 = 200;
 const DEFAULT_PAGE_SIZE: i64 = 50;
-
-/// What a read does when the view has not reached the caller's consistency token in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConsistencyMode {
-    /// 503 with Retry-After.
-    Fail,
-    /// The value the view has, flagged `X-Consistency: stale`.
-    Stale,
-}
-
-#[derive(Clone)]
-pub struct QueryContext {
-    pub pool: PgPool,
-    pub items: ViewCache,
-    pub orders: ViewCache,
-    pub consistency_wait: Duration,
-    pub consistency_mode: ConsistencyMode,
-    pub console: crate::console::ConsoleContext,
-}
 
 /// Catalog reads are public (shoppers browse anonymously); orders need their customer, a
 /// service, an admin or an analyst; statistics need an admin or an analyst. Bad credentials

@@ -14,7 +14,8 @@
 //!   code as `surge replay`, and its progress. State-changing calls also need the
 //!   `X-Surge-Console` header, which a cross-site form cannot send.
 
-use crate::api::QueryContext;
+pub use crate::context::ConsoleContext;
+use crate::context::QueryContext;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,15 +27,13 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use surge_events::EventEnvelope;
 use surge_projections::replay::{ProgressState, ReplayConfig, ReplayProgress, Source};
 use surge_projections::Projection;
-use surge_runtime::auth::{Authenticator, SESSION_COOKIE};
+use surge_runtime::auth::SESSION_COOKIE;
 use surge_runtime::extract::{Body, PathParam};
-use surge_runtime::{DatabaseConfig, KafkaConfig, Principal, Problem, Role};
-use tokio::sync::Mutex;
+use surge_runtime::{Principal, Problem, Role};
 use uuid::Uuid;
 
 const INDEX: &str = include_str!("console/index.html");
@@ -42,39 +41,6 @@ const APP_JS: &str = include_str!("console/app.js");
 const APP_CSS: &str = include_str!("console/app.css");
 const CSRF_HEADER: &str = "x-surge-console";
 const EVENTS_LIMIT: i64 = 500;
-
-/// What the console needs besides the views: where the other processes' metrics are, the
-/// token checker (to open sessions) and what a replay runs with.
-#[derive(Clone)]
-pub struct ConsoleContext {
-    pub auth: Arc<Authenticator>,
-    pub metrics_urls: Arc<Vec<String>>,
-    pub http: reqwest::Client,
-    pub primary: DatabaseConfig,
-    pub kafka: KafkaConfig,
-    pub replay: Arc<Mutex<Option<ReplayProgress>>>,
-}
-
-impl ConsoleContext {
-    pub fn new(
-        auth: Arc<Authenticator>,
-        metrics_urls: Vec<String>,
-        primary: DatabaseConfig,
-        kafka: KafkaConfig,
-    ) -> Self {
-        ConsoleContext {
-            auth,
-            metrics_urls: Arc::new(metrics_urls.into_iter().filter(|u| !u.trim().is_empty()).collect()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_millis(800))
-                .build()
-                .unwrap_or_default(),
-            primary,
-            kafka,
-            replay: Arc::new(Mutex::new(None)),
-        }
-    }
-}
 
 pub fn routes() -> Router<QueryContext> {
     Router::new()
@@ -263,7 +229,7 @@ fn absorb(totals: &mut Totals, exposition: &str) {
     }
 }
 
-async fn scrape(ctx: &crate::console::ConsoleContext) -> (Totals, Vec<String>) {
+async fn scrape(ctx: &ConsoleContext) -> (Totals, Vec<String>) {
     let mut totals = Totals::default();
     let mut unreachable = Vec::new();
     let fetches = ctx.metrics_urls.iter().map(|url| async move {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod cache;
 pub mod console;
+pub mod context;
 pub mod views;
 
 pub use app::{QueryApiConfig, QueryApp};

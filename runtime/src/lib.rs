@@ -6,9 +6,12 @@
 //! RFC 9457 problem responses ([`problem`]) that both HTTP APIs answer errors with, the
 //! extractors that turn bad input into such problems ([`extract`]) and startup errors ([`startup`]).
 //! Authentication ([`auth`]: bearer tokens and API keys, roles) is here too, so both APIs
-//! check callers the same way. It never holds domain rules and never reaches into a view or the event store's tables.
+//! check callers the same way, and the circuit breakers ([`breaker`]) that the payment worker
+//! and the outbox relay call out through. It never holds domain rules and never reaches into a
+//! view or the event store's tables.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod extract;

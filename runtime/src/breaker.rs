@@ -1,7 +1,8 @@
-//! Circuit breakers around what the write side calls out to: the payment gateway and Kafka.
+//! Circuit breakers around what a process calls out to (the payment gateway, Kafka).
 //! After `failures` failures in a row a breaker opens: callers stop calling (the payment
 //! worker leaves payments queued, the relay leaves events in the outbox) and try again after
-//! an exponentially growing pause, one trial call at a time.
+//! an exponentially growing pause, one trial call at a time. Its state is exported as the
+//! `surge_circuit_open{breaker}` gauge and `surge_circuit_failures_total{breaker}` counter.
 
 use failsafe::backoff::{exponential, Exponential};
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
