@@ -33,7 +33,7 @@ pub struct DemoConfig {
 
 /// Waits (60 s at most: a brand-new broker takes a while to form a consumer group) until
 /// `base` answers `/readyz` with 200; says what it waits for when that takes a while.
-pub(crate) async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
+pub async fn wait_ready(client: &Client, base: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut told = false;
     loop {
@@ -320,7 +320,9 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     );
     println!("   console       {qry}/console  (sign in with: surge token --role admin --sub you; `./dev services` keeps it up)");
     println!("   dashboards    deploy/grafana/surge.json, alerts in deploy/prometheus/alerts.yml");
-    println!("   event store   psql \"$SURGE_DATABASE_URL\" -c 'SELECT position, stream_id, version, event_type FROM events ORDER BY position DESC LIMIT 20'");
+    println!(
+        "   event store   surge export --format csv --stream-id inventory-{hot}  (the hot SKU's history; the console browses any stream)"
+    );
     Ok(())
 }
 

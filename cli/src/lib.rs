@@ -1,15 +1,15 @@
 //! The `surge` command line: parses arguments into each service's typed config and runs it.
 //!
 //! Owns nothing but wiring and user-facing output: [`Cli`] lists the subcommands, [`run`]
-//! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`loadgen`] puts
-//! measured load on running services, [`export`] moves events out and back in for analysts, [`credentials`] issues tokens,
-//! [`schemas`] writes the event JSON Schemas, [`migrate`]
-//! applies the schema and creates the topics. Every service's logic lives in its own crate.
+//! dispatches them, [`demo`] is the scripted flash sale `./dev demo` shows, [`export`] moves
+//! events out and back in for analysts, [`credentials`] issues tokens (and lets tools such as
+//! `surge-loadgen` authenticate), [`schemas`] writes the event JSON Schemas, [`migrate`]
+//! applies the schema and creates the topics. Every service's logic lives in its own crate;
+//! load generation and benchmarks live beside the product, in `surge-loadgen`.
 
 pub mod credentials;
 pub mod demo;
 pub mod export;
-pub mod loadgen;
 pub mod migrate;
 pub mod schemas;
 pub mod seed;
@@ -49,8 +49,6 @@ pub enum Command {
     Migrate(migrate::MigrateConfig),
     /// Seed a catalog and run a short flash sale against running services.
     Demo(demo::DemoConfig),
-    /// Put bounded load on running services (loopback) and report latencies and throughput.
-    Loadgen(loadgen::LoadgenConfig),
     /// Rebuild projections from the event store into a new generation and switch to it.
     Replay(surge_projections::replay::ReplayConfig),
     /// Export events (filtered) as NDJSON or CSV, in constant memory.
@@ -83,7 +81,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(config) => Relay::build(config).await?.run(shutdown::signal()).await?,
         Command::Migrate(config) => migrate::run(config).await?,
         Command::Demo(config) => demo::run(config).await?,
-        Command::Loadgen(config) => loadgen::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,
         Command::Token(config) => credentials::run(&config)?,
         Command::Seed(config) => seed::run(config).await?,

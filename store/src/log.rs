@@ -1,10 +1,11 @@
 //! The log as operators and analysts read it: one stream, one correlation, an export cursor
-//! with filters, the import of an export, and the figures of `surge stats`.
+//! with filters, the import of an export, the figures of `surge stats`, and what the audit of
+//! a load run asks (the orders a run placed, the head versions of its streams).
 
 use crate::position::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use surge_events::{EventEnvelope, ENVELOPE_COLUMNS};
+use surge_events::{EventEnvelope, OrderId, StreamId, ENVELOPE_COLUMNS};
 
 /// What an export reads: every filter optional, positions `[from_position, up_to]`.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +131,40 @@ pub async fn stream_position_at(pool: &PgPool, stream_id: &str, token: i64) -> R
     .bind(token)
     .fetch_optional(pool)
     .await?)
+}
+
+/// The order ids of the `OrderPlaced` events that occurred at or after `since` with at least
+/// one line on one of `skus`, in position order: what a load run that seeded those SKUs stored.
+/// An order stored twice (a bug the audit looks for) is listed twice.
+pub async fn orders_placed_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    skus: &[String],
+) -> Result<Vec<OrderId>, StoreError> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT (payload->>'order_id')::uuid FROM events \
+         WHERE event_type = 'OrderPlaced' AND occurred_at >= $1 \
+           AND EXISTS (SELECT 1 FROM jsonb_array_elements(payload->'lines') l WHERE l->>'sku' = ANY($2)) \
+         ORDER BY position",
+    )
+    .bind(since)
+    .bind(skus)
+    .fetch_all(pool)
+    .await?;
+    Ok(ids.into_iter().map(OrderId).collect())
+}
+
+/// The current version of each of `streams` that has events (a stream without any is left
+/// out), in stream id order: what a view must have reached to reflect them as they are now.
+pub async fn stream_heads_of(pool: &PgPool, streams: &[StreamId]) -> Result<Vec<(StreamId, i64)>, StoreError> {
+    let names: Vec<&str> = streams.iter().map(StreamId::as_str).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id ORDER BY stream_id",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(s, v)| (StreamId(s), v)).collect())
 }
 
 /// What `surge stats` shows for a time window.

@@ -204,6 +204,46 @@ pub async fn count_reaches(pool: &sqlx::PgPool, sql: &str, want: i64, timeout: D
     .is_some()
 }
 
+/// The shutdown future a [`Service`] hands to the service it runs (every service's `run`
+/// takes one): it completes when the service is stopped, or when its [`Service`] is dropped.
+pub type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
+/// A service of a test running as a task (on port 0 where it listens): stop it gracefully, or
+/// kill it (abort its task) as a crash would.
+pub struct Service {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Runs `run(stop)` as a task; `stop` completes when [`Service::stop`] is called.
+    pub fn spawn<F>(run: impl FnOnce(StopSignal) -> F) -> Service
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let signal: StopSignal = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        Service {
+            stop,
+            task: tokio::spawn(run(signal)),
+        }
+    }
+
+    /// Signals the service to stop and waits until it has (it must end cleanly).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("service ends cleanly");
+    }
+
+    /// Aborts the service's task, as a crash would.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

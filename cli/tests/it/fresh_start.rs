@@ -33,14 +33,14 @@ async fn the_demo_runs_to_the_end_on_a_brand_new_broker() {
     })
     .await
     .expect("relay starts");
-    let relay = Service::spawn(|s| async move { relay.run(s.cancelled_owned()).await.unwrap() });
+    let relay = Service::spawn(|s| async move { relay.run(s).await.unwrap() });
     let projector = Projector::build(ProjectorConfig {
         admin_addr: projector_admin,
         ..ProjectorConfig::new(support::db(&env), env.kafka.clone())
     })
     .await
     .expect("projector starts");
-    let projector = Service::spawn(|s| async move { projector.run(s.cancelled_owned()).await });
+    let projector = Service::spawn(|s| async move { projector.run(s).await });
 
     let demo = run(DemoConfig {
         command_url: cmd,
@@ -73,7 +73,7 @@ async fn the_demo_runs_to_the_end_on_a_brand_new_broker() {
     })
     .await
     .expect("projector starts again");
-    let projector = Service::spawn(|s| async move { again.run(s.cancelled_owned()).await });
+    let projector = Service::spawn(|s| async move { again.run(s).await });
     let http = reqwest::Client::new();
     let ready = surge_testkit::eventually(Duration::from_secs(30), || async {
         let r = http.get(format!("http://{projector_admin}/readyz")).send().await.ok()?;

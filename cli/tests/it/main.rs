@@ -8,7 +8,6 @@ mod console;
 mod faults;
 mod flow;
 mod fresh_start;
-mod loadgen;
 mod observability;
 mod query;
 mod replay;

@@ -2,7 +2,6 @@
 //! the audit that compares the views with a fold of the event store.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
 use surge_events::{decode, EventEnvelope, InventoryEvent, OrderEvent, StreamType, ENVELOPE_COLUMNS};
 use surge_projections::catalog::{self, CatalogRow};
@@ -11,29 +10,8 @@ use surge_projections::{Projector, ProjectorConfig};
 use surge_query::{QueryApiConfig, QueryApp};
 use surge_runtime::DatabaseConfig;
 use surge_testkit::TestEnv;
-use tokio_util::sync::CancellationToken;
 
-/// A running service: stop it gracefully, or kill it (abort its task) as a crash would.
-pub struct Service {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Service {
-    pub fn spawn<F: Future<Output = ()> + Send + 'static>(run: impl FnOnce(CancellationToken) -> F) -> Service {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(stop.clone()));
-        Service { stop, task }
-    }
-    pub async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("service ends cleanly");
-    }
-    pub async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-}
+pub use surge_testkit::Service;
 
 pub fn db(env: &TestEnv) -> DatabaseConfig {
     DatabaseConfig {
@@ -51,10 +29,7 @@ pub async fn command_api(env: &TestEnv) -> (String, Service) {
     .await
     .expect("command API starts");
     let url = format!("http://{}", app.local_addr());
-    (
-        url,
-        Service::spawn(|s| async move { app.run(s.cancelled_owned()).await.unwrap() }),
-    )
+    (url, Service::spawn(|s| async move { app.run(s).await.unwrap() }))
 }
 
 pub async fn query_api(env: &TestEnv, cache_enabled: bool) -> (String, Service) {
@@ -71,24 +46,21 @@ pub async fn query_api_with(env: &TestEnv, configure: impl FnOnce(&mut QueryApiC
     configure(&mut config);
     let app = QueryApp::build(config).await.expect("query API starts");
     let url = format!("http://{}", app.local_addr());
-    (
-        url,
-        Service::spawn(|s| async move { app.run(s.cancelled_owned()).await.unwrap() }),
-    )
+    (url, Service::spawn(|s| async move { app.run(s).await.unwrap() }))
 }
 
 pub async fn relay(env: &TestEnv) -> Service {
     let relay = Relay::build(RelayConfig::new(db(env), env.kafka.clone()))
         .await
         .expect("relay starts");
-    Service::spawn(|s| async move { relay.run(s.cancelled_owned()).await.unwrap() })
+    Service::spawn(|s| async move { relay.run(s).await.unwrap() })
 }
 
 pub async fn projector(env: &TestEnv, batch_size: usize) -> Service {
     let mut config = ProjectorConfig::new(db(env), env.kafka.clone());
     config.batch_size = batch_size;
     let projector = Projector::build(config).await.expect("projector starts");
-    Service::spawn(|s| async move { projector.run(s.cancelled_owned()).await })
+    Service::spawn(|s| async move { projector.run(s).await })
 }
 
 /// What the views must hold: every stream of the event store folded with the projections' folds.

@@ -5,10 +5,11 @@
 //! so runs against a shared database do not disturb each other's audit.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
+use surge_events::{OrderId, Sku, StreamId};
+use surge_store::{append, log};
 
 /// One line of the audit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,22 +53,18 @@ struct Stock {
 }
 
 /// Folds the stock of `streams` from the event store, as it is now.
-async fn fold_stock(pool: &PgPool, streams: &[String]) -> anyhow::Result<BTreeMap<String, Stock>> {
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
-        "SELECT stream_id, event_type, payload FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, version",
-    )
-    .bind(streams)
-    .fetch_all(pool)
-    .await?;
+async fn fold_stock(pool: &PgPool, streams: &[StreamId]) -> anyhow::Result<BTreeMap<String, Stock>> {
+    let mut conn = pool.acquire().await?;
+    let events = append::read_streams_after(&mut conn, streams, &vec![0; streams.len()]).await?;
     let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
-    for (stream, event, payload) in &rows {
-        let s = stock.entry(stream.clone()).or_insert(Stock {
+    for e in &events {
+        let s = stock.entry(e.stream_id.0.clone()).or_insert(Stock {
             lowest: i64::MAX,
             ..Stock::default()
         });
-        let q = payload["quantity"].as_i64().unwrap_or(0);
-        match event.as_str() {
-            "ItemAdded" => s.supply += payload["initial_stock"].as_i64().unwrap_or(0),
+        let q = e.payload["quantity"].as_i64().unwrap_or(0);
+        match e.event_type.as_str() {
+            "ItemAdded" => s.supply += e.payload["initial_stock"].as_i64().unwrap_or(0),
             "StockRestocked" => s.supply += q,
             "StockReserved" => s.held += q,
             "ReservationReleased" | "ReservationExpired" => s.held -= q,
@@ -94,7 +91,11 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
     let ids: HashSet<&String> = scope.accepted.values().flatten().collect();
 
     // Stock at every version of every SKU of the run.
-    let streams: Vec<String> = scope.skus.iter().map(|s| format!("inventory-{s}")).collect();
+    let streams = scope
+        .skus
+        .iter()
+        .map(|s| Ok(Sku::parse(s.as_str())?.stream_id()))
+        .collect::<anyhow::Result<Vec<StreamId>>>()?;
     let stock = fold_stock(pool, &streams).await?;
     let lowest = stock.values().map(|s| s.lowest).min().unwrap_or(0);
     checks.push(check(
@@ -119,14 +120,11 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
     ));
 
     // Every accepted order once in the store; every stored order of the run answered.
-    let stored: Vec<String> = sqlx::query_scalar(
-        "SELECT payload->>'order_id' FROM events WHERE event_type = 'OrderPlaced' AND occurred_at >= $1 \
-         AND EXISTS (SELECT 1 FROM jsonb_array_elements(payload->'lines') l WHERE l->>'sku' = ANY($2))",
-    )
-    .bind(scope.since)
-    .bind(scope.skus)
-    .fetch_all(pool)
-    .await?;
+    let stored: Vec<String> = log::orders_placed_since(pool, scope.since, scope.skus)
+        .await?
+        .iter()
+        .map(OrderId::to_string)
+        .collect();
     let stored_set: HashSet<&String> = stored.iter().collect();
     let lost = ids.difference(&stored_set).count();
     let duplicated = stored.len() - stored_set.len();
@@ -166,12 +164,12 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
     // it had when the audit began (paid and cancelled ones too), every SKU too, and each SKU's
     // available stock the fold's at the version the view shows. Writers that go on meanwhile
     // (reservations expiring, payments settling) move both; the comparison is by version.
-    let order_streams: Vec<String> = order_ids.iter().map(|id| format!("order-{id}")).collect();
-    let order_versions: Vec<(String, i64)> =
-        sqlx::query_as("SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id")
-            .bind(&order_streams)
-            .fetch_all(pool)
-            .await?;
+    let order_streams: Vec<StreamId> = order_ids.iter().map(|id| OrderId(*id).stream_id()).collect();
+    let order_versions: Vec<(String, i64)> = log::stream_heads_of(pool, &order_streams)
+        .await?
+        .into_iter()
+        .map(|(stream, version)| (stream.0, version))
+        .collect();
     let (names, versions): (Vec<String>, Vec<i64>) = order_versions.into_iter().unzip();
     let mut behind = (0i64, 0usize, 0usize);
     let deadline = deadline + scope.patience / 2;
@@ -188,7 +186,7 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
         let items: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT 'inventory-' || sku, available, version FROM catalog_items WHERE 'inventory-' || sku = ANY($1)",
         )
-        .bind(&streams)
+        .bind(streams.iter().map(StreamId::as_str).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
         let now = fold_stock(pool, &streams).await?;

@@ -1,4 +1,4 @@
-//! `surge loadgen flash-sale`: an open-loop flash sale against a running command API, then an
+//! `surge-loadgen flash-sale`: an open-loop flash sale against a running command API, then an
 //! audit of what the system did with it.
 //!
 //! Arrivals ramp from `--start-rate` to `--peak-rate` orders/s, then hold ([`RateArgs`]).

@@ -1,7 +1,7 @@
 //! CPU seconds of each process of the stack during a run, read from `/proc`.
 //!
-//! Processes are named by what they are: `surge <subcommand>` for Surge's services (and
-//! `surge loadgen` for this client), `postgres` for the server and its backends, `kafka` for
+//! Processes are named by what they are: `surge <subcommand>` for Surge's services,
+//! `surge-loadgen` for this client, `postgres` for the server and its backends, `kafka` for
 //! the broker's JVM, `peer-<name>` for the benchmark peers. A name's figure is the sum over
 //! its processes; processes reaped during the run count through their parent's children
 //! time (Postgres' backends through the postmaster).
@@ -39,7 +39,7 @@ pub fn classify(cmdline: &str, comm: &str) -> Option<String> {
         let sub = args.iter().skip(1).find(|a| !a.starts_with('-'))?;
         return Some(format!("surge {sub}"));
     }
-    if program.starts_with("peer-") {
+    if program == "surge-loadgen" || program.starts_with("peer-") {
         return Some(program.to_string());
     }
     if program == "java" && args.contains(&"kafka.Kafka") {
@@ -149,7 +149,7 @@ pub async fn wait_until_quiet(share: f64, limit: std::time::Duration) -> std::ti
 /// CPU seconds of the serving side: every named process but this load client.
 pub fn server_secs(rows: &[ProcessCpu]) -> f64 {
     rows.iter()
-        .filter(|r| !matches!(r.process.as_str(), "surge loadgen" | "machine (all)" | "other"))
+        .filter(|r| !matches!(r.process.as_str(), "surge-loadgen" | "machine (all)" | "other"))
         .map(|r| r.cpu_secs)
         .sum()
 }
@@ -165,8 +165,8 @@ mod tests {
             Some("surge command-api".into())
         );
         assert_eq!(
-            classify("surge\0--log-format\0loadgen\0browse\0", "surge"),
-            Some("surge loadgen".into())
+            classify("/x/release/surge-loadgen\0browse\0", "surge-loadgen"),
+            Some("surge-loadgen".into())
         );
         assert_eq!(
             classify("postgres: 15/main: surge surge 127.0.0.1(5432) idle", "postgres"),
@@ -201,7 +201,7 @@ mod tests {
             by_name: [
                 ("postgres".to_string(), 14.0),
                 ("surge relay".to_string(), 1.0),
-                ("surge loadgen".to_string(), 2.0),
+                ("surge-loadgen".to_string(), 2.0),
             ]
             .into(),
             machine: 110.0,

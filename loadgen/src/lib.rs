@@ -1,5 +1,7 @@
-//! `surge loadgen`: bounded load against running services on loopback, then an audit and a
-//! report.
+//! `surge-loadgen`: tooling beside the product. Bounded load against running services on
+//! loopback, the audit after each run, a report; and the orchestration of `./dev bench` and
+//! `./dev chaos`. It talks to Surge as a client would (HTTP) and reads the event store only
+//! through `surge-store`; it is never linked into the `surge` binary.
 //!
 //! Open-loop scenarios ([`driver`]: arrivals on a schedule, latency from each request's due
 //! time) are `flash-sale` (1x -> 20x on one hot SKU), `checkout` (many SKUs, multi-line orders,
@@ -9,9 +11,14 @@
 //! [`report`] (JSON + HTML with plots) under `target/loadgen/<scenario>-<run>/`, with the CPU
 //! each process of the stack spent per 1k operations ([`procs`]). `reads` ([`reads`]) is the
 //! closed-loop cache comparison; `knee` and `table` ([`knee`]) the side-by-side benchmark with
-//! the peers of `bench/peers/`.
+//! the peers of `bench/peers/`. [`bench`] runs that whole benchmark (Surge's stack and each
+//! peer as child processes, [`children`]); [`chaos`] kills and cuts every part of the stack in
+//! turn under a flash sale.
 
 pub mod audit;
+pub mod bench;
+pub mod chaos;
+pub mod children;
 pub mod driver;
 pub mod flash_sale;
 pub mod knee;
@@ -21,7 +28,7 @@ pub mod report;
 pub mod scenarios;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use driver::{send, Answer, RateArgs, Recorder};
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -32,14 +39,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use surge_runtime::DatabaseConfig;
 
-#[derive(Debug, Clone, Args)]
-pub struct LoadgenConfig {
+#[derive(Debug, Parser)]
+#[command(
+    name = "surge-loadgen",
+    version,
+    about = "Load, benchmarks and chaos against a local Surge (loopback only), each run audited"
+)]
+pub struct Cli {
     #[command(subcommand)]
-    pub scenario: Scenario,
+    pub command: Command,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum Scenario {
+pub enum Command {
     /// An open-loop flash sale (ramp to 20x on one hot SKU), then an audit of the outcome.
     FlashSale(flash_sale::FlashSaleConfig),
     /// Open-loop checkouts over many SKUs (1-3 lines each), some paid, some cancelled; audit.
@@ -50,21 +62,29 @@ pub enum Scenario {
     Mixed(scenarios::MixedConfig),
     /// Cached item reads vs uncached vs a trivial handler, closed loop, in one run.
     Reads(reads::ReadsConfig),
-    /// Stepped open-loop load on one target (Surge or a peer) to find its knee (`./dev bench`).
+    /// Stepped open-loop load on one target (Surge or a peer) to find its knee.
     Knee(knee::KneeConfig),
     /// Print the comparison table of the `knee` results.
     Table(knee::TableConfig),
+    /// The side-by-side benchmark of `./dev bench`: Surge's stack, then each peer, on fresh
+    /// databases, each stepped to its knee; then the table.
+    Bench(bench::BenchConfig),
+    /// `./dev chaos`: every process of the stack killed in turn, the link to Postgres cut, the
+    /// broker replaced, under a 20x flash sale; then the audit.
+    Chaos(chaos::ChaosConfig),
 }
 
-pub async fn run(config: LoadgenConfig) -> anyhow::Result<()> {
-    match config.scenario {
-        Scenario::FlashSale(c) => flash_sale::run(c).await,
-        Scenario::Checkout(c) => scenarios::checkout_run(c).await,
-        Scenario::Browse(c) => scenarios::browse_run(c).await,
-        Scenario::Mixed(c) => scenarios::mixed_run(c).await,
-        Scenario::Reads(c) => reads::reads(c).await,
-        Scenario::Knee(c) => knee::knee(c).await,
-        Scenario::Table(c) => knee::table(c),
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::FlashSale(c) => flash_sale::run(c).await,
+        Command::Checkout(c) => scenarios::checkout_run(c).await,
+        Command::Browse(c) => scenarios::browse_run(c).await,
+        Command::Mixed(c) => scenarios::mixed_run(c).await,
+        Command::Reads(c) => reads::reads(c).await,
+        Command::Knee(c) => knee::knee(c).await,
+        Command::Table(c) => knee::table(c),
+        Command::Bench(c) => bench::run(c).await,
+        Command::Chaos(c) => chaos::run(c).await,
     }
 }
 
@@ -79,7 +99,7 @@ pub struct Target {
     #[command(flatten)]
     pub db: DatabaseConfig,
     #[command(flatten)]
-    pub credentials: crate::credentials::ClientAuth,
+    pub credentials: surge_cli::credentials::ClientAuth,
     /// Reports go to `<out-dir>/<scenario>-<run>/`.
     #[arg(long, default_value = "target/loadgen")]
     pub out_dir: PathBuf,
@@ -96,7 +116,7 @@ pub fn loopback(url: &str) -> anyhow::Result<String> {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if !local {
-        bail!("surge loadgen only loads this machine (127.0.0.1, ::1, localhost), not {host}");
+        bail!("surge-loadgen only loads this machine (127.0.0.1, ::1, localhost), not {host}");
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -188,8 +208,8 @@ impl Shop {
         )?;
         let command_url = loopback(&target.command_url)?;
         let query_url = loopback(&target.query_url)?;
-        crate::demo::wait_ready(&http, &command_url).await?;
-        crate::demo::wait_ready(&http, &query_url).await?;
+        surge_cli::demo::wait_ready(&http, &command_url).await?;
+        surge_cli::demo::wait_ready(&http, &query_url).await?;
         let tokens = (0..SHOPPERS)
             .map(|i| {
                 target

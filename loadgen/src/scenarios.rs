@@ -346,9 +346,9 @@ async fn analyst(shop: Arc<Shop>, dir: std::path::PathBuf, every: u64, exports: 
     for k in 1u64.. {
         tick.tick().await;
         let out = dir.join(format!("export-{k}.ndjson"));
-        let config = crate::export::ExportConfig {
+        let config = surge_cli::export::ExportConfig {
             db: shop.target.db.clone(),
-            format: crate::export::Format::Ndjson,
+            format: surge_cli::export::Format::Ndjson,
             out: Some(out.clone()),
             stream_id: None,
             stream_type: None,
@@ -360,7 +360,7 @@ async fn analyst(shop: Arc<Shop>, dir: std::path::PathBuf, every: u64, exports: 
             visible_now: false,
         };
         let started = Instant::now();
-        let result = crate::export::export(&config).await;
+        let result = surge_cli::export::export(&config).await;
         let answer = Answer {
             status: Some(if result.is_ok() { 200 } else { 500 }),
             body: Value::Null,

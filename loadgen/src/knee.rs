@@ -1,4 +1,4 @@
-//! `surge loadgen knee` and `surge loadgen table`: the side-by-side benchmark of `./dev bench`.
+//! `surge-loadgen knee` and `surge-loadgen table`: the side-by-side benchmark of `./dev bench`.
 //!
 //! `knee` measures one target that speaks Surge's command contract (Surge itself, or a peer of
 //! `bench/peers/`) on a quiet machine: open-loop steps of rising arrival rate (90 % of orders
@@ -43,12 +43,12 @@ pub struct KneeConfig {
     #[arg(long)]
     pub results: PathBuf,
     #[command(flatten)]
-    pub credentials: crate::credentials::ClientAuth,
+    pub credentials: surge_cli::credentials::ClientAuth,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TableConfig {
-    /// JSON lines written by `surge loadgen knee`.
+    /// JSON lines written by `surge-loadgen knee`.
     #[arg(long)]
     pub results: PathBuf,
 }
@@ -194,7 +194,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(512),
     )?;
-    crate::demo::wait_ready(&http, &url).await?;
+    surge_cli::demo::wait_ready(&http, &url).await?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     let skus: Vec<String> = (0..11).map(|i| format!("K{run}-{i}")).collect();
     let items: Vec<(String, i64, &str)> = skus.iter().map(|s| (s.clone(), 1_000_000_000, "bench")).collect();

@@ -185,10 +185,10 @@ impl RunReport {
             )
         });
         Ok(format!(
-            "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>surge loadgen {scenario} {run}</title>\
+            "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>surge-loadgen {scenario} {run}</title>\
              <style>body{{font:15px system-ui,sans-serif;margin:2rem;max-width:60rem}}table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}\
              td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right;vertical-align:top}}td:first-child,th:first-child{{text-align:left}}</style>\
-             <h1>surge loadgen {scenario}</h1><p>Run {run}, started {started}, {secs:.1} s, {arrivals} arrivals. {rates}</p>\
+             <h1>surge-loadgen {scenario}</h1><p>Run {run}, started {started}, {secs:.1} s, {arrivals} arrivals. {rates}</p>\
              <p>{throughput}</p><p>{latency}</p>\
              <h2>Operations</h2><table><tr><th>op</th><th>sent</th><th>ok</th><th>failed</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>answers</th></tr>{ops_rows}</table>\
              <h2>CPU seconds per process</h2><table><tr><th>process</th><th>CPU s</th><th>per 1k ops</th></tr>{cpu_rows}</table>\

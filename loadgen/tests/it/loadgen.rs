@@ -1,32 +1,65 @@
-//! `surge loadgen` against the real services: a short `mixed` run (orders over many SKUs with
+//! `surge-loadgen` against the real services: a short `mixed` run (orders over many SKUs with
 //! payments and cancellations, catalog reads, an analyst's exports) passes its audit and
 //! leaves its report; and the audit does fail when the store disagrees with the answers.
 
-use crate::support;
 use clap::Parser;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use surge_cli::loadgen::audit::{audit, Scope};
-use surge_cli::{Cli, Command};
-use surge_testkit::TestEnv;
+use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
+use surge_loadgen::audit::{audit, Scope};
+use surge_loadgen::Cli;
+use surge_projections::{Projector, ProjectorConfig};
+use surge_query::{QueryApiConfig, QueryApp};
+use surge_runtime::DatabaseConfig;
+use surge_testkit::{Service, TestEnv};
+
+/// Surge's whole pipeline for `env`, in-process: the command API's and the query API's URLs,
+/// and the four services to stop.
+async fn stack(env: &TestEnv) -> (String, String, [Service; 4]) {
+    let db = DatabaseConfig {
+        max_connections: 5,
+        ..env.db.clone()
+    };
+    let any_port = "127.0.0.1:0".parse().expect("an address");
+    let command = CommandApp::build(CommandApiConfig::new(any_port, db.clone(), env.auth.clone()))
+        .await
+        .expect("command API starts");
+    let query = QueryApp::build(QueryApiConfig::new(
+        any_port,
+        db.clone(),
+        env.kafka.clone(),
+        env.auth.clone(),
+    ))
+    .await
+    .expect("query API starts");
+    let relay = Relay::build(RelayConfig::new(db.clone(), env.kafka.clone()))
+        .await
+        .expect("relay starts");
+    let mut projector = ProjectorConfig::new(db, env.kafka.clone());
+    projector.batch_size = 500;
+    let projector = Projector::build(projector).await.expect("projector starts");
+    let urls = (
+        format!("http://{}", command.local_addr()),
+        format!("http://{}", query.local_addr()),
+    );
+    let services = [
+        Service::spawn(|stop| async move { command.run(stop).await.expect("command API runs") }),
+        Service::spawn(|stop| async move { query.run(stop).await.expect("query API runs") }),
+        Service::spawn(|stop| async move { relay.run(stop).await.expect("relay runs") }),
+        Service::spawn(|stop| projector.run(stop)),
+    ];
+    (urls.0, urls.1, services)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
     let env = TestEnv::new().await;
-    let (command_url, command) = support::command_api(&env).await;
-    let (query_url, query) = support::query_api(&env, true).await;
-    let services = [
-        command,
-        query,
-        support::relay(&env).await,
-        support::projector(&env, 500).await,
-    ];
+    let (command_url, query_url, services) = stack(&env).await;
     let out = std::env::temp_dir().join(format!("surge-loadgen-{}", uuid::Uuid::new_v4().simple()));
     let secret = env.auth.expose_jwt_secret().expect("the test env signs with HS256");
     let args = [
-        "surge",
-        "loadgen",
+        "surge-loadgen",
         "mixed",
         "--command-url",
         &command_url,
@@ -53,10 +86,7 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
         "--export-every-secs",
         "1",
     ];
-    let Command::Loadgen(config) = Cli::parse_from(args).command else {
-        unreachable!("parsed as loadgen")
-    };
-    surge_cli::loadgen::run(config)
+    surge_loadgen::run(Cli::parse_from(args))
         .await
         .expect("the run and its audit pass");
 

@@ -1,4 +1,4 @@
-//! `surge loadgen reads` answers "what does the cache buy": one run measures, one after the
+//! `surge-loadgen reads` answers "what does the cache buy": one run measures, one after the
 //! other and with the same client, a trivial axum handler (`/healthz` behind the same
 //! middleware), `GET /v1/catalog/items/{sku}` on a query API with its cache, and the same on a
 //! query API with the cache off. SKUs are drawn from a Zipf distribution, as shoppers'
@@ -40,7 +40,7 @@ pub struct ReadsConfig {
     #[arg(long, default_value = "target/loadgen")]
     pub out_dir: PathBuf,
     #[command(flatten)]
-    pub credentials: crate::credentials::ClientAuth,
+    pub credentials: surge_cli::credentials::ClientAuth,
 }
 
 /// What one phase measured.
@@ -150,7 +150,7 @@ pub async fn reads(c: ReadsConfig) -> anyhow::Result<()> {
     let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
     for base in [&c.command_url, &c.query_url, &c.uncached_query_url] {
         super::loopback(base)?;
-        crate::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
+        surge_cli::demo::wait_ready(&http, base.trim_end_matches('/')).await?;
     }
     println!("== Seeding {} items", c.items);
     let skus: Vec<String> = (0..c.items.max(1)).map(|i| format!("LG{run}-{i}")).collect();
