@@ -23,8 +23,8 @@ pub mod topics;
 pub mod upcast;
 
 pub use envelope::{DecodeError, EventEnvelope, EventMetadata, Payload, StreamType, ENVELOPE_COLUMNS};
-pub use upcast::decode;
 pub use ids::{CustomerId, IdError, OrderId, Sku, StreamId, StreamOf};
 pub use inventory::InventoryEvent;
 pub use money::{Currency, Money, MoneyError};
 pub use order::{OrderEvent, OrderLine};
+pub use upcast::decode;
