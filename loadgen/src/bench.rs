@@ -51,6 +51,10 @@ pub struct BenchConfig {
         default_value = "100,200,300,450,700,1000,1500,2200,3200,4500"
     )]
     pub steps: Vec<u64>,
+    /// Measure Surge only (the peers are skipped): comparing two builds of Surge, with
+    /// `--surge-bin` naming the other one.
+    #[arg(long)]
+    pub surge_only: bool,
 }
 
 /// A peer of `bench/peers/`: its binary, where it listens, its database, extra arguments.
@@ -105,11 +109,12 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<()> {
     let secs = if c.quick { 3 } else { 5 };
     let steps = c.steps.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let run_dir = c.run_dir.clone().unwrap_or_else(default_run_dir);
-    for p in [
+    let needed = [
         &c.surge_bin,
         &c.peers_dir.join("peer-cqrs-es"),
         &c.peers_dir.join("peer-esrs"),
-    ] {
+    ];
+    for p in needed.into_iter().take(if c.surge_only { 1 } else { 3 }) {
         if !p.is_file() {
             bail!("{} is missing (./dev bench builds it)", p.display());
         }
@@ -227,7 +232,8 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<()> {
     say("stopping the services");
     children.stop_all();
 
-    for peer in &PEERS {
+    let peers: &[Peer] = if c.surge_only { &[] } else { &PEERS };
+    for peer in peers {
         let url = fresh_database(&c.db, peer.database).await?;
         let addr = format!("127.0.0.1:{}", peer.port);
         let mut args = vec![addr.clone(), url];
