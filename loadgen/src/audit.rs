@@ -19,7 +19,7 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(name: &str, ok: bool, detail: String) -> Check {
+pub fn check(name: &str, ok: bool, detail: String) -> Check {
     Check {
         check: name.to_string(),
         ok,
@@ -221,6 +221,94 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
             "orders behind the store {}, catalog items behind {}, items whose stock differs from the fold {}",
             behind.0, behind.1, behind.2
         ),
+    ));
+    Ok(checks)
+}
+
+/// The audit of a peer of `bench/peers/`, from the views every peer keeps in its database:
+/// `bench_stock(sku, initial_stock, reserved)` and `bench_orders(order_id, customer_id,
+/// idempotency_key, sku, quantity)` (placed orders, refused ones not). `seeded` is every SKU
+/// the run added with its stock; `accepted` the order ids answered 202 per key.
+pub async fn audit_peer(
+    pool: &PgPool,
+    seeded: &[(String, i64)],
+    accepted: &HashMap<String, HashSet<String>>,
+    unknown: u64,
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let multi = accepted.values().filter(|ids| ids.len() > 1).count();
+    checks.push(check(
+        "one order per idempotency key",
+        multi == 0,
+        format!("{} keys answered, {multi} with more than one order", accepted.len()),
+    ));
+    let skus: Vec<String> = seeded.iter().map(|(s, _)| s.clone()).collect();
+    let stock: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT sku, initial_stock::bigint, reserved::bigint FROM bench_stock WHERE sku = ANY($1)")
+            .bind(&skus)
+            .fetch_all(pool)
+            .await?;
+    let wrong_supply = seeded
+        .iter()
+        .filter(|(sku, supply)| !stock.iter().any(|(s, initial, _)| s == sku && initial == supply))
+        .count();
+    checks.push(check(
+        "every SKU holds the stock it was given",
+        wrong_supply == 0,
+        format!(
+            "{} SKUs added, {wrong_supply} missing or with other stock",
+            seeded.len()
+        ),
+    ));
+    let oversold: i64 = stock
+        .iter()
+        .map(|(_, initial, reserved)| (reserved - initial).max(0))
+        .sum();
+    let busiest = stock.iter().max_by_key(|(_, _, reserved)| *reserved);
+    checks.push(check(
+        "nothing oversold",
+        oversold == 0,
+        match busiest {
+            Some((sku, initial, reserved)) => {
+                format!("oversold {oversold} units; busiest SKU {sku}: {reserved} of {initial} units reserved")
+            }
+            None => format!("oversold {oversold} units"),
+        },
+    ));
+    let orders: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT order_id, customer_id, idempotency_key, sku, quantity::bigint FROM bench_orders WHERE sku = ANY($1)",
+    )
+    .bind(&skus)
+    .fetch_all(pool)
+    .await?;
+    let ids: HashSet<&String> = accepted.values().flatten().collect();
+    let stored: HashSet<&String> = orders.iter().map(|o| &o.0).collect();
+    let keys: HashSet<(&String, &String)> = orders.iter().map(|o| (&o.1, &o.2)).collect();
+    let lost = ids.difference(&stored).count();
+    let duplicated = orders.len() - stored.len().min(keys.len());
+    let unanswered = stored.difference(&ids).count();
+    checks.push(check(
+        "accepted orders = orders in the store",
+        lost == 0 && duplicated == 0 && unanswered as u64 <= unknown,
+        format!(
+            "{} accepted, {} stored: lost {lost}, duplicated {duplicated}, stored but never answered {unanswered} \
+             (answers that never came: {unknown})",
+            ids.len(),
+            orders.len()
+        ),
+    ));
+    let mut ordered: HashMap<&str, i64> = HashMap::new();
+    for o in &orders {
+        *ordered.entry(o.3.as_str()).or_default() += o.4;
+    }
+    let differ = stock
+        .iter()
+        .filter(|(sku, _, reserved)| ordered.get(sku.as_str()).copied().unwrap_or(0) != *reserved)
+        .count();
+    checks.push(check(
+        "stock reserved = stock of the orders placed",
+        differ == 0,
+        format!("{differ} SKUs whose reserved stock differs from their orders'"),
     ));
     Ok(checks)
 }

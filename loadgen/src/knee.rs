@@ -1,44 +1,79 @@
-//! `surge-loadgen knee` and `surge-loadgen table`: the side-by-side benchmark of `./dev bench`.
+//! `surge-loadgen knee`: one run of one target of `./dev bench` (Surge itself, or a peer of
+//! `bench/peers/`, all speaking Surge's command contract), on a quiet machine.
 //!
-//! `knee` measures one target that speaks Surge's command contract (Surge itself, or a peer of
-//! `bench/peers/`) on a quiet machine: open-loop steps of rising arrival rate (90 % of orders
-//! on one hot SKU, the rest on ten others), each answered order timed from when it was due.
-//! A step passes when it accepted at least 95 % of its orders with p99 under 500 ms and its
-//! latency did not keep climbing (falling behind: the last second's p99 over 3x the first's
-//! and over 100 ms). The knee is the last step of the unbroken run of passing steps. Then,
-//! once the machine is quiet again, a run twice as long as a step (6 s at least) at 80 % of
-//! the knee's accepted rate gives the p99 of the table. An oversell probe sends 400
-//! concurrent orders for 100 units. CPU is what the target's processes (its services,
-//! Postgres, and for Surge the Kafka broker; never this client) spent during the steps, per
-//! 1,000 accepted orders. Each run appends one JSON line to `--results`; `table` prints them
-//! with the ratio to the best peer and writes an HTML report with plots.
+//! - **Stock known in advance.** Before the first step every step's SKUs are added: a hot SKU
+//!   that gets 90 % of the step's orders and holds 95 % of what they ask for (the sale sells
+//!   out near the end of each step, as a flash sale does), and ten others that never run out.
+//!   Then the target's database is prepared ([`prepare`]: the same autovacuum settings on
+//!   every table, `ANALYZE`, `CHECKPOINT`) and the machine must be quiet.
+//! - **Steps.** Open-loop arrivals at rising rates (a geometric ladder shared by every target),
+//!   each order timed from when it was due. A step passes when at least 99 % of its orders
+//!   are answered 202 or 422 and their p99 is at most the latency target (50 ms). Stepping
+//!   goes on until two steps in a row fail; there is no fixed top. The knee is the highest
+//!   accepted rate (202s per second) of a passing step.
+//! - **Overload.** Twice the knee's offered rate for 10 s: the p99 of accepted orders, the
+//!   share of orders refused (neither 202 nor 422: shed, failed, unanswered) and how fast the
+//!   refusals came, and the seconds from the end of the overload until the target answers
+//!   within the latency target again (five probe orders in a row).
+//! - **Audit.** Once the machine is quiet: accepted keys sent again must get the same order;
+//!   then Surge's store audit, or for a peer its `bench_stock` / `bench_orders` views
+//!   ([`crate::audit::audit_peer`]): nothing oversold, nothing lost or duplicated, one order
+//!   per key.
+//!
+//! CPU is what the target's processes (its services, Postgres, the Kafka broker when the
+//! target uses it; never this client) spent during each step. Each run appends one JSON line
+//! to `--results`; [`crate::table`] turns the lines into the tables of docs/benchmarks.md.
 
-use super::driver::{open_loop, send, RateArgs, Recorder};
+use super::audit::{self, Check};
+use super::driver::{open_loop, send, Answer, RateArgs, Recorder};
 use super::procs::{self, CpuSample, ProcessCpu};
-use super::report::{line_chart, Series};
-use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures::FutureExt;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
+use sqlx::{ConnectOptions, Connection};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Args)]
 pub struct KneeConfig {
-    /// Name of the target in the table.
+    /// Name of the target in the tables.
     #[arg(long)]
     pub name: String,
     /// Base URL of the target's command API.
     #[arg(long)]
     pub url: String,
-    /// Arrival rates to step through (orders/s).
-    #[arg(long, value_delimiter = ',', default_value = "100,200,400,800,1600,3200")]
-    pub steps: Vec<u64>,
     /// Seconds per step.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 10)]
     pub step_secs: u64,
+    #[command(flatten)]
+    pub ladder: Ladder,
+    /// A step passes when the p99 of its orders is at most this (ms)...
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_ms: f64,
+    /// ...and at least this share of its orders is answered 202 or 422.
+    #[arg(long, default_value_t = 0.99)]
+    pub answered: f64,
+    /// Seconds at twice the knee's rate.
+    #[arg(long, default_value_t = 10)]
+    pub overload_secs: u64,
+    /// The target's database: prepared before the steps, audited after.
+    #[arg(long, env = "SURGE_BENCH_TARGET_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// How the target's database is audited.
+    #[arg(long, value_enum, default_value_t = AuditKind::Peer)]
+    pub audit: AuditKind,
+    /// Whether the Kafka broker's CPU is the target's (Surge's pipeline, a peer publishing).
+    #[arg(long)]
+    pub broker_cpu: bool,
+    /// Which run of the benchmark this is, and the target's place in that run's order.
+    #[arg(long, default_value_t = 0)]
+    pub run: u32,
+    #[arg(long, default_value_t = 0)]
+    pub position: u32,
     /// JSON lines file the result is appended to.
     #[arg(long)]
     pub results: PathBuf,
@@ -46,47 +81,179 @@ pub struct KneeConfig {
     pub credentials: surge_cli::credentials::ClientAuth,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct TableConfig {
-    /// JSON lines written by `surge-loadgen knee`.
-    #[arg(long)]
-    pub results: PathBuf,
+/// The offered rates every target steps through: `start`, then each `ratio` times the one
+/// before, rounded (to 10 under 500/s, 50 under 2,000/s, 100 above).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Ladder {
+    #[arg(long, default_value_t = 100)]
+    pub start_rate: u64,
+    #[arg(long, default_value_t = 1.3)]
+    pub ratio: f64,
+    /// No target gets more steps than this.
+    #[arg(long, default_value_t = 24)]
+    pub max_steps: usize,
+}
+
+impl Ladder {
+    pub fn rates(&self) -> Vec<u64> {
+        let round = |r: f64| {
+            let unit = if r < 500.0 {
+                10.0
+            } else if r < 2000.0 {
+                50.0
+            } else {
+                100.0
+            };
+            ((r / unit).round() * unit) as u64
+        };
+        let mut rates: Vec<u64> = Vec::new();
+        let mut r = self.start_rate.max(1) as f64;
+        while rates.len() < self.max_steps {
+            let next = round(r).max(rates.last().map_or(1, |l| l + 1));
+            rates.push(next);
+            r = next as f64 * self.ratio.max(1.05);
+        }
+        rates
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub enum AuditKind {
+    /// Surge's event store and views, through surge-store.
+    Surge,
+    /// A peer's `bench_stock` and `bench_orders` views.
+    Peer,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Step {
+    /// Offered rate (orders/s) and length.
     pub rate: u64,
+    pub secs: u64,
     pub sent: u64,
+    /// Answered 202.
     pub accepted: u64,
+    /// Answered 202 or 422 (refused by a business rule: sold out).
+    pub decided: u64,
     pub accepted_per_sec: f64,
+    /// Latency of every order of the step, from when it was due.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub answers: BTreeMap<String, u64>,
-    /// CPU seconds of the target's processes (services, Postgres, Kafka; not this client).
+    pub passed: bool,
+    /// CPU seconds of the target's processes (not this client).
     pub cpu_secs: f64,
     /// The same, process by process.
-    #[serde(default)]
     pub cpu: Vec<ProcessCpu>,
     /// p99 (ms) of the orders due in each second of the step.
-    #[serde(default)]
     pub p99_by_second: Vec<Option<f64>>,
+}
+
+impl Step {
+    /// CPU seconds per 1,000 accepted orders.
+    pub fn cpu_per_1k(&self) -> Option<f64> {
+        (self.accepted > 0).then(|| self.cpu_secs / self.accepted as f64 * 1000.0)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Overload {
+    pub rate: u64,
+    pub secs: u64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_p99_ms: Option<f64>,
+    /// Orders answered neither 202 nor 422 (shed, failed, or no answer within 10 s).
+    pub refused_share: f64,
+    pub refused_p50_ms: Option<f64>,
+    pub refused_p99_ms: Option<f64>,
+    /// From the end of the overload until five probe orders in a row were answered within the
+    /// latency target; None when that did not happen within a minute.
+    pub recovery_secs: Option<f64>,
+    pub answers: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KneeResult {
     pub name: String,
+    pub run: u32,
+    pub position: u32,
+    pub p99_target_ms: f64,
     pub steps: Vec<Step>,
-    pub knee_rate: u64,
+    /// The passing step with the highest accepted rate: its offered rate and accepted rate.
+    pub knee_rate: Option<u64>,
     pub knee_accepted_per_sec: f64,
-    /// None when no step passed.
-    pub p99_at_80_ms: Option<f64>,
-    pub oversold: i64,
-    pub oversell_probe: BTreeMap<String, u64>,
-    pub cpu_secs_per_1k_orders: Option<f64>,
+    pub overload: Option<Overload>,
+    pub audit: Vec<Check>,
+    /// What preparing the database did (or could not do).
+    pub prepared: Vec<String>,
 }
 
-/// One open-loop step at `rate` orders/s for `secs`.
-async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, secs: u64, tag: &str) -> Step {
+impl KneeResult {
+    pub fn audit_ok(&self) -> bool {
+        !self.audit.is_empty() && self.audit.iter().all(|c| c.ok)
+    }
+}
+
+/// One order as its client saw it.
+#[derive(Debug, Clone)]
+struct Outcome {
+    key: String,
+    customer: String,
+    sku: String,
+    kind: String,
+    order_id: Option<String>,
+    latency_us: u64,
+}
+
+/// A step's SKUs: the hot one first, then ten others, with the stock each was given.
+#[derive(Debug, Clone)]
+struct Skus {
+    names: Vec<String>,
+    stock: Vec<i64>,
+}
+
+impl Skus {
+    /// The hot SKU holds 95 % of what its 90 % of the orders ask; the others never run out.
+    fn for_step(prefix: &str, rate: u64, secs: u64) -> Skus {
+        let orders = (rate * secs) as f64;
+        let mut names = vec![prefix.to_string()];
+        let mut stock = vec![(orders * 0.9 * 0.95).floor() as i64];
+        for j in 0..10 {
+            names.push(format!("{prefix}-{j}"));
+            stock.push((orders / 10.0).ceil() as i64 + 10);
+        }
+        Skus { names, stock }
+    }
+
+    /// The i-th order's SKU: every tenth on the others in turn, the rest on the hot one.
+    fn of(&self, i: u64) -> &str {
+        if i.is_multiple_of(10) {
+            &self.names[1 + (i as usize / 10) % (self.names.len() - 1)]
+        } else {
+            &self.names[0]
+        }
+    }
+
+    fn items(&self) -> Vec<(String, i64, &'static str)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.stock.iter().copied())
+            .map(|(n, s)| (n, s, "bench"))
+            .collect()
+    }
+}
+
+/// One open-loop run at `rate` orders/s for `secs` on `skus`; every order's outcome.
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    skus: &Skus,
+    rate: u64,
+    secs: u64,
+    tag: &str,
+) -> (u64, Arc<Recorder>, Vec<Outcome>, f64) {
     let rates = RateArgs {
         start_rate: rate,
         peak_rate: rate,
@@ -95,94 +262,329 @@ async fn step(http: &reqwest::Client, url: &str, skus: &[String], rate: u64, sec
         max_requests: u64::MAX,
     };
     let recorder = Recorder::new();
-    let cpu_before = CpuSample::now();
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity((rate * secs) as usize)));
     let sent = open_loop(&rates, &recorder, &format!("{rate}/s"), |i, due| {
-        let sku = if i % 10 == 0 {
-            &skus[1 + (i as usize / 10) % (skus.len() - 1)]
-        } else {
-            &skus[0]
-        };
+        let sku = skus.of(i).to_string();
+        let key = format!("{tag}-{i}");
+        let customer = format!("b{}", i % 1000);
         let req = http
             .post(format!("{url}/v1/orders"))
-            .header("idempotency-key", format!("{tag}-{rate}-{i}"))
-            .json(&json!({"customer_id": format!("b{}", i % 1000), "lines": [{"sku": sku, "quantity": 1}]}));
-        let recorder = recorder.clone();
+            .header("idempotency-key", &key)
+            .json(&json!({"customer_id": customer, "lines": [{"sku": sku, "quantity": 1}]}));
+        let (recorder, outcomes) = (recorder.clone(), outcomes.clone());
         vec![async move {
-            recorder.time("order", due, send(req, false)).await;
+            let answer = recorder.time("order", due, send(req, true)).await;
+            let latency_us = due.elapsed().as_micros().max(1) as u64;
+            let outcome = outcome(key, customer, sku, &answer, latency_us);
+            outcomes.lock().expect("outcomes").push(outcome);
         }
         .boxed()]
     })
     .await;
     let elapsed = recorder.started().elapsed().as_secs_f64();
-    let (ops, timeline) = recorder.summary();
-    let p99_by_second = timeline.iter().filter(|s| s.sent > 0).map(|s| s.p99_ms).collect();
-    let Some(order) = ops.into_iter().next() else {
-        return Step {
-            rate,
-            sent,
-            ..Step::default()
-        };
-    };
-    let accepted = order.answers.get("202").copied().unwrap_or(0);
-    let cpu = cpu_before.usage(&CpuSample::now(), accepted);
-    Step {
-        rate,
-        sent,
-        accepted,
-        accepted_per_sec: accepted as f64 / elapsed,
-        p50_ms: order.latency_ms.p50,
-        p99_ms: order.latency_ms.p99,
-        answers: order.answers,
-        cpu_secs: procs::server_secs(&cpu),
-        cpu,
-        p99_by_second,
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
+    (sent, recorder, outcomes, elapsed)
+}
+
+fn outcome(key: String, customer: String, sku: String, answer: &Answer, latency_us: u64) -> Outcome {
+    Outcome {
+        key,
+        customer,
+        sku,
+        kind: answer.status.map_or("transport".into(), |s| s.to_string()),
+        order_id: answer.body["order_id"].as_str().map(str::to_string),
+        latency_us,
     }
 }
 
-/// Sends one order at a time (at most two a second) until five in a row are answered within
-/// `fast` (at most two minutes); how long that took.
-async fn recover(http: &reqwest::Client, url: &str, sku: &str, fast: Duration, run: &str) -> Duration {
-    let started = std::time::Instant::now();
-    let (mut in_a_row, mut i) = (0, 0u64);
-    while in_a_row < 5 && started.elapsed() < Duration::from_secs(120) {
-        let sent = std::time::Instant::now();
+fn quantile(latencies: impl Iterator<Item = u64>, q: f64) -> Option<f64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+    for l in latencies {
+        let _ = h.record(l);
+    }
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// The pass rule: enough orders decided (202 or 422), p99 within the target.
+fn passes(sent: u64, decided: u64, p99_ms: f64, c: &KneeConfig) -> bool {
+    sent > 0 && decided as f64 >= c.answered * sent as f64 && p99_ms <= c.p99_ms
+}
+
+struct Run<'a> {
+    c: &'a KneeConfig,
+    http: reqwest::Client,
+    url: String,
+    id: String,
+    /// Every order of the run, for the audit.
+    outcomes: Vec<Outcome>,
+    /// Every SKU the run added, with its stock.
+    seeded: Vec<(String, i64)>,
+}
+
+impl Run<'_> {
+    async fn seed(&mut self, skus: &Skus) -> anyhow::Result<()> {
+        super::seed_catalog(&self.http, &self.url, &skus.items()).await?;
+        self.seeded
+            .extend(skus.names.iter().cloned().zip(skus.stock.iter().copied()));
+        Ok(())
+    }
+
+    async fn step(&mut self, skus: &Skus, rate: u64) -> Step {
+        let secs = self.c.step_secs;
+        let cpu_before = CpuSample::now();
+        let (sent, recorder, outcomes, elapsed) =
+            load(&self.http, &self.url, skus, rate, secs, &format!("{}-{rate}", self.id)).await;
+        let cpu = cpu_before.usage(&CpuSample::now(), 0);
+        let mut answers = BTreeMap::new();
+        for o in &outcomes {
+            *answers.entry(o.kind.clone()).or_insert(0u64) += 1;
+        }
+        let accepted = answers.get("202").copied().unwrap_or(0);
+        let decided = accepted + answers.get("422").copied().unwrap_or(0);
+        // Unanswered orders count at the client's timeout: they are in the latencies.
+        let p99_ms = quantile(outcomes.iter().map(|o| o.latency_us), 0.99).unwrap_or(f64::INFINITY);
+        let p50_ms = quantile(outcomes.iter().map(|o| o.latency_us), 0.5).unwrap_or(f64::INFINITY);
+        let (_, timeline) = recorder.summary();
+        self.outcomes.extend(outcomes);
+        let cpu = procs::without_broker(cpu, self.c.broker_cpu);
+        Step {
+            rate,
+            secs,
+            sent,
+            accepted,
+            decided,
+            accepted_per_sec: accepted as f64 / elapsed,
+            p50_ms,
+            p99_ms,
+            answers,
+            passed: passes(sent, decided, p99_ms, self.c),
+            cpu_secs: procs::server_secs(&cpu),
+            cpu,
+            p99_by_second: timeline.iter().filter(|s| s.sent > 0).map(|s| s.p99_ms).collect(),
+        }
+    }
+
+    /// Twice the knee's rate for `overload_secs`, with the recovery probe starting when the
+    /// overload's last order is due.
+    async fn overload(&mut self, knee_rate: u64) -> anyhow::Result<Overload> {
+        let c = self.c;
+        let rate = knee_rate * 2;
+        let skus = Skus::for_step(&format!("K{}-o", self.id), rate, c.overload_secs);
+        let probe_sku = Skus {
+            names: vec![format!("K{}-probe", self.id)],
+            stock: vec![100_000],
+        };
+        self.seed(&skus).await?;
+        self.seed(&probe_sku).await?;
+        procs::wait_until_quiet(0.10, Duration::from_secs(30)).await;
+        let ends = Instant::now() + Duration::from_secs(c.overload_secs);
+        let probe = {
+            let (http, url, sku, id) = (
+                self.http.clone(),
+                self.url.clone(),
+                probe_sku.names[0].clone(),
+                self.id.clone(),
+            );
+            let fast = Duration::from_secs_f64(c.p99_ms / 1000.0);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(ends.into()).await;
+                recover(&http, &url, &sku, fast, &id, ends).await
+            })
+        };
+        let (sent, _, outcomes, _) = load(
+            &self.http,
+            &self.url,
+            &skus,
+            rate,
+            c.overload_secs,
+            &format!("{}-o", self.id),
+        )
+        .await;
+        let (recovery, probes) = probe.await?;
+        let mut answers = BTreeMap::new();
+        for o in &outcomes {
+            *answers.entry(o.kind.clone()).or_insert(0u64) += 1;
+        }
+        let refused = |o: &&Outcome| o.kind != "202" && o.kind != "422";
+        let accepted = outcomes.iter().filter(|o| o.kind == "202");
+        let overload = Overload {
+            rate,
+            secs: c.overload_secs,
+            sent,
+            accepted: answers.get("202").copied().unwrap_or(0),
+            accepted_p99_ms: quantile(accepted.map(|o| o.latency_us), 0.99),
+            refused_share: outcomes.iter().filter(refused).count() as f64 / sent.max(1) as f64,
+            refused_p50_ms: quantile(outcomes.iter().filter(refused).map(|o| o.latency_us), 0.5),
+            refused_p99_ms: quantile(outcomes.iter().filter(refused).map(|o| o.latency_us), 0.99),
+            recovery_secs: recovery.map(|d| d.as_secs_f64()),
+            answers,
+        };
+        self.outcomes.extend(outcomes);
+        self.outcomes.extend(probes);
+        Ok(overload)
+    }
+
+    /// Accepted keys sent again (up to 50): each must be answered with its first order.
+    async fn resend(&mut self) -> Vec<Outcome> {
+        let again: Vec<Outcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.kind == "202")
+            .step_by((self.outcomes.len() / 50).max(1))
+            .take(50)
+            .cloned()
+            .collect();
+        let mut answers = Vec::new();
+        for o in again {
+            let req = self
+                .http
+                .post(format!("{}/v1/orders", self.url))
+                .header("idempotency-key", &o.key)
+                .json(&json!({"customer_id": o.customer, "lines": [{"sku": o.sku, "quantity": 1}]}));
+            let started = Instant::now();
+            let answer = send(req, true).await;
+            answers.push(outcome(
+                o.key,
+                o.customer,
+                o.sku,
+                &answer,
+                started.elapsed().as_micros() as u64,
+            ));
+        }
+        answers
+    }
+
+    async fn audit(&mut self, since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Vec<Check>> {
+        let Some(db) = &self.c.database_url else {
+            return Ok(vec![audit::check(
+                "audit",
+                false,
+                "no --database-url: not audited".into(),
+            )]);
+        };
+        procs::wait_until_quiet(0.10, Duration::from_secs(60)).await;
+        let again = self.resend().await;
+        let repeats_ok = again.iter().filter(|o| o.kind == "202").count();
+        let mut checks = vec![audit::check(
+            "a key sent again gets its first order",
+            repeats_ok == again.len(),
+            format!("{repeats_ok} of {} accepted keys sent again answered 202", again.len()),
+        )];
+        self.outcomes.extend(again);
+        let mut accepted: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut unknown = 0;
+        for o in &self.outcomes {
+            match (o.kind.as_str(), &o.order_id) {
+                ("202", Some(id)) => {
+                    accepted
+                        .entry(format!("{}:{}", o.customer, o.key))
+                        .or_default()
+                        .insert(id.clone());
+                }
+                ("transport", _) => unknown += 1,
+                (k, _) if k.starts_with('5') => unknown += 1,
+                _ => {}
+            }
+        }
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(db)
+            .await?;
+        let skus: Vec<String> = self.seeded.iter().map(|(s, _)| s.clone()).collect();
+        checks.extend(match self.c.audit {
+            AuditKind::Surge => {
+                let scope = audit::Scope {
+                    skus: &skus,
+                    since,
+                    accepted: &accepted,
+                    unknown,
+                    patience: Duration::from_secs(60),
+                };
+                audit::audit(&pool, &scope).await?
+            }
+            AuditKind::Peer => audit::audit_peer(&pool, &self.seeded, &accepted, unknown).await?,
+        });
+        pool.close().await;
+        Ok(checks)
+    }
+}
+
+/// One order at a time on `sku`, ten a second at most, until five in a row are answered 202
+/// within `fast` (a minute at most): how long after `from` the first of them was sent.
+async fn recover(
+    http: &reqwest::Client,
+    url: &str,
+    sku: &str,
+    fast: Duration,
+    run: &str,
+    from: Instant,
+) -> (Option<Duration>, Vec<Outcome>) {
+    let mut outcomes = Vec::new();
+    let mut streak: Option<Instant> = None;
+    let mut in_a_row = 0;
+    let mut i = 0u64;
+    while in_a_row < 5 && from.elapsed() < Duration::from_secs(60) {
+        let sent = Instant::now();
+        let key = format!("{run}-recover-{i}");
         let answer = send(
             http.post(format!("{url}/v1/orders"))
-                .header("idempotency-key", format!("{run}-recover-{i}"))
+                .header("idempotency-key", &key)
                 .json(&json!({"customer_id": "recovery", "lines": [{"sku": sku, "quantity": 1}]})),
-            false,
+            true,
         )
         .await;
         i += 1;
-        in_a_row = if answer.ok() && sent.elapsed() <= fast {
-            in_a_row + 1
+        let took = sent.elapsed();
+        outcomes.push(outcome(
+            key,
+            "recovery".into(),
+            sku.into(),
+            &answer,
+            took.as_micros() as u64,
+        ));
+        if answer.status == Some(202) && took <= fast {
+            streak.get_or_insert(sent);
+            in_a_row += 1;
         } else {
-            0
-        };
-        tokio::time::sleep(Duration::from_millis(500).saturating_sub(sent.elapsed())).await;
+            (streak, in_a_row) = (None, 0);
+        }
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(took)).await;
     }
-    started.elapsed()
+    let recovered = (in_a_row >= 5).then(|| streak.map_or(Duration::ZERO, |s| s.saturating_duration_since(from)));
+    (recovered, outcomes)
 }
 
-/// The target kept up: almost every order accepted, p99 under 500 ms.
-fn keeps_up(s: &Step) -> bool {
-    s.accepted as f64 >= 0.95 * s.sent as f64 && s.p99_ms < 500.0
-}
-
-/// Latency grew through the step (the last whole second's p99 over 3x the first's, and over
-/// 100 ms): the target only kept up for a while, its queues filling. A short step would
-/// otherwise credit it with a rate it cannot hold.
-fn falling_behind(s: &Step) -> bool {
-    // Seconds are those the orders were due in: a step of N s has N whole ones.
-    let seconds: Vec<f64> = s.p99_by_second.iter().flatten().copied().collect();
-    match (seconds.first(), seconds.last()) {
-        (Some(first), Some(last)) => *last > 100.0 && *last > 3.0 * first.max(20.0),
-        _ => false,
+/// The same starting point for every target: every table gets the autovacuum settings Surge's
+/// log tables have (unless it has settings of its own), statistics are fresh (`ANALYZE`) and
+/// dirty pages are on disk (`CHECKPOINT`, which needs the `pg_checkpoint` role).
+pub async fn prepare(url: &str) -> anyhow::Result<Vec<String>> {
+    let mut conn = url.parse::<sqlx::postgres::PgConnectOptions>()?.connect().await?;
+    let bare: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.reloptions IS NULL",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    for table in &bare {
+        // Identifiers from the catalogue, quoted by format('%I').
+        sqlx::query(&format!(
+            "ALTER TABLE {table} SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 5000)"
+        ))
+        .execute(&mut conn)
+        .await?;
     }
-}
-
-fn passes(s: &Step) -> bool {
-    keeps_up(s) && !falling_behind(s)
+    let mut done = vec![format!(
+        "autovacuum settings of the log tables on {} tables",
+        bare.len()
+    )];
+    sqlx::query("ANALYZE").execute(&mut conn).await?;
+    done.push("ANALYZE".into());
+    match sqlx::query("CHECKPOINT").execute(&mut conn).await {
+        Ok(_) => done.push("CHECKPOINT".into()),
+        Err(e) => done.push(format!("CHECKPOINT failed: {e}")),
+    }
+    conn.close().await?;
+    Ok(done)
 }
 
 pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
@@ -190,130 +592,124 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let http = c.credentials.client(
         "bench",
         reqwest::Client::builder()
-            // An order unanswered after 10 s counts as failed (`transport`) for every target.
+            // An order unanswered after 10 s counts as unanswered for every target.
             .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(512),
+            .pool_max_idle_per_host(1024),
     )?;
     surge_cli::demo::wait_ready(&http, &url).await?;
-    let run = format!("{:X}", chrono::Utc::now().timestamp_millis() % 0x1000_0000);
-    let skus: Vec<String> = (0..11).map(|i| format!("K{run}-{i}")).collect();
-    let items: Vec<(String, i64, &str)> = skus.iter().map(|s| (s.clone(), 1_000_000_000, "bench")).collect();
-    super::seed_catalog(&http, &url, &items).await?;
-    println!("== {}: steps {:?} orders/s, {} s each", c.name, c.steps, c.step_secs);
-    // Every target starts on a quiet machine (nothing left running from what came before).
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let mut run = Run {
+        c: &c,
+        http,
+        url,
+        id: super::run_id(),
+        outcomes: Vec::new(),
+        seeded: Vec::new(),
+    };
+    let rates = c.ladder.rates();
+    println!(
+        "== {} (run {}): steps of {} s from {}/s, x{} each, until two in a row fail (pass: >= {:.0} % answered 202/422, p99 <= {} ms)",
+        c.name,
+        c.run + 1,
+        c.step_secs,
+        c.ladder.start_rate,
+        c.ladder.ratio,
+        c.answered * 100.0,
+        c.p99_ms
+    );
+    let warm = Skus::for_step(&format!("K{}-w", run.id), rates[0], 2);
+    run.seed(&warm).await?;
+    let mut ladder = Vec::new();
+    for (k, rate) in rates.iter().enumerate() {
+        let skus = Skus::for_step(&format!("K{}-{k}", run.id), *rate, c.step_secs);
+        run.seed(&skus).await?;
+        ladder.push((*rate, skus));
+    }
+    let prepared = match &c.database_url {
+        Some(db) => prepare(db).await?,
+        None => vec!["database not prepared (no --database-url)".into()],
+    };
     let waited = procs::wait_until_quiet(0.10, Duration::from_secs(60)).await;
-    println!("   machine quiet after {:.0} s", waited.as_secs_f64());
-    // Warm-up (connections, pools, caches), not recorded.
-    let warm = c.steps.first().copied().unwrap_or(100);
-    step(&http, &url, &skus, warm, 2, &format!("{run}-warm")).await;
-    let mut steps = Vec::new();
-    for &rate in &c.steps {
-        let s = step(&http, &url, &skus, rate, c.step_secs, &run).await;
+    println!(
+        "   {}; machine quiet after {:.0} s",
+        prepared.join(", "),
+        waited.as_secs_f64()
+    );
+    // Warm-up (connections, pools, caches), not a step.
+    let (_, _, warm_outcomes, _) = load(&run.http, &run.url, &warm, rates[0], 2, &format!("{}-w", run.id)).await;
+    run.outcomes.extend(warm_outcomes);
+
+    let mut steps: Vec<Step> = Vec::new();
+    let mut failed_in_a_row = 0;
+    for (rate, skus) in &ladder {
+        let s = run.step(skus, *rate).await;
         println!(
-            "   {:>5}/s: accepted {:>7.1}/s  p50 {:>8.1} ms  p99 {:>8.1} ms  {:?}{}",
+            "   {:>6}/s: {} accepted {:>7.1}/s  p50 {:>7.1} ms  p99 {:>8.1} ms  {:?}",
             rate,
+            if s.passed { "pass" } else { "FAIL" },
             s.accepted_per_sec,
             s.p50_ms,
             s.p99_ms,
             s.answers,
-            if falling_behind(&s) {
-                "  (latency growing: falling behind)"
-            } else {
-                ""
-            }
         );
-        // One step that only fell behind does not end the search (a hiccup of the machine
-        // can look the same); one that could not keep up does.
-        let overloaded = !keeps_up(&s);
+        failed_in_a_row = if s.passed { 0 } else { failed_in_a_row + 1 };
         steps.push(s);
-        if overloaded {
+        if failed_in_a_row == 2 {
             break;
         }
-    }
-    // The knee: the last of the steps that all passed from the start. A higher step that
-    // passes after one fell behind only had too little time to show it.
-    let best = steps.iter().take_while(|s| passes(s)).last().cloned();
-    let (knee_rate, knee_accepted) = best.as_ref().map_or((0, 0.0), |s| (s.rate, s.accepted_per_sec));
-    let at80 = if knee_rate > 0 {
-        // Let the backlog of an overloaded last step drain first (the target's queues, and
-        // for Surge its relay and projector catching up): until the machine is quiet.
-        let waited = procs::wait_until_quiet(0.10, Duration::from_secs(120)).await;
-        // A quiet machine is not enough: a target may still be working off the overload
-        // (retrying requests that are sleeping, a relay waiting on acks). It has recovered
-        // when five orders in a row on the hot SKU, one at a time, are answered as fast as at
-        // the first step.
-        let fast = Duration::from_secs_f64((steps[0].p50_ms * 3.0).max(20.0) / 1000.0);
-        let recovered = recover(&http, &url, &skus[0], fast, &run).await;
-        println!(
-            "   machine quiet again after {:.0} s, target answering in under {} ms after {:.0} s more",
-            waited.as_secs_f64(),
-            fast.as_millis(),
-            recovered.as_secs_f64()
-        );
-        // 80 % of the most it accepted per second (not of the offered rate: a knee step may
-        // accept a little less than it was offered).
-        let rate = ((knee_accepted * 0.8) as u64).max(1);
-        // Twice a step, 6 s at least: long enough to show a rate that cannot be held.
-        let s = step(&http, &url, &skus, rate, (c.step_secs * 2).max(6), &format!("{run}-80")).await;
-        let by_second: Vec<String> = s
-            .p99_by_second
-            .iter()
-            .map(|p| p.map_or("-".into(), |v| format!("{v:.0}")))
-            .collect();
-        println!(
-            "   80 % of the knee ({rate}/s): p99 {:.1} ms (by second: {} ms)",
-            s.p99_ms,
-            by_second.join(", ")
-        );
-        Some(s.p99_ms)
-    } else {
-        None
-    };
-    // Oversell probe: 400 orders at once for 100 units of a fresh SKU.
-    let probe_sku = format!("P{run}");
-    if let Err(e) = super::seed_catalog(&http, &url, &[(probe_sku.clone(), 100, "bench")]).await {
-        // A target that cannot even take the item is reported, not hidden.
-        println!("   oversell probe not run: {e:#}");
-    }
-    let answers = futures::future::join_all((0..400).map(|i| {
-        let req = http
-            .post(format!("{url}/v1/orders"))
-            .header("idempotency-key", format!("{run}-probe-{i}"))
-            .json(&json!({"customer_id": format!("p{i}"), "lines": [{"sku": probe_sku, "quantity": 1}]}));
-        async move {
-            match req.send().await {
-                Ok(r) => r.status().as_u16().to_string(),
-                Err(_) => "transport".to_string(),
-            }
+        if failed_in_a_row == 1 {
+            // A failed step leaves a backlog; the next one starts on a quiet machine.
+            procs::wait_until_quiet(0.10, Duration::from_secs(20)).await;
         }
-    }))
-    .await;
-    let mut probe = BTreeMap::new();
-    for a in answers {
-        *probe.entry(a).or_insert(0u64) += 1;
     }
-    let oversold = probe.get("202").copied().unwrap_or(0) as i64 - 100;
-    let (cpu, accepted): (f64, u64) = steps
+    let knee = steps
         .iter()
-        .fold((0.0, 0), |(c, a), s| (c + s.cpu_secs, a + s.accepted));
+        .filter(|s| s.passed)
+        .max_by(|a, b| a.accepted_per_sec.total_cmp(&b.accepted_per_sec))
+        .cloned();
+    let overload = match &knee {
+        Some(k) => {
+            let o = run.overload(k.rate).await?;
+            println!(
+                "   overload {}/s for {} s: accepted p99 {}, refused {:.1} % (p99 {}), answering within {} ms again after {}",
+                o.rate,
+                o.secs,
+                ms(o.accepted_p99_ms),
+                o.refused_share * 100.0,
+                ms(o.refused_p99_ms),
+                c.p99_ms,
+                o.recovery_secs.map_or("more than 60 s".into(), |s| format!("{s:.1} s"))
+            );
+            Some(o)
+        }
+        None => None,
+    };
+    let checks = run.audit(since).await?;
+    for ch in &checks {
+        println!(
+            "   audit: {} {}: {}",
+            if ch.ok { "ok    " } else { "FAILED" },
+            ch.check,
+            ch.detail
+        );
+    }
     let result = KneeResult {
         name: c.name.clone(),
-        knee_rate,
-        knee_accepted_per_sec: knee_accepted,
-        p99_at_80_ms: at80,
-        oversold: oversold.max(0),
-        oversell_probe: probe,
-        cpu_secs_per_1k_orders: (accepted > 0).then(|| cpu / accepted as f64 * 1000.0),
+        run: c.run,
+        position: c.position,
+        p99_target_ms: c.p99_ms,
+        knee_rate: knee.as_ref().map(|k| k.rate),
+        knee_accepted_per_sec: knee.as_ref().map_or(0.0, |k| k.accepted_per_sec),
         steps,
+        overload,
+        audit: checks,
+        prepared,
     };
     println!(
-        "   knee {}/s ({:.0} accepted/s), p99 at 80 % {}, oversold {}, probe {:?}, CPU {} s per 1k orders",
-        result.knee_rate,
-        result.knee_accepted_per_sec,
-        ms(result.p99_at_80_ms),
-        result.oversold,
-        result.oversell_probe,
-        secs(result.cpu_secs_per_1k_orders)
+        "   knee: {} accepted/s (offered {}), audit {}",
+        result.knee_accepted_per_sec.round(),
+        result.knee_rate.map_or("-".into(), |r| format!("{r}/s")),
+        if result.audit_ok() { "ok" } else { "FAILED" }
     );
     if let Some(dir) = c.results.parent() {
         std::fs::create_dir_all(dir)?;
@@ -329,144 +725,64 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "no step passed".to_string(), |v| format!("{v:.1} ms"))
-}
-
-fn secs(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
-}
-
-/// One SVG chart of a per-step figure against the offered rate, a line per target.
-fn chart(
-    results: &[KneeResult],
-    title: &str,
-    y_desc: &str,
-    y: impl Fn(&Step) -> f64,
-    log: bool,
-) -> anyhow::Result<String> {
-    let series: Vec<Series> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Series {
-            name: r.name.clone(),
-            points: r.steps.iter().map(|s| (s.rate as f64, y(s))).collect(),
-            color: i + 1,
-            width: 2,
-        })
-        .collect();
-    line_chart(title, "offered orders/s", y_desc, &series, log)
-}
-
-/// `report.html` beside the results: the table and the plots, self-contained.
-fn html_report(results: &[KneeResult], table: &str, path: &std::path::Path) -> anyhow::Result<()> {
-    let accepted = chart(
-        results,
-        "Accepted orders/s by offered rate",
-        "accepted orders/s",
-        |s| s.accepted_per_sec,
-        false,
-    )?;
-    let p99 = chart(
-        results,
-        "p99 latency from due time (log scale)",
-        "p99 ms",
-        |s| s.p99_ms,
-        true,
-    )?;
-    let rows: String = table
-        .lines()
-        .filter(|l| l.starts_with('|') && !l.starts_with("|---"))
-        .enumerate()
-        .map(|(i, l)| {
-            let tag = if i == 0 { "th" } else { "td" };
-            let cells: String = l
-                .trim_matches('|')
-                .split('|')
-                .map(|c| format!("<{tag}>{}</{tag}>", c.trim()))
-                .collect();
-            format!("<tr>{cells}</tr>")
-        })
-        .collect();
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Surge bench</title>\
-         <style>body{{font:15px system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style>\
-         <h1>Surge and its peers, one run</h1><table>{rows}</table><p>{accepted}</p><p>{p99}</p></html>"
-    );
-    std::fs::write(path, html)?;
-    Ok(())
-}
-
-/// The comparison table (markdown), Surge first, with its ratio to the best peer, and the
-/// HTML report with plots beside the results file.
-pub fn table(c: TableConfig) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&c.results).with_context(|| format!("reading {}", c.results.display()))?;
-    let results: Vec<KneeResult> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let best_peer = results
-        .iter()
-        .filter(|r| r.name != "surge")
-        .map(|r| r.knee_accepted_per_sec)
-        .fold(0.0f64, f64::max);
-    let mut out = String::from(
-        "| target | accepted orders/s at the knee | knee (offered/s) | p99 at 80 % of the knee | oversold (400 orders, 100 units) | CPU s per 1k orders |\n|---|---|---|---|---|---|\n",
-    );
-    for r in &results {
-        out += &format!(
-            "| {} | {:.0} | {} | {} | {} ({}) | {} |",
-            r.name,
-            r.knee_accepted_per_sec,
-            r.knee_rate,
-            ms(r.p99_at_80_ms),
-            r.oversold,
-            r.oversell_probe
-                .iter()
-                .map(|(k, v)| format!("{v}x{k}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            secs(r.cpu_secs_per_1k_orders)
-        );
-        out.push('\n');
-    }
-    print!("{out}");
-    let report = c.results.with_extension("html");
-    html_report(&results, &out, &report)?;
-    println!("\nreport with plots: {}", report.display());
-    if let Some(surge) = results.iter().find(|r| r.name == "surge") {
-        if best_peer > 0.0 {
-            println!(
-                "\nSurge / best peer, accepted orders/s at the knee: {:.1}x",
-                surge.knee_accepted_per_sec / best_peer
-            );
-        }
-    }
-    Ok(())
+pub fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn step(sent: u64, accepted: u64, p99_ms: f64, by_second: &[f64]) -> Step {
-        Step {
-            rate: sent,
-            sent,
-            accepted,
-            p99_ms,
-            p99_by_second: by_second.iter().map(|v| Some(*v)).collect(),
-            ..Step::default()
-        }
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        c: KneeConfig,
+    }
+
+    fn config() -> KneeConfig {
+        Wrap::parse_from([
+            "x",
+            "--name",
+            "t",
+            "--url",
+            "http://127.0.0.1:1",
+            "--results",
+            "r.jsonl",
+        ])
+        .c
     }
 
     #[test]
-    fn a_knee_keeps_up_without_falling_behind() {
-        assert!(passes(&step(900, 900, 40.0, &[20.0, 35.0, 40.0])));
-        // Refused or slow: overloaded.
-        assert!(!keeps_up(&step(900, 800, 40.0, &[20.0, 35.0, 40.0])));
-        assert!(!keeps_up(&step(900, 900, 600.0, &[200.0, 400.0, 600.0])));
-        // Kept up for three seconds, but latency climbed all along: not a knee.
-        let climbing = step(900, 900, 450.0, &[60.0, 200.0, 450.0]);
-        assert!(keeps_up(&climbing) && falling_behind(&climbing) && !passes(&climbing));
-        // A late hiccup under 100 ms is no trend.
-        assert!(!falling_behind(&step(900, 900, 90.0, &[10.0, 12.0, 90.0])));
+    fn a_step_passes_with_99_percent_decided_within_the_latency_target() {
+        let c = config();
+        assert!(passes(1000, 1000, 50.0, &c));
+        assert!(passes(1000, 990, 12.0, &c));
+        // One order in a hundred and one more undecided: fails.
+        assert!(!passes(1000, 989, 12.0, &c));
+        // Slow: fails.
+        assert!(!passes(1000, 1000, 50.1, &c));
+        assert!(!passes(0, 0, 1.0, &c));
+    }
+
+    #[test]
+    fn the_ladder_rises_geometrically_without_a_fixed_top() {
+        let rates = config().ladder.rates();
+        assert_eq!(&rates[..6], &[100, 130, 170, 220, 290, 380]);
+        assert_eq!(rates.len(), 24);
+        assert!(rates
+            .windows(2)
+            .all(|w| w[1] > w[0] && (w[1] as f64) < 1.4 * w[0] as f64));
+        assert!(*rates.last().unwrap() > 40_000);
+    }
+
+    #[test]
+    fn the_hot_sku_sells_out_near_the_end_of_its_step() {
+        let skus = Skus::for_step("K", 1000, 10);
+        assert_eq!(skus.stock[0], 8550);
+        // 9,000 orders go to the hot SKU, 100 to each other one.
+        let hot = (0..10_000).filter(|i| skus.of(*i) == "K").count();
+        assert_eq!(hot, 9000);
+        assert!(skus.stock[1..].iter().all(|s| *s > 100));
     }
 }

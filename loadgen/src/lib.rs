@@ -10,8 +10,9 @@
 //! ends with the [`audit`] (stock never negative, answers = event store = views) and leaves a
 //! [`report`] (JSON + HTML with plots) under `target/loadgen/<scenario>-<run>/`, with the CPU
 //! each process of the stack spent per 1k operations ([`procs`]). `reads` ([`reads`]) is the
-//! closed-loop cache comparison; `knee` and `table` ([`knee`]) the side-by-side benchmark with
-//! the peers of `bench/peers/`. [`bench`] runs that whole benchmark (Surge's stack and each
+//! closed-loop cache comparison; `knee` ([`knee`]: one run of one target) and `table`
+//! ([`table`]: the tables of docs/benchmarks.md) the side-by-side benchmark with the peers of
+//! `bench/peers/`. [`bench`] runs that whole benchmark (Surge's stack and each
 //! peer as child processes, [`children`]); [`chaos`] kills and cuts every part of the stack in
 //! turn under a flash sale.
 
@@ -26,6 +27,7 @@ pub mod procs;
 pub mod reads;
 pub mod report;
 pub mod scenarios;
+pub mod table;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -62,12 +64,14 @@ pub enum Command {
     Mixed(scenarios::MixedConfig),
     /// Cached item reads vs uncached vs a trivial handler, closed loop, in one run.
     Reads(reads::ReadsConfig),
-    /// Stepped open-loop load on one target (Surge or a peer) to find its knee.
+    /// One run of one target (Surge or a peer): stepped open-loop load to its knee at the
+    /// latency target, an overload at twice the knee, an audit.
     Knee(knee::KneeConfig),
-    /// Print the comparison table of the `knee` results.
-    Table(knee::TableConfig),
-    /// The side-by-side benchmark of `./dev bench`: Surge's stack, then each peer, on fresh
-    /// databases, each stepped to its knee; then the table.
+    /// The tables of a `bench` results file (medians over the runs); optionally written into
+    /// docs/benchmarks.md and README.md.
+    Table(table::TableConfig),
+    /// The side-by-side benchmark of `./dev bench`: Surge's stack and each peer, on fresh
+    /// databases, each run several times in rotating order; then the tables.
     Bench(bench::BenchConfig),
     /// `./dev chaos`: every process of the stack killed in turn, the link to Postgres cut, the
     /// broker replaced, under a 20x flash sale; then the audit.
@@ -82,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mixed(c) => scenarios::mixed_run(c).await,
         Command::Reads(c) => reads::reads(c).await,
         Command::Knee(c) => knee::knee(c).await,
-        Command::Table(c) => knee::table(c),
+        Command::Table(c) => table::table(c),
         Command::Bench(c) => bench::run(c).await,
         Command::Chaos(c) => chaos::run(c).await,
     }

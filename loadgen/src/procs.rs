@@ -146,6 +146,38 @@ pub async fn wait_until_quiet(share: f64, limit: std::time::Duration) -> std::ti
     started.elapsed()
 }
 
+/// Sets the CPU priority of every thread of the Kafka broker (on Linux a nice value is a
+/// thread's); how many threads were changed. The benchmark raises the broker to the request
+/// path's priority for a target that waits for it, and lowers it again after.
+pub fn renice_broker(nice: i32) -> anyhow::Result<usize> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let path = entry.path();
+        let cmdline = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if classify(&cmdline, comm.trim()).as_deref() != Some("kafka") {
+            continue;
+        }
+        for task in std::fs::read_dir(path.join("task"))?.flatten() {
+            tids.push(task.file_name().to_string_lossy().to_string());
+        }
+    }
+    anyhow::ensure!(!tids.is_empty(), "no Kafka broker process found");
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&tids)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "renice of the broker's threads failed ({status})");
+    Ok(tids.len())
+}
+
+/// The rows without the Kafka broker's unless `keep`: a target that never talks to the broker
+/// is not billed for it idling.
+pub fn without_broker(rows: Vec<ProcessCpu>, keep: bool) -> Vec<ProcessCpu> {
+    rows.into_iter().filter(|r| keep || r.process != "kafka").collect()
+}
+
 /// CPU seconds of the serving side: every named process but this load client.
 pub fn server_secs(rows: &[ProcessCpu]) -> f64 {
     rows.iter()
