@@ -74,6 +74,9 @@ pub struct KneeConfig {
     pub run: u32,
     #[arg(long, default_value_t = 0)]
     pub position: u32,
+    /// Waits for a quiet machine last at most this long (each at most 20-60 s otherwise).
+    #[arg(long, default_value_t = 60)]
+    pub quiet_max_secs: u64,
     /// JSON lines file the result is appended to.
     #[arg(long)]
     pub results: PathBuf,
@@ -193,6 +196,12 @@ impl KneeResult {
     pub fn audit_ok(&self) -> bool {
         !self.audit.is_empty() && self.audit.iter().all(|c| c.ok)
     }
+}
+
+/// Until the machine is under 10 % busy for 3 s, `limit` seconds at most (capped by
+/// `--quiet-max-secs`); how long that took.
+async fn quiet(c: &KneeConfig, limit: u64) -> Duration {
+    procs::wait_until_quiet(0.10, Duration::from_secs(limit.min(c.quiet_max_secs))).await
 }
 
 /// One order as its client saw it.
@@ -376,7 +385,7 @@ impl Run<'_> {
         };
         self.seed(&skus).await?;
         self.seed(&probe_sku).await?;
-        procs::wait_until_quiet(0.10, Duration::from_secs(30)).await;
+        quiet(c, 30).await;
         let ends = Instant::now() + Duration::from_secs(c.overload_secs);
         let probe = {
             let (http, url, sku, id) = (
@@ -462,7 +471,7 @@ impl Run<'_> {
                 "no --database-url: not audited".into(),
             )]);
         };
-        procs::wait_until_quiet(0.10, Duration::from_secs(60)).await;
+        quiet(self.c, 60).await;
         let again = self.resend().await;
         let repeats_ok = again.iter().filter(|o| o.kind == "202").count();
         let mut checks = vec![audit::check(
@@ -629,7 +638,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         Some(db) => prepare(db).await?,
         None => vec!["database not prepared (no --database-url)".into()],
     };
-    let waited = procs::wait_until_quiet(0.10, Duration::from_secs(60)).await;
+    let waited = quiet(&c, 60).await;
     println!(
         "   {}; machine quiet after {:.0} s",
         prepared.join(", "),
@@ -659,7 +668,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         }
         if failed_in_a_row == 1 {
             // A failed step leaves a backlog; the next one starts on a quiet machine.
-            procs::wait_until_quiet(0.10, Duration::from_secs(20)).await;
+            quiet(&c, 20).await;
         }
     }
     let knee = steps

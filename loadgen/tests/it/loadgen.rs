@@ -16,7 +16,7 @@ use surge_testkit::{Service, TestEnv};
 
 /// Surge's whole pipeline for `env`, in-process: the command API's and the query API's URLs,
 /// and the four services to stop.
-async fn stack(env: &TestEnv) -> (String, String, [Service; 4]) {
+pub async fn stack(env: &TestEnv) -> (String, String, [Service; 4]) {
     let db = DatabaseConfig {
         max_connections: 5,
         ..env.db.clone()
