@@ -1,13 +1,28 @@
-//! What both peers share: the model (Surge's rules for one-line orders, as pure `decide` and
-//! `evolve`), Surge's HTTP contract (request bodies, problem answers) and startup, so each peer
-//! file holds only its framework's adapter and so both run the very same rules.
+//! What every peer shares: the model (Surge's rules for one-line orders, as pure `decide` and
+//! `evolve`), Surge's HTTP contract (request bodies, problem answers), startup, the striped
+//! per-aggregate locks of the `--serialized` modes, and the audit views' contract. Each peer
+//! file holds only its framework's adapter, so all of them run the very same rules.
+//!
+//! The model:
+//! - a SKU (`InventoryState`) is bounded: whether it exists, its stock and its price. It does
+//!   not remember which orders hold stock: that record lives with the order, as in Surge.
+//! - an order (`OrderState`, named by the customer's idempotency key) is placed once; a repeat
+//!   of its key finds it placed (or rejected) and gets the first answer again.
+//!
+//! The audit views every peer creates in its own database (read by `./dev bench`'s auditor):
+//! - `bench_stock(sku text, initial_stock bigint, reserved bigint)`: one row per SKU, with the
+//!   total quantity the store says was reserved;
+//! - `bench_orders(order_id text, customer_id text, idempotency_key text, sku text, quantity bigint)`:
+//!   one row per order placed and not rejected, `order_id` as the HTTP answer gave it.
+
+#![allow(dead_code)] // each peer uses its part of the contract
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
 
 /// A business rule's refusal, by problem slug.
 #[derive(Debug)]
@@ -20,31 +35,67 @@ impl std::fmt::Display for Refused {
 }
 impl std::error::Error for Refused {}
 
-/// One SKU: its stock, and the orders holding some of it (a reservation is once per order).
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// An order line's quantity: 1 to 10,000 units.
+pub fn check_quantity(quantity: i64) -> Result<(), Refused> {
+    if (1..=10_000).contains(&quantity) {
+        Ok(())
+    } else {
+        Err(Refused("invalid-quantity"))
+    }
+}
+
+/// One SKU: whether it exists, its stock and its price (bounded: no per-order record).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct InventoryState {
     pub exists: bool,
     pub available: i64,
     pub price_minor: i64,
-    pub holds: BTreeSet<String>,
+}
+
+/// Who reserves: the order (its id, customer and key) and how many units of which SKU.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub order_id: String,
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub sku: String,
+    pub quantity: i64,
 }
 
 pub enum InventoryCommand {
-    AddItem { initial_stock: i64, price_minor: i64 },
-    Reserve { order_id: String, quantity: i64 },
+    AddItem {
+        sku: String,
+        initial_stock: i64,
+        price_minor: i64,
+    },
+    Reserve(Reservation),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InventoryEvent {
-    ItemAdded { initial_stock: i64, price_minor: i64 },
-    StockReserved { order_id: String, quantity: i64 },
+    ItemAdded {
+        sku: String,
+        initial_stock: i64,
+        price_minor: i64,
+    },
+    /// The reservation names its order, so a store can record the order in the same write.
+    StockReserved {
+        order_id: String,
+        customer_id: String,
+        idempotency_key: String,
+        sku: String,
+        quantity: i64,
+        total_minor: i64,
+    },
 }
 
 impl InventoryState {
-    /// Stock never goes below zero; an order already holding stock gets nothing more.
+    /// Stock never goes below zero. Whether an order already reserved is the order's to know:
+    /// every peer asks its order record first.
     pub fn decide(&self, command: InventoryCommand) -> Result<Vec<InventoryEvent>, Refused> {
         match command {
             InventoryCommand::AddItem {
+                sku,
                 initial_stock,
                 price_minor,
             } => {
@@ -55,24 +106,27 @@ impl InventoryState {
                     return Err(Refused("invalid-quantity"));
                 }
                 Ok(vec![InventoryEvent::ItemAdded {
+                    sku,
                     initial_stock,
                     price_minor,
                 }])
             }
-            InventoryCommand::Reserve { order_id, quantity } => {
+            InventoryCommand::Reserve(r) => {
                 if !self.exists {
                     return Err(Refused("unknown-item"));
                 }
-                if self.holds.contains(&order_id) {
-                    return Ok(vec![]);
-                }
-                if !(1..=10_000).contains(&quantity) {
-                    return Err(Refused("invalid-quantity"));
-                }
-                if quantity > self.available {
+                check_quantity(r.quantity)?;
+                if r.quantity > self.available {
                     return Err(Refused("out-of-stock"));
                 }
-                Ok(vec![InventoryEvent::StockReserved { order_id, quantity }])
+                Ok(vec![InventoryEvent::StockReserved {
+                    total_minor: r.quantity * self.price_minor,
+                    order_id: r.order_id,
+                    customer_id: r.customer_id,
+                    idempotency_key: r.idempotency_key,
+                    sku: r.sku,
+                    quantity: r.quantity,
+                }])
             }
         }
     }
@@ -82,57 +136,95 @@ impl InventoryState {
             InventoryEvent::ItemAdded {
                 initial_stock,
                 price_minor,
+                ..
             } => {
                 self.exists = true;
                 self.available = initial_stock;
                 self.price_minor = price_minor;
             }
-            InventoryEvent::StockReserved { order_id, quantity } => {
+            InventoryEvent::StockReserved { quantity, .. } => {
                 self.available -= quantity;
-                self.holds.insert(order_id);
             }
         }
     }
 }
 
-/// One order: placed once (its id is the idempotency key's).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct OrderState {
-    pub placed: bool,
+/// One order, named by its idempotency key: placed once, then possibly rejected (its
+/// reservation was refused).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderState {
+    #[default]
+    New,
+    Placed,
+    Rejected(String),
 }
 
 pub struct PlaceOrder {
     pub customer_id: String,
+    pub idempotency_key: String,
     pub sku: String,
     pub quantity: i64,
     pub unit_price_minor: i64,
+}
+
+pub enum OrderCommand {
+    Place(PlaceOrder),
+    Reject { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OrderEvent {
     OrderPlaced {
         customer_id: String,
+        idempotency_key: String,
         sku: String,
         quantity: i64,
         total_minor: i64,
     },
+    OrderRejected {
+        reason: String,
+    },
 }
 
-impl OrderState {
-    pub fn decide(&self, c: PlaceOrder) -> Vec<OrderEvent> {
-        if self.placed {
-            return vec![];
+/// A repeat of a key whose order exists: the answer the first request got.
+#[derive(Debug)]
+pub enum Repeat {
+    Placed,
+    Rejected(String),
+}
+
+impl std::fmt::Display for Repeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repeat::Placed => f.write_str("order already placed"),
+            Repeat::Rejected(r) => write!(f, "order already rejected: {r}"),
         }
-        vec![OrderEvent::OrderPlaced {
-            customer_id: c.customer_id,
-            sku: c.sku,
-            quantity: c.quantity,
-            total_minor: c.quantity * c.unit_price_minor,
-        }]
+    }
+}
+impl std::error::Error for Repeat {}
+
+impl OrderState {
+    pub fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, Repeat> {
+        match (self, command) {
+            (OrderState::New, OrderCommand::Place(c)) => Ok(vec![OrderEvent::OrderPlaced {
+                total_minor: c.quantity * c.unit_price_minor,
+                customer_id: c.customer_id,
+                idempotency_key: c.idempotency_key,
+                sku: c.sku,
+                quantity: c.quantity,
+            }]),
+            (OrderState::Placed, OrderCommand::Place(_)) => Err(Repeat::Placed),
+            (OrderState::Rejected(r), OrderCommand::Place(_)) => Err(Repeat::Rejected(r.clone())),
+            (OrderState::Placed, OrderCommand::Reject { reason }) => Ok(vec![OrderEvent::OrderRejected { reason }]),
+            (_, OrderCommand::Reject { .. }) => Ok(vec![]),
+        }
     }
 
-    pub fn evolve(&mut self, _: OrderEvent) {
-        self.placed = true;
+    pub fn evolve(&mut self, event: OrderEvent) {
+        *self = match event {
+            OrderEvent::OrderPlaced { .. } => OrderState::Placed,
+            OrderEvent::OrderRejected { reason } => OrderState::Rejected(reason),
+        }
     }
 }
 
@@ -160,6 +252,34 @@ pub fn unavailable<E: std::fmt::Display>(e: E) -> Response {
     problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
+/// 201 for an added item.
+pub fn created(sku: &str) -> Response {
+    (StatusCode::CREATED, Json(json!({"sku": sku}))).into_response()
+}
+
+/// 202 for a placed order (first time or repeat: the same id).
+pub fn placed(order_id: impl Serialize) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": order_id, "status": "placed"})),
+    )
+        .into_response()
+}
+
+/// 409 after the bounded retries of an optimistic write all lost.
+pub fn conflict() -> Response {
+    problem(StatusCode::CONFLICT, "version-conflict")
+}
+
+/// Pause before retrying a lost optimistic write: grows with the attempt, plus jitter.
+pub async fn backoff(attempt: u64) {
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 4) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(1 + attempt.min(10) + jitter)).await;
+}
+
+/// How many times an optimistic write is tried before answering 409.
+pub const ATTEMPTS: u64 = 20;
+
 #[derive(Deserialize)]
 pub struct Price {
     pub minor: i64,
@@ -185,29 +305,102 @@ pub struct PlaceOrderRequest {
     pub lines: Vec<Line>,
 }
 
-/// The name an idempotent order gets: the customer's key, so a retry finds the same order.
-pub fn order_key(headers: &HeaderMap, customer_id: &str) -> Option<String> {
+/// The request's `Idempotency-Key` header, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
-        .map(|key| format!("{customer_id}:{key}"))
+        .map(str::to_owned)
 }
 
-/// `<listen addr> <database url>` from the command line, and a pool of 16 connections.
-pub async fn start(default_addr: &str) -> (String, sqlx::PgPool) {
-    let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| default_addr.into());
-    let url = args.next().expect("usage: <peer> <addr> <database url>");
-    let pool = sqlx::postgres::PgPoolOptions::new()
+/// The name an idempotent order gets: the customer's key, so a retry finds the same order.
+pub fn order_key(customer_id: &str, key: &str) -> String {
+    format!("{customer_id}:{key}")
+}
+
+/// The one line of an order (the benchmark sends one-line orders), its quantity checked.
+pub fn one_line(req: &PlaceOrderRequest) -> Result<&Line, Refused> {
+    let [line] = req.lines.as_slice() else {
+        return Err(Refused("one-line-orders-only"));
+    };
+    check_quantity(line.quantity)?;
+    Ok(line)
+}
+
+/// Whether `--serialized` is on the command line (taken out of the positional arguments).
+pub struct Args {
+    pub serialized: bool,
+    pub addr: String,
+    pub url: String,
+    pub rest: Vec<String>,
+}
+
+pub fn args(default_addr: &str) -> Args {
+    let (flags, positional): (Vec<String>, Vec<String>) = std::env::args().skip(1).partition(|a| a.starts_with("--"));
+    let serialized = flags.iter().any(|f| f == "--serialized");
+    if let Some(f) = flags.iter().find(|f| *f != "--serialized") {
+        panic!("unknown flag {f}");
+    }
+    let mut positional = positional.into_iter();
+    let addr = positional.next().unwrap_or_else(|| default_addr.into());
+    let url = positional
+        .next()
+        .expect("usage: <peer> [--serialized] <addr> <database url> ...");
+    Args {
+        serialized,
+        addr,
+        url,
+        rest: positional.collect(),
+    }
+}
+
+/// A pool of 16 connections, for every peer.
+pub async fn pool(url: &str) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
-        .connect(&url)
+        .connect(url)
         .await
-        .expect("Postgres reachable");
-    (addr, pool)
+        .expect("Postgres reachable")
+}
+
+/// Creates (or replaces) the audit views `bench_stock` and `bench_orders` from their SELECTs.
+pub async fn create_audit_views(pool: &sqlx::PgPool, stock: &str, orders: &str) {
+    let sql = format!(
+        "CREATE OR REPLACE VIEW bench_stock (sku, initial_stock, reserved) AS {stock};\n\
+         CREATE OR REPLACE VIEW bench_orders (order_id, customer_id, idempotency_key, sku, quantity) AS {orders};"
+    );
+    sqlx::raw_sql(&sql).execute(pool).await.expect("audit views created");
 }
 
 pub async fn serve(addr: &str, app: Router) {
     let app = app.route("/readyz", axum::routing::get(|| async { "ready" }));
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     axum::serve(listener, app).await.expect("serve");
+}
+
+/// `--serialized`: one in-process async mutex per aggregate id, striped (1024 mutexes, an id
+/// takes the one its hash picks), so commands on one aggregate run one at a time in this
+/// process and never race each other to the store. Fixed size: nothing to clean up. Two ids
+/// sharing a stripe just wait for each other. A task waits here before it takes a pool
+/// connection, so waiting holds no connection.
+pub struct Stripes(Vec<tokio::sync::Mutex<()>>);
+
+impl Stripes {
+    pub fn new() -> Self {
+        Stripes((0..1024).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+
+    pub async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+    }
+}
+
+/// The lock of `--serialized` mode, or none (optimistic mode).
+pub async fn lock_if<'a>(stripes: &'a Option<Stripes>, id: &str) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+    match stripes {
+        Some(s) => Some(s.lock(id).await),
+        None => None,
+    }
 }

@@ -1,39 +1,68 @@
-//! Surge's order + inventory rules on esrs (prima.it) with its PgStore, behind Surge's HTTP
-//! contract: `POST /v1/catalog/items` (201, 409 if it exists) and `POST /v1/orders` (202 with
-//! the order id, 422 out-of-stock). Same rules as Surge: stock never below zero, one order per
-//! Idempotency-Key. Writes are optimistic (esrs' OCC: load, decide, persist; a concurrent
-//! write to the same aggregate fails on the store's unique sequence number) and retried like
-//! a client of the framework would (bounded), then 409. Its pessimistic lock
-//! (`lock_and_load`) was tried first: under a hot SKU every waiter holds a pool connection
-//! while the lock holder needs one more, and requests stalled until the pool timed out.
+//! Surge's order + inventory rules on esrs 0.18 (prima.it) with its PgStore, behind Surge's
+//! HTTP contract: `POST /v1/catalog/items` (201, 409 if it exists) and `POST /v1/orders` (202
+//! with the order id, 422 out-of-stock / unknown-item / invalid-quantity).
+//!
+//! One aggregate, the SKU (`inventory`, id = a UUID v5 of the SKU: exists, stock, price), and
+//! one table, `orders(order_id PK, customer_id, idempotency_key, sku, quantity, total_minor)`,
+//! the order record. esrs runs transactional event handlers inside the transaction that
+//! persists the events, so an order is one transaction: the SKU's `StockReserved` event and
+//! the order's row (written by the `OrdersTable` handler) commit together or not at all.
+//! The order id is a UUID v5 of `customer_id:Idempotency-Key`:
+//! - a repeat of the key finds its row in `orders` first and gets 202 with the same id,
+//!   without loading the SKU;
+//! - two concurrent requests with one key: the second's transaction fails on `orders_pkey`
+//!   and rolls back its `StockReserved` with it; it answers 202 with the same id. Stock is
+//!   never reserved twice;
+//! - a refused order (422) writes nothing, so a repeat of it is decided again.
+//!
+//! esrs 0.18 has no snapshots: every command loads the SKU's whole stream (one event per
+//! order on a hot SKU), as any esrs user's aggregate does.
+//!
+//! Modes:
+//! - optimistic (default): esrs' OCC: load, decide, persist; a concurrent write to the same
+//!   SKU fails on the events' unique `(aggregate_id, sequence_number)` and is retried like a
+//!   client of the framework would (up to 20 attempts, growing pause with jitter), then 409.
+//! - `--serialized`: commands on one SKU wait for each other in this process (an async mutex
+//!   per SKU, 1024 stripes by hash) before taking a connection, so the hot SKU never
+//!   conflicts (the retry stays as a safety net, e.g. for a second process). esrs' own
+//!   `lock_and_load` (a Postgres advisory lock) is not used: it holds a pool connection for
+//!   the lock while the persist needs a second one, so under a hot SKU waiters hold the pool
+//!   and requests stall until the pool times out (tried in an earlier version of this peer).
 //!
 //! With a third argument, Kafka brokers, every persisted event is also published by esrs'
-//! own `KafkaEventBus` (topics `peer-esrs.inventory` and `peer-esrs.orders`, key = aggregate
-//! id): esrs publishes after its transaction commits and waits for the broker's ack, a dual
-//! write where Surge relays from an outbox.
+//! own `KafkaEventBus` (topic `peer-esrs.inventory`, key = aggregate id; `StockReserved`
+//! carries its order): esrs publishes after its transaction commits and waits for the
+//! broker's ack, a dual write where Surge relays from an outbox.
 //!
-//! Usage: `peer-esrs <listen addr> <database url> [kafka brokers]` (esrs creates its tables).
+//! Audit views: `bench_stock` sums `StockReserved` quantities in `inventory_events`;
+//! `bench_orders` is the `orders` table.
+//!
+//! Usage: `peer-esrs [--serialized] <listen addr> <database url> [kafka brokers]` (esrs creates
+//! its events table; the peer creates `orders` and the views).
 
+use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
+use esrs::handler::TransactionalEventHandler;
 use esrs::manager::AggregateManager;
-use esrs::store::postgres::{PgStore, PgStoreBuilder};
-use esrs::Aggregate;
+use esrs::store::postgres::{PgStore, PgStoreBuilder, PgStoreError};
+use esrs::store::StoreEvent;
+use esrs::{Aggregate, AggregateState};
 mod contract;
 
 use contract::{
-    order_key, problem, refused, unavailable, AddItem, InventoryCommand, InventoryEvent, InventoryState, OrderEvent,
-    OrderState, PlaceOrder, PlaceOrderRequest, Refused,
+    backoff, conflict, idempotency_key, lock_if, one_line, order_key, placed, refused, unavailable, AddItem,
+    InventoryCommand, InventoryEvent, InventoryState, PlaceOrderRequest, Refused, Reservation, Stripes, ATTEMPTS,
 };
-use serde_json::json;
+use sqlx::PgConnection;
 use std::sync::Arc;
 use uuid::Uuid;
 
-// esrs keeps state apart from the aggregate: the shared model's states and events, behind
-// two marker types.
+// esrs keeps state apart from the aggregate: the shared model's state and events behind a
+// marker type.
 struct Inventory;
 
 impl Aggregate for Inventory {
@@ -53,76 +82,109 @@ impl Aggregate for Inventory {
     }
 }
 
-struct Order;
+/// Writes the order's row in the transaction that persists its `StockReserved`.
+struct OrdersTable;
 
-impl Aggregate for Order {
-    const NAME: &'static str = "order";
-    type State = OrderState;
-    type Command = PlaceOrder;
-    type Event = OrderEvent;
-    type Error = Refused;
-
-    fn handle_command(state: &OrderState, c: PlaceOrder) -> Result<Vec<OrderEvent>, Refused> {
-        Ok(state.decide(c))
-    }
-
-    fn apply_event(mut state: OrderState, event: OrderEvent) -> OrderState {
-        state.evolve(event);
-        state
+#[async_trait]
+impl TransactionalEventHandler<Inventory, PgStoreError, PgConnection> for OrdersTable {
+    async fn handle(
+        &self,
+        event: &StoreEvent<InventoryEvent>,
+        executor: &mut PgConnection,
+    ) -> Result<(), PgStoreError> {
+        let InventoryEvent::StockReserved {
+            order_id,
+            customer_id,
+            idempotency_key,
+            sku,
+            quantity,
+            total_minor,
+        } = &event.payload
+        else {
+            return Ok(());
+        };
+        let order_id: Uuid = order_id.parse().map_err(|e| PgStoreError::Custom(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO orders (order_id, customer_id, idempotency_key, sku, quantity, total_minor) \
+             VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6)",
+        )
+        .bind(order_id)
+        .bind(customer_id)
+        .bind(idempotency_key)
+        .bind(sku)
+        .bind(quantity)
+        .bind(total_minor)
+        .execute(executor)
+        .await?;
+        Ok(())
     }
 }
 
 struct Peer {
     inventory: AggregateManager<PgStore<Inventory>>,
-    orders: AggregateManager<PgStore<Order>>,
+    pool: sqlx::PgPool,
+    /// `--serialized`: one mutex per SKU (striped).
+    sku_locks: Option<Stripes>,
 }
 
-/// Load, decide and persist on one aggregate, retrying write conflicts (bounded, with jitter).
-async fn execute<A>(
-    manager: &AggregateManager<PgStore<A>>,
-    id: Uuid,
-    command: impl Fn(&A::State) -> A::Command,
-) -> Result<A::State, Response>
-where
-    A: Aggregate<Error = Refused> + Send + Sync,
-    A::State: Default + Send + Sync,
-    PgStore<A>: esrs::store::EventStore<Aggregate = A, Error = esrs::store::postgres::PgStoreError>,
-{
-    for attempt in 0..20u64 {
-        let state = match manager.load(id).await {
+/// A unique violation, and on which constraint.
+fn unique_violation(e: &PgStoreError) -> Option<String> {
+    match e {
+        PgStoreError::Sqlx(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23505") => {
+            Some(d.constraint().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Load, decide and persist on one SKU (under its mutex in `--serialized` mode), retrying
+/// lost writes on the events' sequence number (bounded, with jitter). Other store errors,
+/// among them a violation of `orders_pkey`, are the caller's.
+async fn execute(
+    peer: &Peer,
+    sku: &str,
+    command: impl Fn() -> InventoryCommand,
+) -> Result<Result<InventoryState, Refused>, Option<PgStoreError>> {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sku:{sku}").as_bytes());
+    for attempt in 0..ATTEMPTS {
+        let guard = lock_if(&peer.sku_locks, sku).await;
+        let state = match peer.inventory.load(id).await {
             Ok(Some(s)) => s,
-            Ok(None) => esrs::AggregateState::with_id(id),
-            Err(e) => return Err(unavailable(e)),
+            Ok(None) => AggregateState::with_id(id),
+            Err(e) => return Err(Some(e)),
         };
-        let cmd = command(state.inner());
-        match manager.handle_command(state, cmd).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(r)) => return Err(refused(r)),
-            Err(esrs::store::postgres::PgStoreError::Sqlx(sqlx::Error::Database(d)))
-                if d.code().as_deref() == Some("23505") =>
-            {
-                let jitter = (Uuid::new_v4().as_u128() % 4) as u64;
-                tokio::time::sleep(std::time::Duration::from_millis(1 + attempt.min(10) + jitter)).await;
+        match peer.inventory.handle_command(state, command()).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if unique_violation(&e).is_some_and(|c| c.ends_with("_sequence_number")) => {
+                drop(guard);
+                backoff(attempt).await;
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(Some(e)),
         }
     }
-    Err(problem(StatusCode::CONFLICT, "version-conflict"))
-}
-
-fn sku_id(sku: &str) -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sku:{sku}").as_bytes())
+    Err(None)
 }
 
 async fn add_item(State(peer): State<Arc<Peer>>, Json(req): Json<AddItem>) -> Response {
-    let cmd = |_: &InventoryState| InventoryCommand::AddItem {
+    let cmd = || InventoryCommand::AddItem {
+        sku: req.sku.clone(),
         initial_stock: req.initial_stock,
         price_minor: req.price.minor,
     };
-    match execute(&peer.inventory, sku_id(&req.sku), cmd).await {
-        Ok(_) => (StatusCode::CREATED, Json(json!({"sku": req.sku}))).into_response(),
-        Err(r) => r,
+    match execute(&peer, &req.sku, cmd).await {
+        Ok(Ok(_)) => contract::created(&req.sku),
+        Ok(Err(r)) => refused(r),
+        Err(None) => conflict(),
+        Err(Some(e)) => unavailable(e),
     }
+}
+
+/// Whether the order has its row (it was placed).
+async fn order_exists(pool: &sqlx::PgPool, order_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = $1)")
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
 }
 
 async fn place_order(
@@ -130,56 +192,90 @@ async fn place_order(
     headers: HeaderMap,
     Json(req): Json<PlaceOrderRequest>,
 ) -> Response {
-    let [line] = req.lines.as_slice() else {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "one-line-orders-only");
+    let line = match one_line(&req) {
+        Ok(line) => line,
+        Err(r) => return refused(r),
     };
-    let order_id = order_key(&headers, &req.customer_id)
-        .map_or_else(Uuid::new_v4, |k| Uuid::new_v5(&Uuid::NAMESPACE_OID, k.as_bytes()));
-    let reserve = |_: &InventoryState| InventoryCommand::Reserve {
-        order_id: order_id.to_string(),
-        quantity: line.quantity,
+    let key = idempotency_key(&headers).unwrap_or_default();
+    let order_id = if key.is_empty() {
+        Uuid::new_v4()
+    } else {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, order_key(&req.customer_id, &key).as_bytes())
     };
-    let price = match execute(&peer.inventory, sku_id(&line.sku), reserve).await {
-        Ok(state) => state.price_minor,
-        Err(r) => return r,
+    // A repeat: the order is there already.
+    if !key.is_empty() {
+        match order_exists(&peer.pool, order_id).await {
+            Ok(true) => return placed(order_id),
+            Ok(false) => {}
+            Err(e) => return unavailable(e),
+        }
+    }
+    let reserve = || {
+        InventoryCommand::Reserve(Reservation {
+            order_id: order_id.to_string(),
+            customer_id: req.customer_id.clone(),
+            idempotency_key: key.clone(),
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+        })
     };
-    let place = |_: &OrderState| PlaceOrder {
-        customer_id: req.customer_id.clone(),
-        sku: line.sku.clone(),
-        quantity: line.quantity,
-        unit_price_minor: price,
-    };
-    match execute(&peer.orders, order_id, place).await {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"order_id": order_id, "status": "placed"})),
-        )
-            .into_response(),
-        Err(r) => r,
+    match execute(&peer, &line.sku, reserve).await {
+        Ok(Ok(_)) => placed(order_id),
+        // Refused, unless a concurrent repeat of the key placed the order meanwhile.
+        Ok(Err(r)) => match order_exists(&peer.pool, order_id).await {
+            Ok(true) => placed(order_id),
+            Ok(false) => refused(r),
+            Err(e) => unavailable(e),
+        },
+        // A concurrent repeat of the key committed first: its order stands, ours rolled back.
+        Err(Some(e)) if unique_violation(&e).as_deref() == Some("orders_pkey") => placed(order_id),
+        Err(None) => conflict(),
+        Err(Some(e)) => unavailable(e),
     }
 }
 
+const ORDERS: &str = "
+CREATE TABLE IF NOT EXISTS orders (
+    order_id uuid PRIMARY KEY,
+    customer_id text NOT NULL,
+    idempotency_key text,
+    sku text NOT NULL,
+    quantity bigint NOT NULL,
+    total_minor bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now());";
+
+const BENCH_STOCK: &str = "
+SELECT a.payload->'ItemAdded'->>'sku', (a.payload->'ItemAdded'->>'initial_stock')::bigint,
+       COALESCE((SELECT sum((r.payload->'StockReserved'->>'quantity')::bigint) FROM inventory_events r
+                 WHERE r.aggregate_id = a.aggregate_id AND r.payload ? 'StockReserved'), 0)::bigint
+  FROM inventory_events a WHERE a.payload ? 'ItemAdded'";
+
+const BENCH_ORDERS: &str = "SELECT order_id::text, customer_id, idempotency_key, sku, quantity FROM orders";
+
 #[tokio::main]
 async fn main() {
-    let (addr, pool) = contract::start("127.0.0.1:8091").await;
-    let brokers = std::env::args().nth(3);
-    let mut inventory = PgStoreBuilder::<Inventory>::new(pool.clone());
-    let mut orders = PgStoreBuilder::<Order>::new(pool);
-    if let Some(brokers) = &brokers {
+    let args = contract::args("127.0.0.1:8091");
+    let pool = contract::pool(&args.url).await;
+    sqlx::raw_sql(ORDERS)
+        .execute(&pool)
+        .await
+        .expect("orders table created");
+    let mut inventory = PgStoreBuilder::<Inventory>::new(pool.clone()).add_transactional_event_handler(OrdersTable);
+    if let Some(brokers) = args.rest.first() {
         inventory = inventory.add_event_bus(kafka_bus::<Inventory>(brokers, "peer-esrs.inventory").await);
-        orders = orders.add_event_bus(kafka_bus::<Order>(brokers, "peer-esrs.orders").await);
     }
     let inventory = inventory.try_build().await.expect("inventory store");
-    let orders = orders.try_build().await.expect("order store");
+    contract::create_audit_views(&pool, BENCH_STOCK, BENCH_ORDERS).await;
     let peer = Arc::new(Peer {
         inventory: AggregateManager::new(inventory),
-        orders: AggregateManager::new(orders),
+        pool,
+        sku_locks: args.serialized.then(Stripes::new),
     });
     let app = Router::new()
         .route("/v1/catalog/items", post(add_item))
         .route("/v1/orders", post(place_order))
         .with_state(peer);
-    contract::serve(&addr, app).await;
+    contract::serve(&args.addr, app).await;
 }
 
 /// esrs' Kafka event bus on `topic`, with the idempotent producer Surge's relay uses too; a
