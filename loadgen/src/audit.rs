@@ -225,16 +225,32 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
     Ok(checks)
 }
 
+/// What a run of a peer of `bench/peers/` answered, for its audit.
+pub struct PeerScope<'a> {
+    /// Every SKU the run added, with its stock.
+    pub seeded: &'a [(String, i64)],
+    /// `customer:key` -> the order ids answered 202 for it.
+    pub accepted: &'a HashMap<String, HashSet<String>>,
+    /// (customer, key) answered 422 and never 202.
+    pub refused: &'a HashSet<(String, String)>,
+    /// SKUs that answered `out-of-stock` at least once.
+    pub sold_out: &'a HashSet<String>,
+    /// Orders whose answer never came (transport errors, 5xx).
+    pub unknown: u64,
+}
+
 /// The audit of a peer of `bench/peers/`, from the views every peer keeps in its database:
 /// `bench_stock(sku, initial_stock, reserved)` and `bench_orders(order_id, customer_id,
-/// idempotency_key, sku, quantity)` (placed orders, refused ones not). `seeded` is every SKU
-/// the run added with its stock; `accepted` the order ids answered 202 per key.
-pub async fn audit_peer(
-    pool: &PgPool,
-    seeded: &[(String, i64)],
-    accepted: &HashMap<String, HashSet<String>>,
-    unknown: u64,
-) -> anyhow::Result<Vec<Check>> {
+/// idempotency_key, sku, quantity)` (placed orders, refused ones not). A peer's stock only
+/// goes down, so a SKU that answered `out-of-stock` must end with all of it reserved.
+pub async fn audit_peer(pool: &PgPool, scope: &PeerScope<'_>) -> anyhow::Result<Vec<Check>> {
+    let PeerScope {
+        seeded,
+        accepted,
+        refused,
+        sold_out,
+        unknown,
+    } = *scope;
     let mut checks = Vec::new();
     let multi = accepted.values().filter(|ids| ids.len() > 1).count();
     checks.push(check(
@@ -295,6 +311,33 @@ pub async fn audit_peer(
              (answers that never came: {unknown})",
             ids.len(),
             orders.len()
+        ),
+    ));
+    let stored_refused = orders
+        .iter()
+        .filter(|o| refused.contains(&(o.1.clone(), o.2.clone())))
+        .count();
+    checks.push(check(
+        "no order stored for a key refused",
+        stored_refused == 0,
+        format!(
+            "{} keys refused with 422, {stored_refused} of them stored as orders",
+            refused.len()
+        ),
+    ));
+    let not_sold_out: Vec<&str> = stock
+        .iter()
+        .filter(|(sku, initial, reserved)| sold_out.contains(sku) && reserved < initial)
+        .map(|(sku, _, _)| sku.as_str())
+        .collect();
+    checks.push(check(
+        "out-of-stock only when sold out",
+        not_sold_out.is_empty(),
+        format!(
+            "{} SKUs answered out-of-stock, {} of them with stock left{}",
+            sold_out.len(),
+            not_sold_out.len(),
+            not_sold_out.first().map_or(String::new(), |s| format!(" (e.g. {s})"))
         ),
     ));
     let mut ordered: HashMap<&str, i64> = HashMap::new();

@@ -278,10 +278,11 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<()> {
         results.display(),
         started.elapsed().as_secs_f64() / 60.0
     ));
-    // A run of some targets only is no comparison: the documents keep the last full one.
-    let partial = !c.only.is_empty();
+    // A run of some targets only, or of fewer than three runs, is no comparison to publish:
+    // the documents keep the last full one.
+    let partial = !c.only.is_empty() || c.runs < 3;
     if partial && (c.docs.is_some() || c.readme.is_some()) {
-        say("--only: docs/benchmarks.md and README.md are left as they are");
+        say("--only or fewer than 3 runs: docs/benchmarks.md and README.md are left as they are");
     }
     table::table(table::TableConfig {
         results: results.clone(),

@@ -92,8 +92,8 @@ pub struct Ladder {
     pub start_rate: u64,
     #[arg(long, default_value_t = 1.3)]
     pub ratio: f64,
-    /// No target gets more steps than this.
-    #[arg(long, default_value_t = 24)]
+    /// No target gets more steps than this (a bound far above any knee here, not a top).
+    #[arg(long, default_value_t = 24, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_steps: usize,
 }
 
@@ -166,12 +166,12 @@ pub struct Overload {
     pub sent: u64,
     pub accepted: u64,
     pub accepted_p99_ms: Option<f64>,
-    /// Orders answered neither 202 nor 422 (shed, failed, or no answer within 10 s).
+    /// Orders answered neither 202 nor 422 (shed, failed, or no answer within 5 s).
     pub refused_share: f64,
     pub refused_p50_ms: Option<f64>,
     pub refused_p99_ms: Option<f64>,
     /// From the end of the overload until five probe orders in a row were answered within the
-    /// latency target; None when that did not happen within a minute.
+    /// latency target; None when that did not happen within 30 s.
     pub recovery_secs: Option<f64>,
     pub answers: BTreeMap<String, u64>,
 }
@@ -188,8 +188,12 @@ pub struct KneeResult {
     pub knee_accepted_per_sec: f64,
     pub overload: Option<Overload>,
     pub audit: Vec<Check>,
-    /// What preparing the database did (or could not do).
+    /// What preparing the database did (or could not do), and how long the machine took to
+    /// be quiet.
     pub prepared: Vec<String>,
+    /// What did not go as planned (an overload that could not run).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl KneeResult {
@@ -197,6 +201,12 @@ impl KneeResult {
         !self.audit.is_empty() && self.audit.iter().all(|c| c.ok)
     }
 }
+
+/// How long the load client waits for an answer before it counts the order unanswered.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long after an overload the recovery probe tries.
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// Until the machine is under 10 % busy for 3 s, `limit` seconds at most (capped by
 /// `--quiet-max-secs`); how long that took.
@@ -211,6 +221,8 @@ struct Outcome {
     customer: String,
     sku: String,
     kind: String,
+    /// The problem type's last segment of a refusal (`out-of-stock`).
+    slug: Option<String>,
     order_id: Option<String>,
     latency_us: u64,
 }
@@ -262,7 +274,7 @@ async fn load(
     rate: u64,
     secs: u64,
     tag: &str,
-) -> (u64, Arc<Recorder>, Vec<Outcome>, f64) {
+) -> (u64, Arc<Recorder>, Vec<Outcome>) {
     let rates = RateArgs {
         start_rate: rate,
         peak_rate: rate,
@@ -290,9 +302,8 @@ async fn load(
         .boxed()]
     })
     .await;
-    let elapsed = recorder.started().elapsed().as_secs_f64();
     let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
-    (sent, recorder, outcomes, elapsed)
+    (sent, recorder, outcomes)
 }
 
 fn outcome(key: String, customer: String, sku: String, answer: &Answer, latency_us: u64) -> Outcome {
@@ -301,6 +312,10 @@ fn outcome(key: String, customer: String, sku: String, answer: &Answer, latency_
         customer,
         sku,
         kind: answer.status.map_or("transport".into(), |s| s.to_string()),
+        slug: answer.body["type"]
+            .as_str()
+            .and_then(|t| t.rsplit('/').next())
+            .map(str::to_string),
         order_id: answer.body["order_id"].as_str().map(str::to_string),
         latency_us,
     }
@@ -322,6 +337,8 @@ fn passes(sent: u64, decided: u64, p99_ms: f64, c: &KneeConfig) -> bool {
 struct Run<'a> {
     c: &'a KneeConfig,
     http: reqwest::Client,
+    /// For what is not measured (adding SKUs, sending keys again): waits up to a minute.
+    patient: reqwest::Client,
     url: String,
     id: String,
     /// Every order of the run, for the audit.
@@ -332,7 +349,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn seed(&mut self, skus: &Skus) -> anyhow::Result<()> {
-        super::seed_catalog(&self.http, &self.url, &skus.items()).await?;
+        super::seed_catalog(&self.patient, &self.url, &skus.items()).await?;
         self.seeded
             .extend(skus.names.iter().cloned().zip(skus.stock.iter().copied()));
         Ok(())
@@ -341,7 +358,7 @@ impl Run<'_> {
     async fn step(&mut self, skus: &Skus, rate: u64) -> Step {
         let secs = self.c.step_secs;
         let cpu_before = CpuSample::now();
-        let (sent, recorder, outcomes, elapsed) =
+        let (sent, recorder, outcomes) =
             load(&self.http, &self.url, skus, rate, secs, &format!("{}-{rate}", self.id)).await;
         let cpu = cpu_before.usage(&CpuSample::now(), 0);
         let mut answers = BTreeMap::new();
@@ -362,7 +379,8 @@ impl Run<'_> {
             sent,
             accepted,
             decided,
-            accepted_per_sec: accepted as f64 / elapsed,
+            // Over the step's schedule: a straggler answered late does not shrink the rate.
+            accepted_per_sec: accepted as f64 / secs as f64,
             p50_ms,
             p99_ms,
             answers,
@@ -383,9 +401,11 @@ impl Run<'_> {
             names: vec![format!("K{}-probe", self.id)],
             stock: vec![100_000],
         };
+        // The target may still be working off the failed steps: quiet first, then the SKUs
+        // (added with a patient client).
+        quiet(c, 30).await;
         self.seed(&skus).await?;
         self.seed(&probe_sku).await?;
-        quiet(c, 30).await;
         let ends = Instant::now() + Duration::from_secs(c.overload_secs);
         let probe = {
             let (http, url, sku, id) = (
@@ -400,7 +420,7 @@ impl Run<'_> {
                 recover(&http, &url, &sku, fast, &id, ends).await
             })
         };
-        let (sent, _, outcomes, _) = load(
+        let (sent, _, outcomes) = load(
             &self.http,
             &self.url,
             &skus,
@@ -446,7 +466,7 @@ impl Run<'_> {
         let mut answers = Vec::new();
         for o in again {
             let req = self
-                .http
+                .patient
                 .post(format!("{}/v1/orders", self.url))
                 .header("idempotency-key", &o.key)
                 .json(&json!({"customer_id": o.customer, "lines": [{"sku": o.sku, "quantity": 1}]}));
@@ -473,15 +493,33 @@ impl Run<'_> {
         };
         quiet(self.c, 60).await;
         let again = self.resend().await;
-        let repeats_ok = again.iter().filter(|o| o.kind == "202").count();
+        let first: HashMap<(&str, &str), &str> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.kind == "202")
+            .filter_map(|o| Some(((o.customer.as_str(), o.key.as_str()), o.order_id.as_deref()?)))
+            .collect();
+        let repeats_ok = again
+            .iter()
+            .filter(|o| {
+                o.kind == "202"
+                    && o.order_id.is_some()
+                    && o.order_id.as_deref() == first.get(&(o.customer.as_str(), o.key.as_str())).copied()
+            })
+            .count();
         let mut checks = vec![audit::check(
             "a key sent again gets its first order",
             repeats_ok == again.len(),
-            format!("{repeats_ok} of {} accepted keys sent again answered 202", again.len()),
+            format!(
+                "{repeats_ok} of {} accepted keys sent again answered 202 with their first order id",
+                again.len()
+            ),
         )];
         self.outcomes.extend(again);
         let mut accepted: HashMap<String, HashSet<String>> = HashMap::new();
         let mut unknown = 0;
+        let mut refused = HashSet::new();
+        let mut sold_out = HashSet::new();
         for o in &self.outcomes {
             match (o.kind.as_str(), &o.order_id) {
                 ("202", Some(id)) => {
@@ -489,6 +527,14 @@ impl Run<'_> {
                         .entry(format!("{}:{}", o.customer, o.key))
                         .or_default()
                         .insert(id.clone());
+                }
+                // A 202 without its order id is an answer the audit cannot follow.
+                ("202", None) => unknown += 1,
+                ("422", _) => {
+                    refused.insert((o.customer.clone(), o.key.clone()));
+                    if o.slug.as_deref() == Some("out-of-stock") {
+                        sold_out.insert(o.sku.clone());
+                    }
                 }
                 ("transport", _) => unknown += 1,
                 (k, _) if k.starts_with('5') => unknown += 1,
@@ -511,7 +557,18 @@ impl Run<'_> {
                 };
                 audit::audit(&pool, &scope).await?
             }
-            AuditKind::Peer => audit::audit_peer(&pool, &self.seeded, &accepted, unknown).await?,
+            AuditKind::Peer => {
+                // A key answered 422 and later 202 (decided again) is not a refused one.
+                refused.retain(|(customer, key)| !accepted.contains_key(&format!("{customer}:{key}")));
+                let scope = audit::PeerScope {
+                    seeded: &self.seeded,
+                    accepted: &accepted,
+                    refused: &refused,
+                    sold_out: &sold_out,
+                    unknown,
+                };
+                audit::audit_peer(&pool, &scope).await?
+            }
         });
         pool.close().await;
         Ok(checks)
@@ -519,7 +576,7 @@ impl Run<'_> {
 }
 
 /// One order at a time on `sku`, ten a second at most, until five in a row are answered 202
-/// within `fast` (a minute at most): how long after `from` the first of them was sent.
+/// within `fast` (30 s at most): how long after `from` the first of them was sent.
 async fn recover(
     http: &reqwest::Client,
     url: &str,
@@ -532,7 +589,7 @@ async fn recover(
     let mut streak: Option<Instant> = None;
     let mut in_a_row = 0;
     let mut i = 0u64;
-    while in_a_row < 5 && from.elapsed() < Duration::from_secs(60) {
+    while in_a_row < 5 && from.elapsed() < RECOVERY_LIMIT {
         let sent = Instant::now();
         let key = format!("{run}-recover-{i}");
         let answer = send(
@@ -601,15 +658,20 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let http = c.credentials.client(
         "bench",
         reqwest::Client::builder()
-            // An order unanswered after 10 s counts as unanswered for every target.
-            .timeout(Duration::from_secs(10))
+            // An order unanswered after 5 s (a shopper gone) counts as unanswered, for every
+            // target; the p99 target is 100 times shorter.
+            .timeout(CLIENT_TIMEOUT)
             .pool_max_idle_per_host(1024),
     )?;
     surge_cli::demo::wait_ready(&http, &url).await?;
     let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let patient = c
+        .credentials
+        .client("bench", reqwest::Client::builder().timeout(Duration::from_secs(60)))?;
     let mut run = Run {
         c: &c,
         http,
+        patient,
         url,
         id: super::run_id(),
         outcomes: Vec::new(),
@@ -634,18 +696,21 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         run.seed(&skus).await?;
         ladder.push((*rate, skus));
     }
-    let prepared = match &c.database_url {
+    let mut prepared = match &c.database_url {
         Some(db) => prepare(db).await?,
         None => vec!["database not prepared (no --database-url)".into()],
     };
     let waited = quiet(&c, 60).await;
-    println!(
-        "   {}; machine quiet after {:.0} s",
-        prepared.join(", "),
-        waited.as_secs_f64()
+    prepared.push(
+        if waited.as_secs() >= 60.min(c.quiet_max_secs) && c.quiet_max_secs > 0 {
+            format!("machine NOT quiet after {:.0} s (started anyway)", waited.as_secs_f64())
+        } else {
+            format!("machine quiet after {:.0} s", waited.as_secs_f64())
+        },
     );
+    println!("   {}", prepared.join(", "));
     // Warm-up (connections, pools, caches), not a step.
-    let (_, _, warm_outcomes, _) = load(&run.http, &run.url, &warm, rates[0], 2, &format!("{}-w", run.id)).await;
+    let (_, _, warm_outcomes) = load(&run.http, &run.url, &warm, rates[0], 2, &format!("{}-w", run.id)).await;
     run.outcomes.extend(warm_outcomes);
 
     let mut steps: Vec<Step> = Vec::new();
@@ -676,10 +741,16 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         .filter(|s| s.passed)
         .max_by(|a, b| a.accepted_per_sec.total_cmp(&b.accepted_per_sec))
         .cloned();
+    let mut notes = Vec::new();
     let overload = match &knee {
-        Some(k) => {
-            let o = run.overload(k.rate).await?;
-            println!(
+        Some(k) => match run.overload(k.rate).await {
+            Err(e) => {
+                println!("   overload not run: {e:#}");
+                notes.push(format!("overload not run: {e:#}"));
+                None
+            }
+            Ok(o) => {
+                println!(
                 "   overload {}/s for {} s: accepted p99 {}, refused {:.1} % (p99 {}), answering within {} ms again after {}",
                 o.rate,
                 o.secs,
@@ -687,10 +758,11 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
                 o.refused_share * 100.0,
                 ms(o.refused_p99_ms),
                 c.p99_ms,
-                o.recovery_secs.map_or("more than 60 s".into(), |s| format!("{s:.1} s"))
+                o.recovery_secs.map_or(format!("more than {} s", RECOVERY_LIMIT.as_secs()), |s| format!("{s:.1} s"))
             );
-            Some(o)
-        }
+                Some(o)
+            }
+        },
         None => None,
     };
     let checks = run.audit(since).await?;
@@ -713,6 +785,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         overload,
         audit: checks,
         prepared,
+        notes,
     };
     println!(
         "   knee: {} accepted/s (offered {}), audit {}",

@@ -5,7 +5,7 @@
 //! runs of the file, and the header says when, on which commit and machine, and with which
 //! Postgres settings they were measured.
 
-use super::knee::{ms, KneeResult, Ladder, Step};
+use super::knee::{ms, KneeResult, Ladder, Step, CLIENT_TIMEOUT, RECOVERY_LIMIT};
 use super::report::{line_chart, Series};
 use anyhow::Context;
 use clap::Args;
@@ -80,7 +80,7 @@ pub struct Summary {
     pub overload_accepted_p99_ms: Option<f64>,
     pub overload_refused_share: Option<f64>,
     pub overload_refused_p99_ms: Option<f64>,
-    /// Median recovery; runs that did not recover within a minute count as a minute.
+    /// Median recovery; runs that did not recover within the probe's limit count as the limit.
     pub overload_recovery_secs: Option<f64>,
     pub overload_unrecovered: usize,
     pub audit_failed: Vec<String>,
@@ -126,10 +126,21 @@ pub fn summarize(results: &[KneeResult], targets: &[String]) -> (Vec<Summary>, O
                 knee_max: knees.iter().copied().fold(0.0, f64::max),
                 cpu_per_1k_at_common: common
                     .and_then(|rate| median(runs.iter().filter_map(|r| passed_at(r, rate)?.cpu_per_1k()).collect())),
-                overload_accepted_p99_ms: median(overloads.iter().filter_map(|o| o.accepted_p99_ms).collect()),
+                // An overload that accepted nothing counts at the client's timeout.
+                overload_accepted_p99_ms: median(
+                    overloads
+                        .iter()
+                        .map(|o| o.accepted_p99_ms.unwrap_or(CLIENT_TIMEOUT.as_secs_f64() * 1000.0))
+                        .collect(),
+                ),
                 overload_refused_share: median(overloads.iter().map(|o| o.refused_share).collect()),
                 overload_refused_p99_ms: median(overloads.iter().filter_map(|o| o.refused_p99_ms).collect()),
-                overload_recovery_secs: median(overloads.iter().map(|o| o.recovery_secs.unwrap_or(60.0)).collect()),
+                overload_recovery_secs: median(
+                    overloads
+                        .iter()
+                        .map(|o| o.recovery_secs.unwrap_or(RECOVERY_LIMIT.as_secs_f64()))
+                        .collect(),
+                ),
                 overload_unrecovered: overloads.iter().filter(|o| o.recovery_secs.is_none()).count(),
                 audit_failed,
             }
@@ -155,14 +166,16 @@ fn thousands(v: f64) -> String {
     }
 }
 
-/// The best peer (highest median knee) and Surge's ratio to it.
+/// The best peer (highest median knee among the peers whose every run passed its audit) and
+/// Surge's ratio to it; none when Surge failed its audit or either side has no knee.
 pub fn ratio(summaries: &[Summary]) -> Option<(&Summary, &Summary, f64)> {
     let surge = summaries.iter().find(|s| s.name == "surge")?;
     let best = summaries
         .iter()
-        .filter(|s| s.name != "surge")
+        .filter(|s| s.name != "surge" && s.audit_failed.is_empty() && s.runs > 0)
         .max_by(|a, b| a.knee_median.total_cmp(&b.knee_median))?;
-    (best.knee_median > 0.0).then(|| (surge, best, surge.knee_median / best.knee_median))
+    let counts = surge.audit_failed.is_empty() && surge.knee_median > 0.0 && best.knee_median > 0.0;
+    counts.then(|| (surge, best, surge.knee_median / best.knee_median))
 }
 
 fn command_of(h: &Header) -> &'static str {
@@ -211,7 +224,7 @@ pub fn markdown(h: &Header, results: &[KneeResult], source: &str) -> String {
         let recovery = match (s.overload_recovery_secs, s.overload_unrecovered) {
             (None, _) => "-".to_string(),
             (Some(v), 0) => format!("{v:.1} s"),
-            (Some(v), n) => format!("{v:.1} s ({n} run(s) not within 60 s)"),
+            (Some(v), n) => format!("{v:.1} s ({n} run(s) not within {} s)", RECOVERY_LIMIT.as_secs()),
         };
         out += &format!(
             "| {} | **{}** ({}–{}) | {} | {} | {} ({}) | {} | {} |\n",
@@ -237,14 +250,14 @@ pub fn markdown(h: &Header, results: &[KneeResult], source: &str) -> String {
     match ratio(&summaries) {
         Some((surge, best, r)) => {
             out += &format!(
-                "\n**Surge / best peer ({}), median knees: {:.1}x** ({} / {} accepted orders/s).\n",
+                "\n**Surge / best peer ({}), median knees: {:.1}x** ({} / {} accepted orders/s; peers that failed an audit are not counted).\n",
                 best.name,
                 r,
                 thousands(surge.knee_median),
                 thousands(best.knee_median)
             )
         }
-        None => out += "\nNo ratio: Surge or every peer has no passing step.\n",
+        None => out += "\nNo ratio: Surge failed its audit, or Surge or every peer that passed its audits has no passing step.\n",
     }
     out += "\nEach run (knee in accepted orders/s; the targets in the order they ran):\n\n| run | ";
     out += &h.targets.join(" | ");
@@ -426,6 +439,7 @@ mod tests {
             overload: None,
             audit: vec![crate::audit::check("nothing oversold", true, String::new())],
             prepared: vec![],
+            notes: vec![],
         }
     }
 

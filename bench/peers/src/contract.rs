@@ -1,5 +1,5 @@
 //! What every peer shares: the model (Surge's rules for one-line orders, as pure `decide` and
-//! `evolve`), Surge's HTTP contract (request bodies, problem answers), startup, the striped
+//! `evolve`), Surge's HTTP contract (request bodies, problem answers), startup, the
 //! per-aggregate locks of the `--serialized` modes, and the audit views' contract. Each peer
 //! file holds only its framework's adapter, so all of them run the very same rules.
 //!
@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::hash::{Hash, Hasher};
 
 /// A business rule's refusal, by problem slug.
 #[derive(Debug)]
@@ -378,27 +377,53 @@ pub async fn serve(addr: &str, app: Router) {
     axum::serve(listener, app).await.expect("serve");
 }
 
-/// `--serialized`: one in-process async mutex per aggregate id, striped (1024 mutexes, an id
-/// takes the one its hash picks), so commands on one aggregate run one at a time in this
-/// process and never race each other to the store. Fixed size: nothing to clean up. Two ids
-/// sharing a stripe just wait for each other. A task waits here before it takes a pool
-/// connection, so waiting holds no connection.
-pub struct Stripes(Vec<tokio::sync::Mutex<()>>);
+/// `--serialized`: one in-process async mutex per aggregate id, so commands on one aggregate
+/// run one at a time in this process and never race each other to the store; ids never wait
+/// for each other. A mutex lives while somebody holds or waits for it (the map keeps no idle
+/// ids). A task waits here before it takes a pool connection, so waiting holds no connection.
+#[derive(Default)]
+pub struct AggregateLocks(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>);
 
-impl Stripes {
+/// One id's turn; the id's mutex leaves the map with its last user.
+pub struct Turn<'a> {
+    locks: &'a AggregateLocks,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.0.lock().expect("lock map");
+        if map.get(&self.id).is_some_and(|m| std::sync::Arc::strong_count(m) == 1) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+impl AggregateLocks {
     pub fn new() -> Self {
-        Stripes((0..1024).map(|_| tokio::sync::Mutex::new(())).collect())
+        Self::default()
     }
 
-    pub async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+    pub async fn lock(&self, id: &str) -> Turn<'_> {
+        let mutex = self
+            .0
+            .lock()
+            .expect("lock map")
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        Turn {
+            locks: self,
+            id: id.to_owned(),
+            guard: Some(mutex.lock_owned().await),
+        }
     }
 }
 
 /// The lock of `--serialized` mode, or none (optimistic mode).
-pub async fn lock_if<'a>(stripes: &'a Option<Stripes>, id: &str) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+pub async fn lock_if<'a>(stripes: &'a Option<AggregateLocks>, id: &str) -> Option<Turn<'a>> {
     match stripes {
         Some(s) => Some(s.lock(id).await),
         None => None,

@@ -23,11 +23,14 @@
 //!   SKU fails on the events' unique `(aggregate_id, sequence_number)` and is retried like a
 //!   client of the framework would (up to 20 attempts, growing pause with jitter), then 409.
 //! - `--serialized`: commands on one SKU wait for each other in this process (an async mutex
-//!   per SKU, 1024 stripes by hash) before taking a connection, so the hot SKU never
+//!   per SKU) before taking a connection, so the hot SKU never
 //!   conflicts (the retry stays as a safety net, e.g. for a second process). esrs' own
 //!   `lock_and_load` (a Postgres advisory lock) is not used: it holds a pool connection for
 //!   the lock while the persist needs a second one, so under a hot SKU waiters hold the pool
 //!   and requests stall until the pool times out (tried in an earlier version of this peer).
+//!   The mutex covers esrs' `handle_command`; with the Kafka bus that call also publishes and
+//!   awaits the broker's ack after the commit, so the hot SKU waits for the ack too (esrs
+//!   offers no hook between its commit and its publish).
 //!
 //! With a third argument, Kafka brokers, every persisted event is also published by esrs'
 //! own `KafkaEventBus` (topic `peer-esrs.inventory`, key = aggregate id; `StockReserved`
@@ -55,7 +58,8 @@ mod contract;
 
 use contract::{
     backoff, conflict, idempotency_key, lock_if, one_line, order_key, placed, refused, unavailable, AddItem,
-    InventoryCommand, InventoryEvent, InventoryState, PlaceOrderRequest, Refused, Reservation, Stripes, ATTEMPTS,
+    AggregateLocks, InventoryCommand, InventoryEvent, InventoryState, PlaceOrderRequest, Refused, Reservation,
+    ATTEMPTS,
 };
 use sqlx::PgConnection;
 use std::sync::Arc;
@@ -123,8 +127,8 @@ impl TransactionalEventHandler<Inventory, PgStoreError, PgConnection> for Orders
 struct Peer {
     inventory: AggregateManager<PgStore<Inventory>>,
     pool: sqlx::PgPool,
-    /// `--serialized`: one mutex per SKU (striped).
-    sku_locks: Option<Stripes>,
+    /// `--serialized`: one mutex per SKU.
+    sku_locks: Option<AggregateLocks>,
 }
 
 /// A unique violation, and on which constraint.
@@ -269,7 +273,7 @@ async fn main() {
     let peer = Arc::new(Peer {
         inventory: AggregateManager::new(inventory),
         pool,
-        sku_locks: args.serialized.then(Stripes::new),
+        sku_locks: args.serialized.then(AggregateLocks::new),
     });
     let app = Router::new()
         .route("/v1/catalog/items", post(add_item))
@@ -291,7 +295,11 @@ async fn kafka_bus<A>(brokers: &str, topic: &str) -> esrs::bus::kafka::KafkaEven
     // "Already exists" from an earlier run is fine; anything else shows when publishing.
     let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
     let mut client = rdkafka::ClientConfig::new();
-    client.set("enable.idempotence", "true").set("acks", "all");
+    // Sent at once (librdkafka waits 5 ms by default to batch): the request waits for the ack.
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0");
     let config = esrs::bus::kafka::KafkaEventBusConfig::builder()
         .broker_url_list(brokers)
         .topic(topic)

@@ -5,7 +5,7 @@
 use super::loadgen::stack;
 use clap::Parser;
 use std::collections::{HashMap, HashSet};
-use surge_loadgen::audit::audit_peer;
+use surge_loadgen::audit::{audit_peer, PeerScope};
 use surge_loadgen::knee::Ladder;
 use surge_loadgen::table::{self, Header};
 use surge_loadgen::Cli;
@@ -142,19 +142,29 @@ async fn the_peer_audit_fails_on_oversold_lost_and_duplicated_orders() {
             .map(|(k, id)| (k.to_string(), HashSet::from([id.to_string()])))
             .collect()
     };
-    // The client was answered o1, o2, o3 and o4; o4 is not stored.
-    let checks = audit_peer(
-        &env.pool,
-        &seeded,
-        &accepted(&[("k1", "o1"), ("k2", "o2"), ("k3", "o3"), ("k4", "o4")]),
-        0,
-    )
-    .await
-    .expect("the audit runs");
+    // The client was answered o1, o2, o3 and o4 (o4 is not stored); k3 was refused before it
+    // was placed (stored although refused); P-2 answered out-of-stock with 4 units left.
+    let refused = HashSet::from([("c".to_string(), "k3".to_string())]);
+    let sold_out = HashSet::from(["P-2".to_string()]);
+    let none = HashSet::new();
+    let all_accepted = accepted(&[("c:k1", "o1"), ("c:k2", "o2"), ("c:k3", "o3"), ("c:k4", "o4")]);
+    let scope = PeerScope {
+        seeded: &seeded,
+        accepted: &all_accepted,
+        refused: &refused,
+        sold_out: &sold_out,
+        unknown: 0,
+    };
+    let checks = audit_peer(&env.pool, &scope).await.expect("the audit runs");
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check.as_str()).collect();
     assert_eq!(
         failed,
-        vec!["nothing oversold", "accepted orders = orders in the store"],
+        vec![
+            "nothing oversold",
+            "accepted orders = orders in the store",
+            "no order stored for a key refused",
+            "out-of-stock only when sold out"
+        ],
         "{checks:?}"
     );
 
@@ -167,14 +177,15 @@ async fn the_peer_audit_fails_on_oversold_lost_and_duplicated_orders() {
     .execute(&env.pool)
     .await
     .expect("fixed rows");
-    let checks = audit_peer(
-        &env.pool,
-        &seeded,
-        &accepted(&[("k1", "o1"), ("k2", "o2"), ("k3", "o3")]),
-        0,
-    )
-    .await
-    .expect("the audit runs");
+    let right = accepted(&[("c:k1", "o1"), ("c:k2", "o2"), ("c:k3", "o3")]);
+    let scope = PeerScope {
+        seeded: &seeded,
+        accepted: &right,
+        refused: &none,
+        sold_out: &HashSet::new(),
+        unknown: 0,
+    };
+    let checks = audit_peer(&env.pool, &scope).await.expect("the audit runs");
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
     env.cleanup().await;
 }
