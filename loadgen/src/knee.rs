@@ -74,7 +74,7 @@ pub struct KneeConfig {
     pub run: u32,
     #[arg(long, default_value_t = 0)]
     pub position: u32,
-    /// Waits for a quiet machine last at most this long (each at most 20-60 s otherwise).
+    /// Waits for a quiet machine last at most this long (each at most 10-60 s otherwise).
     #[arg(long, default_value_t = 60)]
     pub quiet_max_secs: u64,
     /// JSON lines file the result is appended to.
@@ -166,12 +166,12 @@ pub struct Overload {
     pub sent: u64,
     pub accepted: u64,
     pub accepted_p99_ms: Option<f64>,
-    /// Orders answered neither 202 nor 422 (shed, failed, or no answer within 5 s).
+    /// Orders answered neither 202 nor 422 (shed, failed, or no answer within 3 s).
     pub refused_share: f64,
     pub refused_p50_ms: Option<f64>,
     pub refused_p99_ms: Option<f64>,
     /// From the end of the overload until five probe orders in a row were answered within the
-    /// latency target; None when that did not happen within 30 s.
+    /// latency target; None when that did not happen within [`RECOVERY_LIMIT`].
     pub recovery_secs: Option<f64>,
     pub answers: BTreeMap<String, u64>,
 }
@@ -203,10 +203,10 @@ impl KneeResult {
 }
 
 /// How long the load client waits for an answer before it counts the order unanswered.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long after an overload the recovery probe tries.
-pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
 
 /// Until the machine is under 10 % busy for 3 s, `limit` seconds at most (capped by
 /// `--quiet-max-secs`); how long that took.
@@ -403,7 +403,7 @@ impl Run<'_> {
         };
         // The target may still be working off the failed steps: quiet first, then the SKUs
         // (added with a patient client).
-        quiet(c, 30).await;
+        quiet(c, 15).await;
         self.seed(&skus).await?;
         self.seed(&probe_sku).await?;
         let ends = Instant::now() + Duration::from_secs(c.overload_secs);
@@ -576,7 +576,7 @@ impl Run<'_> {
 }
 
 /// One order at a time on `sku`, ten a second at most, until five in a row are answered 202
-/// within `fast` (30 s at most): how long after `from` the first of them was sent.
+/// within `fast` ([`RECOVERY_LIMIT`] at most): how long after `from` the first of them was sent.
 async fn recover(
     http: &reqwest::Client,
     url: &str,
@@ -658,8 +658,8 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     let http = c.credentials.client(
         "bench",
         reqwest::Client::builder()
-            // An order unanswered after 5 s (a shopper gone) counts as unanswered, for every
-            // target; the p99 target is 100 times shorter.
+            // An order unanswered after 3 s (a shopper gone) counts as unanswered, for every
+            // target; the p99 target is 60 times shorter.
             .timeout(CLIENT_TIMEOUT)
             .pool_max_idle_per_host(1024),
     )?;
@@ -733,7 +733,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         }
         if failed_in_a_row == 1 {
             // A failed step leaves a backlog; the next one starts on a quiet machine.
-            quiet(&c, 20).await;
+            quiet(&c, 10).await;
         }
     }
     let knee = steps
