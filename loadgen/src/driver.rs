@@ -128,7 +128,8 @@ pub async fn send(req: reqwest::RequestBuilder, json: bool) -> Answer {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram in microseconds, 1 µs to 120 s, three significant figures.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -25,11 +25,10 @@
 //! to `--results`; [`crate::table`] turns the lines into the tables of docs/benchmarks.md.
 
 use super::audit::{self, Check};
-use super::driver::{open_loop, send, Answer, RateArgs, Recorder};
+use super::driver::{histogram, open_loop, send, Answer, RateArgs, Recorder};
 use super::procs::{self, CpuSample, ProcessCpu};
 use clap::{Args, ValueEnum};
 use futures::FutureExt;
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
@@ -322,7 +321,7 @@ fn outcome(key: String, customer: String, sku: String, answer: &Answer, latency_
 }
 
 fn quantile(latencies: impl Iterator<Item = u64>, q: f64) -> Option<f64> {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+    let mut h = histogram();
     for l in latencies {
         let _ = h.record(l);
     }

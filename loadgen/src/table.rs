@@ -361,8 +361,7 @@ fn chart(
     y: impl Fn(&Step) -> f64,
     log: bool,
 ) -> anyhow::Result<String> {
-    let mut names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-    names.dedup();
+    let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
     let series: Vec<Series> = results
         .iter()
         .map(|r| Series {
