@@ -335,6 +335,7 @@ async fn run_target(
         step_secs,
         ladder,
     } = *session;
+    let starting = Instant::now();
     let db = fresh_database(&c.db, t.database).await?;
     let base = format!("http://127.0.0.1:{}", t.port);
     let (audit, broker_cpu) = match t.launch {
@@ -406,6 +407,7 @@ async fn run_target(
     if broker_cpu {
         args.push("--broker-cpu".into());
     }
+    println!("   started in {:.0} s", starting.elapsed().as_secs_f64());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut env = surge_env(&db);
     env.push(("SURGE_BENCH_TARGET_DATABASE_URL", db.clone()));

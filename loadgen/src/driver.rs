@@ -328,8 +328,24 @@ impl Recorder {
 /// Runs the schedule: at each due time, `arrival(i, due)` makes the request futures of the
 /// i-th arrival (each normally wrapped in [`Recorder::time`]); they run concurrently. Returns
 /// when every request has been answered; the number of arrivals.
-pub async fn open_loop<F>(rates: &RateArgs, recorder: &Arc<Recorder>, label: &str, mut arrival: F) -> u64
+pub async fn open_loop<F>(rates: &RateArgs, recorder: &Arc<Recorder>, label: &str, arrival: F) -> u64
 where
+    F: FnMut(u64, Instant) -> Vec<BoxFuture<'static, ()>>,
+{
+    open_loop_until(rates, recorder, label, || false, arrival).await
+}
+
+/// [`open_loop`] that sends nothing more once `stop()` says so (asked before each arrival);
+/// the number of arrivals sent.
+pub async fn open_loop_until<S, F>(
+    rates: &RateArgs,
+    recorder: &Arc<Recorder>,
+    label: &str,
+    stop: S,
+    mut arrival: F,
+) -> u64
+where
+    S: Fn() -> bool,
     F: FnMut(u64, Instant) -> Vec<BoxFuture<'static, ()>>,
 {
     let due = rates.arrivals();
@@ -354,9 +370,14 @@ where
     };
     let start = recorder.started();
     let mut tasks = Vec::with_capacity(due.len());
+    let mut sent = 0;
     for (i, t) in due.iter().enumerate() {
         let at = start + Duration::from_secs_f64(*t);
         tokio::time::sleep_until(at.into()).await;
+        if stop() {
+            break;
+        }
+        sent += 1;
         for request in arrival(i as u64, at) {
             tasks.push(tokio::spawn(request));
         }
@@ -367,7 +388,7 @@ where
     }
     ticker.abort();
     progress.finish_and_clear();
-    due.len() as u64
+    sent
 }
 
 fn progress_bar(len: u64, label: &str) -> ProgressBar {

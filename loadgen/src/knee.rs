@@ -25,7 +25,7 @@
 //! to `--results`; [`crate::table`] turns the lines into the tables of docs/benchmarks.md.
 
 use super::audit::{self, Check};
-use super::driver::{histogram, open_loop, send, Answer, RateArgs, Recorder};
+use super::driver::{histogram, open_loop_until, send, Answer, RateArgs, Recorder};
 use super::procs::{self, CpuSample, ProcessCpu};
 use clap::{Args, ValueEnum};
 use futures::FutureExt;
@@ -149,6 +149,10 @@ pub struct Step {
     pub cpu: Vec<ProcessCpu>,
     /// p99 (ms) of the orders due in each second of the step.
     pub p99_by_second: Vec<Option<f64>>,
+    /// When the step stopped sending because it could no longer pass (seconds after its
+    /// first order); None for a step sent to its end.
+    #[serde(default)]
+    pub stopped_after_secs: Option<f64>,
 }
 
 impl Step {
@@ -193,6 +197,9 @@ pub struct KneeResult {
     /// What did not go as planned (an overload that could not run).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Where the run's time went: (phase, seconds), in order.
+    #[serde(default)]
+    pub phase_secs: Vec<(String, f64)>,
 }
 
 impl KneeResult {
@@ -201,16 +208,47 @@ impl KneeResult {
     }
 }
 
+/// Where a run's time goes, phase by phase.
+struct Phases {
+    since: Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            since: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the phase running since the last mark.
+    fn mark(&mut self, phase: &str) {
+        self.done.push((phase.to_string(), self.since.elapsed().as_secs_f64()));
+        self.since = Instant::now();
+    }
+
+    fn describe(done: &[(String, f64)]) -> String {
+        let total: f64 = done.iter().map(|(_, s)| s).sum();
+        let parts: Vec<String> = done.iter().map(|(p, s)| format!("{p} {s:.0}")).collect();
+        format!("took {total:.0} s ({})", parts.join(", "))
+    }
+}
+
 /// How long the load client waits for an answer before it counts the order unanswered.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long after an overload the recovery probe tries.
-pub const RECOVERY_LIMIT: Duration = Duration::from_secs(20);
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 
-/// Until the machine is under 10 % busy for 3 s, `limit` seconds at most (capped by
+/// Until the machine is under 15 % busy for 2 s, `limit` seconds at most (capped by
 /// `--quiet-max-secs`); how long that took.
 async fn quiet(c: &KneeConfig, limit: u64) -> Duration {
-    procs::wait_until_quiet(0.10, Duration::from_secs(limit.min(c.quiet_max_secs))).await
+    // Surge's idle pipeline alone (five consumers fetching every 10 ms, the relay's and the
+    // projector's polls, the broker answering them) takes 0.2 of a core here, 10 % of the
+    // machine (measured 2026-12-03): under 10 % it was quiet after 3 s in one run and never
+    // within 60 s in another.
+    procs::wait_until_quiet(0.15, Duration::from_secs(limit.min(c.quiet_max_secs))).await
 }
 
 /// One order as its client saw it.
@@ -273,17 +311,13 @@ async fn load(
     rate: u64,
     secs: u64,
     tag: &str,
+    watch: Option<&Arc<Watch>>,
 ) -> (u64, Arc<Recorder>, Vec<Outcome>) {
-    let rates = RateArgs {
-        start_rate: rate,
-        peak_rate: rate,
-        ramp_secs: 0,
-        hold_secs: secs,
-        max_requests: u64::MAX,
-    };
+    let rates = constant(rate, secs);
     let recorder = Recorder::new();
     let outcomes = Arc::new(Mutex::new(Vec::with_capacity((rate * secs) as usize)));
-    let sent = open_loop(&rates, &recorder, &format!("{rate}/s"), |i, due| {
+    let stop = || watch.is_some_and(|w| w.hopeless(Instant::now()));
+    let sent = open_loop_until(&rates, &recorder, &format!("{rate}/s"), stop, |i, due| {
         let sku = skus.of(i).to_string();
         let key = format!("{tag}-{i}");
         let customer = format!("b{}", i % 1000);
@@ -291,11 +325,17 @@ async fn load(
             .post(format!("{url}/v1/orders"))
             .header("idempotency-key", &key)
             .json(&json!({"customer_id": customer, "lines": [{"sku": sku, "quantity": 1}]}));
-        let (recorder, outcomes) = (recorder.clone(), outcomes.clone());
+        let (recorder, outcomes, watch) = (recorder.clone(), outcomes.clone(), watch.cloned());
+        if let Some(w) = &watch {
+            w.sent(due);
+        }
         vec![async move {
             let answer = recorder.time("order", due, send(req, true)).await;
             let latency_us = due.elapsed().as_micros().max(1) as u64;
             let outcome = outcome(key, customer, sku, &answer, latency_us);
+            if let Some(w) = watch {
+                w.answered(&outcome);
+            }
             outcomes.lock().expect("outcomes").push(outcome);
         }
         .boxed()]
@@ -303,6 +343,82 @@ async fn load(
     .await;
     let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
     (sent, recorder, outcomes)
+}
+
+/// `rate` orders/s for `secs` s.
+fn constant(rate: u64, secs: u64) -> RateArgs {
+    RateArgs {
+        start_rate: rate,
+        peak_rate: rate,
+        ramp_secs: 0,
+        hold_secs: secs,
+        max_requests: u64::MAX,
+    }
+}
+
+/// Whether a step can still pass, from what is known while it runs. It fails when more than
+/// 1 % of its orders are undecided, or more than 1 % slower than the latency target (then
+/// its p99 is above it). Both only grow: once either is past 1 % of the orders the step was
+/// to send, nothing sent later can make it pass, and sending the rest would only pile up
+/// work for the steps after it. Counted on the safe side: an order is slow once it is
+/// unanswered (or answered) 2 % past the target after its due time.
+struct Watch {
+    rate: u64,
+    /// 1 % of the orders the step was to send.
+    allowed: u64,
+    slow_after: Duration,
+    first_due: std::sync::OnceLock<Instant>,
+    decided: HashSet<&'static str>,
+    sent: std::sync::atomic::AtomicU64,
+    /// Answered within `slow_after` of their due time.
+    fast: std::sync::atomic::AtomicU64,
+    undecided: std::sync::atomic::AtomicU64,
+}
+
+impl Watch {
+    fn new(rate: u64, planned: u64, p99_ms: f64) -> Watch {
+        Watch {
+            rate,
+            allowed: planned / 100,
+            slow_after: Duration::from_secs_f64(p99_ms * 1.02 / 1000.0),
+            first_due: std::sync::OnceLock::new(),
+            decided: HashSet::from(["202", "422"]),
+            sent: Default::default(),
+            fast: Default::default(),
+            undecided: Default::default(),
+        }
+    }
+
+    fn sent(&self, due: Instant) {
+        let _ = self.first_due.set(due);
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn answered(&self, o: &Outcome) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.decided.contains(o.kind.as_str()) {
+            self.undecided.fetch_add(1, Relaxed);
+        }
+        if o.latency_us <= self.slow_after.as_micros() as u64 {
+            self.fast.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Orders known to be slow at `now`: those due more than `slow_after` ago (the schedule is
+    /// one every 1/rate s from the first; rounded down) that were not answered fast. Fast
+    /// answers of younger orders are subtracted too, so this never counts too many.
+    fn slow(&self, now: Instant) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(first) = self.first_due.get() else { return 0 };
+        let old = now.saturating_duration_since(*first).saturating_sub(self.slow_after);
+        let due_before = ((old.as_secs_f64() * self.rate as f64).floor() as u64).min(self.sent.load(Relaxed));
+        due_before.saturating_sub(self.fast.load(Relaxed))
+    }
+
+    fn hopeless(&self, now: Instant) -> bool {
+        let undecided = self.undecided.load(std::sync::atomic::Ordering::Relaxed);
+        undecided > self.allowed || self.slow(now) > self.allowed
+    }
 }
 
 fn outcome(key: String, customer: String, sku: String, answer: &Answer, latency_us: u64) -> Outcome {
@@ -357,8 +473,23 @@ impl Run<'_> {
     async fn step(&mut self, skus: &Skus, rate: u64) -> Step {
         let secs = self.c.step_secs;
         let cpu_before = CpuSample::now();
-        let (sent, recorder, outcomes) =
-            load(&self.http, &self.url, skus, rate, secs, &format!("{}-{rate}", self.id)).await;
+        let planned = constant(rate, secs).arrivals().len() as u64;
+        let watch = Arc::new(Watch::new(rate, planned, self.c.p99_ms));
+        let started = Instant::now();
+        let (sent, recorder, outcomes) = load(
+            &self.http,
+            &self.url,
+            skus,
+            rate,
+            secs,
+            &format!("{}-{rate}", self.id),
+            Some(&watch),
+        )
+        .await;
+        let stopped_after_secs = (sent < planned).then(|| {
+            let first = watch.first_due.get().copied().unwrap_or(started);
+            (sent as f64 / rate as f64).max(first.duration_since(started).as_secs_f64())
+        });
         let cpu = cpu_before.usage(&CpuSample::now(), 0);
         let mut answers = BTreeMap::new();
         for o in &outcomes {
@@ -378,15 +509,17 @@ impl Run<'_> {
             sent,
             accepted,
             decided,
-            // Over the step's schedule: a straggler answered late does not shrink the rate.
-            accepted_per_sec: accepted as f64 / secs as f64,
+            // Over the step's schedule (up to where it stopped): a straggler answered late does
+            // not shrink the rate.
+            accepted_per_sec: accepted as f64 / stopped_after_secs.unwrap_or(secs as f64).max(1e-3),
             p50_ms,
             p99_ms,
             answers,
-            passed: passes(sent, decided, p99_ms, self.c),
+            passed: stopped_after_secs.is_none() && passes(sent, decided, p99_ms, self.c),
             cpu_secs: procs::server_secs(&cpu),
             cpu,
             p99_by_second: timeline.iter().filter(|s| s.sent > 0).map(|s| s.p99_ms).collect(),
+            stopped_after_secs,
         }
     }
 
@@ -426,6 +559,7 @@ impl Run<'_> {
             rate,
             c.overload_secs,
             &format!("{}-o", self.id),
+            None,
         )
         .await;
         let (recovery, probes) = probe.await?;
@@ -677,6 +811,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         seeded: Vec::new(),
     };
     let rates = c.ladder.rates();
+    let mut phases = Phases::start();
     println!(
         "== {} (run {}): steps of {} s from {}/s, x{} each, until two in a row fail (pass: >= {:.0} % answered 202/422, p99 <= {} ms)",
         c.name,
@@ -695,6 +830,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         run.seed(&skus).await?;
         ladder.push((*rate, skus));
     }
+    phases.mark("seed");
     let mut prepared = match &c.database_url {
         Some(db) => prepare(db).await?,
         None => vec!["database not prepared (no --database-url)".into()],
@@ -708,8 +844,9 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         },
     );
     println!("   {}", prepared.join(", "));
+    phases.mark("prepare and quiet");
     // Warm-up (connections, pools, caches), not a step.
-    let (_, _, warm_outcomes) = load(&run.http, &run.url, &warm, rates[0], 2, &format!("{}-w", run.id)).await;
+    let (_, _, warm_outcomes) = load(&run.http, &run.url, &warm, rates[0], 2, &format!("{}-w", run.id), None).await;
     run.outcomes.extend(warm_outcomes);
 
     let mut steps: Vec<Step> = Vec::new();
@@ -717,13 +854,16 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
     for (rate, skus) in &ladder {
         let s = run.step(skus, *rate).await;
         println!(
-            "   {:>6}/s: {} accepted {:>7.1}/s  p50 {:>7.1} ms  p99 {:>8.1} ms  {:?}",
+            "   {:>6}/s: {} accepted {:>7.1}/s  p50 {:>7.1} ms  p99 {:>8.1} ms  {:?}{}",
             rate,
             if s.passed { "pass" } else { "FAIL" },
             s.accepted_per_sec,
             s.p50_ms,
             s.p99_ms,
             s.answers,
+            s.stopped_after_secs.map_or(String::new(), |t| format!(
+                "  (stopped after {t:.1} s: it could no longer pass)"
+            )),
         );
         failed_in_a_row = if s.passed { 0 } else { failed_in_a_row + 1 };
         steps.push(s);
@@ -735,6 +875,7 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
             quiet(&c, 10).await;
         }
     }
+    phases.mark("steps");
     let knee = steps
         .iter()
         .filter(|s| s.passed)
@@ -764,7 +905,9 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         },
         None => None,
     };
+    phases.mark("overload");
     let checks = run.audit(since).await?;
+    phases.mark("audit");
     for ch in &checks {
         println!(
             "   audit: {} {}: {}",
@@ -785,12 +928,14 @@ pub async fn knee(c: KneeConfig) -> anyhow::Result<()> {
         audit: checks,
         prepared,
         notes,
+        phase_secs: phases.done,
     };
     println!(
-        "   knee: {} accepted/s (offered {}), audit {}",
+        "   knee: {} accepted/s (offered {}), audit {}; {}",
         result.knee_accepted_per_sec.round(),
         result.knee_rate.map_or("-".into(), |r| format!("{r}/s")),
-        if result.audit_ok() { "ok" } else { "FAILED" }
+        if result.audit_ok() { "ok" } else { "FAILED" },
+        Phases::describe(&result.phase_secs),
     );
     if let Some(dir) = c.results.parent() {
         std::fs::create_dir_all(dir)?;
@@ -832,6 +977,65 @@ mod tests {
             "r.jsonl",
         ])
         .c
+    }
+
+    fn answer(kind: &str, latency_ms: u64) -> Outcome {
+        Outcome {
+            key: "k".into(),
+            customer: "c".into(),
+            sku: "s".into(),
+            kind: kind.into(),
+            slug: None,
+            order_id: None,
+            latency_us: latency_ms * 1000,
+        }
+    }
+
+    #[test]
+    fn a_step_is_hopeless_only_once_more_than_one_percent_is_known_slow_or_undecided() {
+        // 100/s for 5 s: 500 orders, 5 may be slow and 5 undecided.
+        let w = Watch::new(100, 500, 50.0);
+        let t0 = Instant::now();
+        for i in 0..300 {
+            w.sent(t0 + Duration::from_millis(10 * i));
+        }
+        // 3 s in, every order answered fast but 5 undecided (in time): still possible.
+        for _ in 0..295 {
+            w.answered(&answer("202", 5));
+        }
+        for _ in 0..5 {
+            w.answered(&answer("transport", 20));
+        }
+        let now = t0 + Duration::from_millis(3000);
+        assert_eq!(w.slow(now), 0);
+        assert!(!w.hopeless(now));
+        // One more undecided: 6 of 500 can no longer be made up for.
+        w.answered(&answer("503", 2));
+        assert!(w.hopeless(now));
+
+        // In flight past the target counts as slow before its answer comes.
+        let w = Watch::new(100, 500, 50.0);
+        for i in 0..100 {
+            w.sent(t0 + Duration::from_millis(10 * i));
+        }
+        for _ in 0..90 {
+            w.answered(&answer("202", 5));
+        }
+        // 1.1 s after the first: due before 1.049 s are 104 by the schedule, but only 100
+        // were sent; 90 fast: 10 slow (in flight), more than 5.
+        let now = t0 + Duration::from_millis(1100);
+        assert_eq!(w.slow(now), 10);
+        assert!(w.hopeless(now));
+        // The unanswered ones were due at 0.90 s and later: 0.94 s after the first, none is
+        // 51 ms late yet; at 1.00 s, the five due at 0.90-0.94 s are (four counted: rounded down).
+        assert_eq!(w.slow(t0 + Duration::from_millis(940)), 0);
+        assert_eq!(w.slow(t0 + Duration::from_millis(1000)), 4);
+        // Answered slow: counted the same, once, and never more than were sent.
+        let w = Watch::new(100, 500, 50.0);
+        w.sent(t0);
+        w.answered(&answer("202", 400));
+        assert_eq!(w.slow(t0 + Duration::from_secs(100)), 1);
+        assert!(!w.hopeless(t0 + Duration::from_secs(100)));
     }
 
     #[test]

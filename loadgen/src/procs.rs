@@ -135,9 +135,9 @@ impl CpuSample {
 pub async fn wait_until_quiet(share: f64, limit: std::time::Duration) -> std::time::Duration {
     let started = std::time::Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    // Three quiet seconds in a row: one can fall between a projector's batches.
+    // Two quiet seconds in a row: one can fall between a projector's batches.
     let mut quiet = 0;
-    while started.elapsed() < limit && quiet < 3 {
+    while started.elapsed() < limit && quiet < 2 {
         let before = machine_busy_secs();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let busy = (machine_busy_secs() - before) / cores;

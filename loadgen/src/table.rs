@@ -439,6 +439,7 @@ mod tests {
             audit: vec![crate::audit::check("nothing oversold", true, String::new())],
             prepared: vec![],
             notes: vec![],
+            phase_secs: vec![],
         }
     }
 

@@ -90,11 +90,7 @@ impl Projector {
         let lag = Arc::new(AtomicI64::new(0));
         for &projection in &config.projections {
             let group = format!("{}surge-projector-{}", config.kafka.topic_prefix, projection.name());
-            let consumer: StreamConsumer<LagContext> = surge_runtime::kafka::client_config(&config.kafka)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", "10")
+            let consumer: StreamConsumer<LagContext> = surge_runtime::kafka::consumer_config(&config.kafka, &group)
                 .set("session.timeout.ms", "10000")
                 .set("heartbeat.interval.ms", "1000")
                 .set("statistics.interval.ms", "2000")

@@ -247,12 +247,7 @@ pub async fn spawn_invalidator(
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, InvalidatorError> {
     let group = format!("{}surge-query-cache-{}", kafka.topic_prefix, uuid::Uuid::now_v7());
-    let consumer: StreamConsumer = surge_runtime::kafka::client_config(kafka)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+    let consumer: StreamConsumer = surge_runtime::kafka::consumer_config(kafka, &group).create()?;
     let mut starts = Vec::new();
     for (stream_type, projection) in PROJECTION_OF_TOPIC {
         let topic = surge_events::topics::topic_for(&kafka.topic_prefix, stream_type);

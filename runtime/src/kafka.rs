@@ -24,6 +24,25 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The settings every consumer group member of Surge starts from: offsets committed by the
+/// caller (with its work, or never), the history from the beginning for a new group.
+///
+/// `fetch.wait.max.ms` is how long the broker may hold a fetch that found nothing new. At the
+/// default 500 ms an idle pipeline costs the broker a fifth of what it does at 10 ms, but
+/// measured on 2026-12-03 (checkouts at 50/s, read_committed behind the relay's transactions)
+/// the event-to-view p50 went from <= 50 ms to <= 100 ms and the p99 from <= 250 ms to
+/// <= 2.5 s: a committed record does not end a held fetch at once here. 10 ms until that is
+/// understood.
+pub fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.wait.max.ms", "10");
+    c
+}
+
 /// Creates Surge's event topics if they do not exist yet (broker auto-create is off).
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<Vec<String>, KafkaAdminError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
