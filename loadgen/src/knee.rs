@@ -356,16 +356,18 @@ fn constant(rate: u64, secs: u64) -> RateArgs {
     }
 }
 
-/// Whether a step can still pass, from what is known while it runs. It fails when more than
-/// 1 % of its orders are undecided, or more than 1 % slower than the latency target (then
-/// its p99 is above it). Both only grow: once either is past 1 % of the orders the step was
-/// to send, nothing sent later can make it pass, and sending the rest would only pile up
-/// work for the steps after it. Counted on the safe side: an order is slow once it is
-/// unanswered (or answered) 2 % past the target after its due time.
+/// Whether a step can still pass, from what is known while it runs. It fails when more of
+/// its orders are undecided than `--answered` lets be (1 % by default), or more than 1 % are
+/// slower than the latency target (then its p99 is above it). Both counts only grow: once
+/// either is past its allowance of the orders the step was to send, nothing sent later can
+/// make it pass, and sending the rest would only pile up work for the steps after it.
+/// Counted on the safe side: an order is slow once it is unanswered (or answered) 2 % past
+/// the target after its due time.
 struct Watch {
     rate: u64,
-    /// 1 % of the orders the step was to send.
-    allowed: u64,
+    /// How many of the orders the step was to send may be slow, and undecided, in a pass.
+    allowed_slow: u64,
+    allowed_undecided: u64,
     slow_after: Duration,
     first_due: std::sync::OnceLock<Instant>,
     decided: HashSet<&'static str>,
@@ -376,10 +378,13 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(rate: u64, planned: u64, p99_ms: f64) -> Watch {
+    /// `answered`: the share of orders a passing step must have decided (as in [`passes`]).
+    fn new(rate: u64, planned: u64, p99_ms: f64, answered: f64) -> Watch {
         Watch {
             rate,
-            allowed: planned / 100,
+            // As many as `passes` lets be slow (p99) or undecided (`answered`).
+            allowed_slow: planned / 100,
+            allowed_undecided: planned - (answered * planned as f64).ceil().min(planned as f64) as u64,
             slow_after: Duration::from_secs_f64(p99_ms * 1.02 / 1000.0),
             first_due: std::sync::OnceLock::new(),
             decided: HashSet::from(["202", "422"]),
@@ -417,7 +422,7 @@ impl Watch {
 
     fn hopeless(&self, now: Instant) -> bool {
         let undecided = self.undecided.load(std::sync::atomic::Ordering::Relaxed);
-        undecided > self.allowed || self.slow(now) > self.allowed
+        undecided > self.allowed_undecided || self.slow(now) > self.allowed_slow
     }
 }
 
@@ -474,8 +479,7 @@ impl Run<'_> {
         let secs = self.c.step_secs;
         let cpu_before = CpuSample::now();
         let planned = constant(rate, secs).arrivals().len() as u64;
-        let watch = Arc::new(Watch::new(rate, planned, self.c.p99_ms));
-        let started = Instant::now();
+        let watch = Arc::new(Watch::new(rate, planned, self.c.p99_ms, self.c.answered));
         let (sent, recorder, outcomes) = load(
             &self.http,
             &self.url,
@@ -486,10 +490,7 @@ impl Run<'_> {
             Some(&watch),
         )
         .await;
-        let stopped_after_secs = (sent < planned).then(|| {
-            let first = watch.first_due.get().copied().unwrap_or(started);
-            (sent as f64 / rate as f64).max(first.duration_since(started).as_secs_f64())
-        });
+        let stopped_after_secs = (sent < planned).then_some(sent as f64 / rate as f64);
         let cpu = cpu_before.usage(&CpuSample::now(), 0);
         let mut answers = BTreeMap::new();
         for o in &outcomes {
@@ -994,7 +995,7 @@ mod tests {
     #[test]
     fn a_step_is_hopeless_only_once_more_than_one_percent_is_known_slow_or_undecided() {
         // 100/s for 5 s: 500 orders, 5 may be slow and 5 undecided.
-        let w = Watch::new(100, 500, 50.0);
+        let w = Watch::new(100, 500, 50.0, 0.99);
         let t0 = Instant::now();
         for i in 0..300 {
             w.sent(t0 + Duration::from_millis(10 * i));
@@ -1014,7 +1015,7 @@ mod tests {
         assert!(w.hopeless(now));
 
         // In flight past the target counts as slow before its answer comes.
-        let w = Watch::new(100, 500, 50.0);
+        let w = Watch::new(100, 500, 50.0, 0.99);
         for i in 0..100 {
             w.sent(t0 + Duration::from_millis(10 * i));
         }
@@ -1031,11 +1032,31 @@ mod tests {
         assert_eq!(w.slow(t0 + Duration::from_millis(940)), 0);
         assert_eq!(w.slow(t0 + Duration::from_millis(1000)), 4);
         // Answered slow: counted the same, once, and never more than were sent.
-        let w = Watch::new(100, 500, 50.0);
+        let w = Watch::new(100, 500, 50.0, 0.99);
         w.sent(t0);
         w.answered(&answer("202", 400));
         assert_eq!(w.slow(t0 + Duration::from_secs(100)), 1);
         assert!(!w.hopeless(t0 + Duration::from_secs(100)));
+        // The undecided allowance follows --answered, as the pass rule does.
+        let w = Watch::new(100, 1000, 50.0, 0.95);
+        assert_eq!((w.allowed_slow, w.allowed_undecided), (10, 50));
+        assert!(passes(
+            1000,
+            950,
+            10.0,
+            &Wrap::parse_from([
+                "x",
+                "--name",
+                "t",
+                "--url",
+                "http://127.0.0.1:1",
+                "--results",
+                "r",
+                "--answered",
+                "0.95"
+            ])
+            .c
+        ));
     }
 
     #[test]

@@ -366,7 +366,13 @@ fn chart(
         .iter()
         .map(|r| Series {
             name: format!("{} #{}", r.name, r.run + 1),
-            points: r.steps.iter().map(|s| (s.rate as f64, y(s))).collect(),
+            // A step stopped early (it could no longer pass) has figures of its first part only.
+            points: r
+                .steps
+                .iter()
+                .filter(|s| s.stopped_after_secs.is_none())
+                .map(|s| (s.rate as f64, y(s)))
+                .collect(),
             color: 1 + names.iter().position(|n| *n == r.name).unwrap_or(0),
             width: 2,
         })
