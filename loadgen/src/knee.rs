@@ -1040,23 +1040,10 @@ mod tests {
         // The undecided allowance follows --answered, as the pass rule does.
         let w = Watch::new(100, 1000, 50.0, 0.95);
         assert_eq!((w.allowed_slow, w.allowed_undecided), (10, 50));
-        assert!(passes(
-            1000,
-            950,
-            10.0,
-            &Wrap::parse_from([
-                "x",
-                "--name",
-                "t",
-                "--url",
-                "http://127.0.0.1:1",
-                "--results",
-                "r",
-                "--answered",
-                "0.95"
-            ])
-            .c
-        ));
+        let mut c = config();
+        c.answered = 0.95;
+        assert!(passes(1000, 950, 10.0, &c));
+        assert!(!passes(1000, 949, 10.0, &c));
     }
 
     #[test]
