@@ -10,7 +10,7 @@ use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use surge_events::{Money, OrderId, Sku};
+use surge_events::{Currency, Money, OrderId, Sku};
 use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +80,22 @@ pub struct OrderAccepted {
     pub consistency_token: i64,
 }
 
-/// An amount in minor units (cents) of an ISO 4217 currency.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+/// An amount in minor units (cents) of an ISO 4217 currency: how [`Money`] looks on the wire,
+/// and how a request body is read into it ([`money`]). Unknown fields are refused, and the
+/// document says so (`additionalProperties: false`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MoneyDoc {
-    #[schema(minimum = 0, example = 12900)]
+    #[serde(deserialize_with = "surge_runtime::extract::integer")]
+    #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64, example = 12900)]
     minor: i64,
-    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
-    currency: String,
+    #[schema(value_type = String, example = "EUR", pattern = "^[A-Z]{3}$")]
+    currency: Currency,
+}
+
+/// `deserialize_with` for a [`Money`] field of a request body, read as [`MoneyDoc`] (so
+/// `"minor": 12900.0` is read as 12900); a negative amount is refused like a wrong type.
+pub fn money<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+    let MoneyDoc { minor, currency } = MoneyDoc::deserialize(d)?;
+    Money::new(minor, currency).map_err(serde::de::Error::custom)
 }

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use surge_events::order::CancelReason;
 use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku};
 use surge_runtime::auth::{authenticate, Authenticator};
-use surge_runtime::extract::{Body, PathParam};
+use surge_runtime::extract::{Body, OrderIdParam, PathParam};
 use surge_runtime::http::SecuritySchemes;
 use surge_runtime::http::REQUEST_ID;
 use surge_runtime::problem::ProblemDoc;
@@ -64,8 +64,8 @@ pub fn router(ctx: ApiContext, admission: Admission, auth: std::sync::Arc<Authen
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<serde_json::Value> {
+    Json(surge_runtime::http::openapi_json(&ApiDoc::openapi()))
 }
 
 /// The error answer of a command: a problem with a stable type; 5xx causes are logged once.
@@ -204,9 +204,10 @@ pub struct AddItemRequest {
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
     )]
     pub category: String,
+    #[serde(deserialize_with = "crate::answers::money")]
     #[schema(value_type = MoneyDoc)]
     pub price: Money,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "surge_runtime::extract::integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub initial_stock: i64,
 }
@@ -220,7 +221,15 @@ pub struct ItemAccepted {
 
 /// Add an item to the catalog with its opening stock (admin).
 #[utoipa::path(post, path = "/v1/catalog/items", request_body = AddItemRequest,
-    responses((status = 201, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+    responses((status = 201, body = ItemAccepted, description = "added; Location names the item on the query API",
+               links(
+                   ("Restock" = (operation_id = "restock", parameters(("sku" = "$response.body#/sku")),
+                                 description = "add stock to the item just added")),
+                   ("PlaceOrder" = (operation_id = "place_order",
+                                    request_body = json!({"lines": [{"sku": "$response.body#/sku", "quantity": 1}]}),
+                                    description = "order one of the item just added, for a customer the caller may act for"))
+               )),
+              (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 409, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn add_item(
@@ -262,13 +271,14 @@ async fn add_item(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
+    #[serde(deserialize_with = "surge_runtime::extract::integer")]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub quantity: i64,
 }
 
 /// Add stock to an item.
 #[utoipa::path(post, path = "/v1/inventory/{sku}/restock", request_body = RestockRequest,
-    params(("sku" = String, Path, description = "the item's SKU")),
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "the item's SKU")),
     responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all)]
 async fn restock(
@@ -297,6 +307,7 @@ async fn restock(
 pub struct OrderLineRequest {
     #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Sku,
+    #[serde(deserialize_with = "surge_runtime::extract::integer")]
     #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
@@ -327,8 +338,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 
 /// Place an order: every line's stock is reserved, or none is.
 #[utoipa::path(post, path = "/v1/orders", request_body = PlaceOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
-    responses((status = 202, body = OrderAccepted, description = "accepted; Location names the order, X-Consistency-Token reads it back"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+            description = "1 to 255 visible ASCII characters; retries with the same key get the first answer")),
+    responses((status = 202, body = OrderAccepted,
+               description = "accepted; Location names the order on the query API (`GET /v1/orders/{order_id}` there), X-Consistency-Token reads it back",
+               links(
+                   ("CancelOrder" = (operation_id = "cancel_order", parameters(("order_id" = "$response.body#/order_id")),
+                                     description = "cancel the order just placed")),
+                   ("PayOrder" = (operation_id = "submit_payment", parameters(("order_id" = "$response.body#/order_id")),
+                                  description = "pay the order just placed"))
+               )),
               (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused"),
               (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when"),
@@ -371,13 +390,13 @@ pub struct OrderStatusChanged {
 
 /// Cancel a placed order; its stock goes back on sale.
 #[utoipa::path(post, path = "/v1/orders/{order_id}/cancel",
-    params(("order_id" = uuid::Uuid, Path)),
+    params(("order_id" = uuid::Uuid, Path, pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")),
     responses((status = 200, body = OrderStatusChanged), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn cancel_order(
     caller: Principal,
     State(ctx): State<ApiContext>,
-    PathParam(order_id): PathParam<OrderId>,
+    PathParam(OrderIdParam(order_id)): PathParam<OrderIdParam>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     owner_check(&ctx, &caller, order_id).await?;
@@ -408,14 +427,14 @@ pub struct PaymentRequest {
 
 /// Pay a placed order with a payment provider's token (never a card number).
 #[utoipa::path(post, path = "/v1/orders/{order_id}/payment", request_body = PaymentRequest,
-    params(("order_id" = uuid::Uuid, Path)),
+    params(("order_id" = uuid::Uuid, Path, pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")),
     responses((status = 202, body = OrderStatusChanged), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "card number sent, bad token, order not payable")))]
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn submit_payment(
     caller: Principal,
     State(ctx): State<ApiContext>,
-    PathParam(order_id): PathParam<OrderId>,
+    PathParam(OrderIdParam(order_id)): PathParam<OrderIdParam>,
     headers: HeaderMap,
     Body(req): Body<PaymentRequest>,
 ) -> Result<Response, ApiError> {

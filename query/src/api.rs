@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use surge_events::{CustomerId, OrderId, Sku};
 use surge_runtime::auth::{authenticate_with_session, Authenticator};
-use surge_runtime::extract::{Params, PathParam};
+use surge_runtime::extract::{OrderIdParam, Params, PathParam};
 use surge_runtime::http::SecuritySchemes;
 use surge_runtime::problem::ProblemDoc;
 use surge_runtime::{Principal, Problem, Role};
@@ -58,8 +58,8 @@ pub fn router(ctx: QueryContext, auth: std::sync::Arc<Authenticator>) -> Router 
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<serde_json::Value> {
+    Json(surge_runtime::http::openapi_json(&ApiDoc::openapi()))
 }
 
 /// A page of catalog items; pass `next_cursor` as `cursor` for the next one.
@@ -106,7 +106,7 @@ fn token(headers: &HeaderMap, after: Option<i64>) -> Result<Option<i64>, Problem
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
     /// A consistency token from the command API: wait (bounded) until the view reflects it.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<i64>,
 }
 
@@ -256,7 +256,7 @@ fn cached<T: Serialize>(
 }
 
 /// One catalog item (public). `ETag`/`If-None-Match` answer 304 when unchanged.
-#[utoipa::path(get, path = "/v1/catalog/items/{sku}", params(("sku" = String, Path), ReadParams),
+#[utoipa::path(get, path = "/v1/catalog/items/{sku}", params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"), ReadParams),
     responses((status = 200, body = CatalogItem), (status = 304), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security((), ("bearer" = []), ("api_key" = [])))]
@@ -287,7 +287,7 @@ async fn get_item(
 }
 
 /// One order: its customer, a service, an admin or an analyst.
-#[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = Uuid, Path), ReadParams),
+#[utoipa::path(get, path = "/v1/orders/{order_id}", params(("order_id" = Uuid, Path, pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"), ReadParams),
     responses((status = 200, body = Order), (status = 304), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
@@ -296,7 +296,7 @@ async fn get_item(
 async fn get_order(
     caller: Principal,
     State(ctx): State<QueryContext>,
-    PathParam(order_id): PathParam<Uuid>,
+    PathParam(OrderIdParam(OrderId(order_id))): PathParam<OrderIdParam>,
     Params(p): Params<ReadParams>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -332,6 +332,12 @@ fn page_size(limit: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
+/// 422: each bound of a range is valid but together they are not (an empty or too long range),
+/// a rule between parameters that the document cannot express.
+fn invalid_range(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-range", "Invalid range").detail(detail)
+}
+
 fn encode_cursor<T: Serialize>(c: &T) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap_or_default())
 }
@@ -342,7 +348,9 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, Problem> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid-cursor", "Invalid cursor")
+            // Any string is a well-formed cursor to the document (it is opaque); one this API
+            // did not issue is refused as unprocessable, like the other rules a schema cannot say.
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-cursor", "Invalid cursor")
                 .detail("cursor must be a next_cursor value returned by this API")
         })
 }
@@ -351,11 +359,14 @@ fn decode_cursor<T: for<'de> Deserialize<'de>>(s: &str) -> Result<T, Problem> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListItemsParams {
-    #[param(min_length = 1, max_length = 64)]
+    /// 1 to 64 characters, no control characters.
+    #[param(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub category: Option<String>,
-    /// Lowest price, in minor units.
+    /// Lowest price, in minor units; at most `max_price`.
+    #[param(minimum = -9_223_372_036_854_775_808_i64, maximum = 9_223_372_036_854_775_807_i64)]
     pub min_price: Option<i64>,
-    /// Highest price, in minor units.
+    /// Highest price, in minor units; at least `min_price`.
+    #[param(minimum = -9_223_372_036_854_775_808_i64, maximum = 9_223_372_036_854_775_807_i64)]
     pub max_price: Option<i64>,
     pub in_stock: Option<bool>,
     #[param(minimum = 1, maximum = 200)]
@@ -377,7 +388,7 @@ pub struct Page<T> {
 
 /// The catalog (public), by SKU, with keyset pagination.
 #[utoipa::path(get, path = "/v1/catalog/items", params(ListItemsParams),
-    responses((status = 200, body = ItemPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+    responses((status = 200, body = ItemPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security((), ("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
@@ -391,7 +402,7 @@ async fn list_items(State(ctx): State<QueryContext>, Params(p): Params<ListItems
     }
     if let (Some(lo), Some(hi)) = (p.min_price, p.max_price) {
         if lo > hi {
-            return Err(Problem::bad_request("min_price must not exceed max_price"));
+            return Err(invalid_range("min_price must not exceed max_price"));
         }
     }
     let filter = ItemFilter {
@@ -445,8 +456,8 @@ struct OrderCursor {
 }
 
 /// A customer's orders, newest first: that customer, a service, an admin or an analyst.
-#[utoipa::path(get, path = "/v1/customers/{customer_id}/orders", params(("customer_id" = String, Path), PageParams),
-    responses((status = 200, body = OrderPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/orders", params(("customer_id" = String, Path, pattern = "^[A-Za-z0-9._@-]{1,64}$"), PageParams),
+    responses((status = 200, body = OrderPage), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all, fields(customer = %customer))]
@@ -492,7 +503,7 @@ async fn customer_orders(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SalesParams {
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Option<Sku>,
     /// Start (RFC 3339); default: an hour before `to`.
     pub from: Option<DateTime<Utc>>,
@@ -511,7 +522,7 @@ struct SalesReport {
 
 /// Sales per minute: an admin or an analyst.
 #[utoipa::path(get, path = "/v1/stats/sales", params(SalesParams),
-    responses((status = 200, body = SalesReport), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
+    responses((status = 200, body = SalesReport), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 422, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 #[tracing::instrument(skip_all)]
@@ -520,10 +531,10 @@ async fn sales(caller: Principal, State(ctx): State<QueryContext>, Params(p): Pa
     let to = p.to.unwrap_or_else(Utc::now);
     let from = p.from.unwrap_or(to - chrono::Duration::hours(1));
     if from >= to {
-        return Err(Problem::bad_request("from must be before to"));
+        return Err(invalid_range("from must be before to"));
     }
     if to - from > chrono::Duration::days(31) {
-        return Err(Problem::bad_request("the range may span at most 31 days"));
+        return Err(invalid_range("the range may span at most 31 days"));
     }
     let minutes = views::sales(&ctx.pool, p.sku.as_ref().map(Sku::as_str), from, to)
         .await

@@ -1,5 +1,7 @@
 //! Axum extractors whose rejections are problem+json, so malformed input never gets a bare
-//! text error: `Body<T>` (JSON), `Params<T>` (query string), `PathParam<T>` (path).
+//! text error: `Body<T>` (JSON), `Params<T>` (query string), `PathParam<T>` (path); and what
+//! they read exactly as the OpenAPI documents say: [`integer`] body fields, [`OrderIdParam`]
+//! path segments.
 
 use crate::Problem;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -7,7 +9,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::Json;
 use http::request::Parts;
 use http::StatusCode;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::Deserialize;
+use surge_events::OrderId;
 
 /// A JSON request body; unknown fields, wrong types and bad syntax answer 400 problem+json.
 pub struct Body<T>(pub T);
@@ -108,6 +112,111 @@ where
             Err(e) => Err(
                 Problem::new(StatusCode::BAD_REQUEST, "invalid-path", "Invalid path parameter").detail(e.body_text()),
             ),
+        }
+    }
+}
+
+/// `deserialize_with` for an `i64` body field: an integer, or a float without a fraction
+/// (`10000.0`, `1e4`), which JSON Schema's `integer` includes and some clients send. A fraction
+/// (`10000.5`) or a value outside `i64` is refused like any wrong type (400 `invalid-body`).
+pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Integer;
+
+    impl de::Visitor<'_> for Integer {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &"an integer within i64"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            // i64's range as floats: [-2^63, 2^63); both bounds are exact in f64.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-LIMIT..LIMIT).contains(&v) {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    d.deserialize_any(Integer)
+}
+
+/// An order id in a path, in the one form the documents give (`format: uuid`, 8-4-4-4-12 hex
+/// digits); the unhyphenated, braced and URN forms the uuid crate would also read are refused,
+/// so that a client reading the document and the server agree on every id.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderIdParam(pub OrderId);
+
+impl<'de> Deserialize<'de> for OrderIdParam {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // 36 characters is the hyphenated form and only it.
+        match s.parse() {
+            Ok(id) if s.len() == 36 => Ok(OrderIdParam(OrderId(id))),
+            _ => Err(de::Error::custom("order id must be a UUID as 8-4-4-4-12 hex digits")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{integer, OrderIdParam};
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Line {
+        #[serde(deserialize_with = "integer")]
+        quantity: i64,
+    }
+
+    fn quantity(json: &str) -> Result<i64, String> {
+        serde_json::from_str::<Line>(json)
+            .map(|l| l.quantity)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_may_come_as_integral_floats_but_never_with_a_fraction() {
+        assert_eq!(quantity(r#"{"quantity": 2}"#), Ok(2));
+        assert_eq!(quantity(r#"{"quantity": -2}"#), Ok(-2));
+        assert_eq!(quantity(r#"{"quantity": 10000.0}"#), Ok(10_000));
+        assert_eq!(quantity(r#"{"quantity": 1e4}"#), Ok(10_000));
+        assert_eq!(quantity(r#"{"quantity": -0.0}"#), Ok(0));
+        assert_eq!(quantity(r#"{"quantity": 9223372036854775807}"#), Ok(i64::MAX));
+        assert_eq!(quantity(r#"{"quantity": -9223372036854775808}"#), Ok(i64::MIN));
+        for refused in [
+            r#"{"quantity": 2.5}"#,
+            r#"{"quantity": 9223372036854775808}"#,
+            r#"{"quantity": 9223372036854775808.0}"#,
+            r#"{"quantity": 1e300}"#,
+            r#"{"quantity": "2"}"#,
+            r#"{"quantity": null}"#,
+        ] {
+            assert!(quantity(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn order_ids_in_paths_are_hyphenated_uuids_only() {
+        let id = "0190a5b2-7c1d-7e3f-8a4b-5c6d7e8f9a0b";
+        let parse = |s: &str| serde_json::from_value::<OrderIdParam>(serde_json::json!(s)).map(|p| p.0 .0.to_string());
+        assert_eq!(parse(id).unwrap(), id);
+        assert_eq!(parse(&id.to_uppercase()).unwrap(), id);
+        for refused in [
+            "0190a5b27c1d7e3f8a4b5c6d7e8f9a0b",
+            "{0190a5b2-7c1d-7e3f-8a4b-5c6d7e8f9a0b}",
+            "urn:uuid:0190a5b2-7c1d-7e3f-8a4b-5c6d7e8f9a0b",
+            "0190a5b2-7c1d-7e3f-8a4b-5c6d7e8f9a0",
+            "",
+        ] {
+            assert!(parse(refused).is_err(), "{refused}");
         }
     }
 }

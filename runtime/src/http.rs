@@ -184,3 +184,77 @@ impl utoipa::Modify for SecuritySchemes {
         );
     }
 }
+
+/// An OpenAPI document as JSON spelled the way the specification spells it. utoipa 5.5 writes
+/// the fields of a Link object in snake case (`operation_id`, `operation_ref`, `request_body`),
+/// which no OpenAPI tool reads (schemathesis calls such a link one without a target); they are
+/// renamed to `operationId`, `operationRef` and `requestBody` here, where both APIs serve
+/// their documents.
+pub fn openapi_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).unwrap_or_default();
+    let responses = json["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| {
+            operation
+                .get_mut("responses")
+                .and_then(serde_json::Value::as_object_mut)
+        })
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response.get_mut("links").and_then(serde_json::Value::as_object_mut);
+        for link in links.into_iter().flat_map(|links| links.values_mut()) {
+            let Some(link) = link.as_object_mut() else { continue };
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_string(), value);
+                }
+            }
+        }
+    }
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::link::LinkBuilder;
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+    use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::{OpenApiBuilder, ResponsesBuilder};
+
+    #[test]
+    fn links_are_spelled_as_the_specification_spells_them() {
+        let link = LinkBuilder::new()
+            .operation_id("cancel_order")
+            .parameter("order_id", "$response.body#/order_id")
+            .request_body(Some(serde_json::json!({"reason": "x"})))
+            .build();
+        let response = ResponseBuilder::new()
+            .description("placed")
+            .link("Cancel", link)
+            .build();
+        let operation = OperationBuilder::new()
+            .responses(ResponsesBuilder::new().response("202", response).build())
+            .build();
+        let doc = OpenApiBuilder::new()
+            .paths(PathsBuilder::new().path("/v1/orders", PathItem::new(HttpMethod::Post, operation)))
+            .build();
+        let json = super::openapi_json(&doc);
+        let link = &json["paths"]["/v1/orders"]["post"]["responses"]["202"]["links"]["Cancel"];
+        assert_eq!(
+            link,
+            &serde_json::json!({
+                "operationId": "cancel_order",
+                "parameters": {"order_id": "$response.body#/order_id"},
+                "requestBody": {"reason": "x"},
+            })
+        );
+    }
+}

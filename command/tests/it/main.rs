@@ -3,6 +3,7 @@
 mod api;
 mod checkout;
 mod commit_outcome;
+mod contract;
 mod relay;
 mod support;
 mod upcasting;
