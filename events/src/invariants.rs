@@ -26,7 +26,12 @@ mod tests {
     /// The committed corpus (seeds and whatever the fuzzer kept) still keeps the invariants.
     #[test]
     fn the_committed_wire_corpus_keeps_the_invariants() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/wire_envelope");
+        // The directory of the `cargo test` run (cargo sets it at run time too): a test binary
+        // built from another checkout sharing the target directory keeps that checkout's path.
+        let dir = format!(
+            "{}/../fuzz/corpus/wire_envelope",
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+        );
         let (mut files, mut typed) = (0, 0);
         for entry in std::fs::read_dir(dir).expect("corpus committed") {
             let data = std::fs::read(entry.expect("readable entry").path()).expect("readable file");

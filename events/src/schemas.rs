@@ -54,7 +54,12 @@ mod tests {
 
     #[test]
     fn checked_in_schemas_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/events");
+        // The run's own checkout: cargo sets the variable at run time too, and a test binary built
+        // from another checkout sharing the target directory keeps that checkout's path.
+        let dir = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../schema/events");
         for (name, schema) in event_schemas() {
             let on_disk = std::fs::read_to_string(dir.join(&name))
                 .unwrap_or_else(|_| panic!("schema/events/{name} is missing: run `surge schemas`"));

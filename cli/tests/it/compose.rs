@@ -6,8 +6,14 @@ use clap::CommandFactory;
 use std::collections::BTreeSet;
 use surge_cli::Cli;
 
+/// This crate's directory in the checkout `cargo test` runs in (cargo sets the variable at run
+/// time too; a binary built from another checkout sharing the target directory keeps its path).
+fn root() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+}
+
 fn compose() -> serde_yaml::Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml"))
+    let text = std::fs::read_to_string(format!("{}/../docker-compose.yml", root()))
         .expect("docker-compose.yml at the repository root");
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
     // `<<: *surge` merge keys, as Compose applies them.
@@ -78,7 +84,7 @@ fn every_service_runs_a_real_subcommand_with_known_settings() {
         assert!(services.contains_key(infra), "compose has a {infra} service");
     }
     let kafka_image = services[&serde_yaml::Value::from("kafka")]["image"].as_str().unwrap();
-    let pom = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kafka/pom.xml")).unwrap();
+    let pom = std::fs::read_to_string(format!("{}/../deploy/kafka/pom.xml", root())).unwrap();
     let local_version = pom
         .split("<kafka.version>")
         .nth(1)
