@@ -132,15 +132,7 @@ async fn malformed_requests_are_problems_with_stable_types() {
 async fn the_openapi_document_lists_every_command() {
     let env = TestEnv::new().await;
     let api = start_api(&env).await;
-    let doc: Value = api
-        .http
-        .get(format!("{}/openapi.json", api.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = api.openapi().await;
     let paths = doc["paths"].as_object().unwrap();
     for path in [
         "/v1/catalog/items",

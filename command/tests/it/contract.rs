@@ -22,15 +22,7 @@ fn path_parameter<'a>(doc: &'a Value, path: &str, name: &str) -> &'a Value {
 async fn the_document_says_what_the_server_enforces() {
     let env = TestEnv::new().await;
     let api = start_api(&env).await;
-    let doc: Value = api
-        .http
-        .get(format!("{}/openapi.json", api.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = api.openapi().await;
     let schemas = &doc["components"]["schemas"];
 
     // Every body the server reads with deny_unknown_fields says so, down to the price.

@@ -63,6 +63,18 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The OpenAPI document the API serves.
+    pub async fn openapi(&self) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/openapi.json", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.unwrap()
+    }
+
     pub async fn add_item(&self, sku: &str, stock: i64) {
         let (status, body) = self
             .post(
