@@ -65,6 +65,13 @@ pub struct TokenConfig {
     /// Make an API key for a service client named `sub` instead of a token.
     #[arg(long)]
     pub api_key: bool,
+    /// Make an API key for an analyst named `sub` and print the KurrentDB client connection
+    /// string of the stream API that holds it (role analyst or admin).
+    #[arg(long, conflicts_with = "api_key")]
+    pub connection_string: bool,
+    /// The stream API's address, for the connection string.
+    #[arg(long, env = "SURGE_STREAM_ADDR", default_value = "127.0.0.1:2113")]
+    pub stream_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub auth: AuthConfig,
 }
@@ -81,6 +88,17 @@ impl std::fmt::Debug for TokenConfig {
 /// `surge token`: prints a token (stdout, alone, for `$(surge token ...)`), or an API key and
 /// the entry to add to SURGE_API_KEYS.
 pub fn run(c: &TokenConfig) -> anyhow::Result<()> {
+    if c.connection_string {
+        anyhow::ensure!(
+            matches!(c.role, Role::Analyst | Role::Admin),
+            "the stream API reads for roles analyst and admin only (got {})",
+            c.role.as_str()
+        );
+        let (key, entry) = new_api_key(&c.sub, c.role);
+        println!("{}", connection_string(&c.sub, &key, c.stream_addr));
+        eprintln!("SURGE_API_KEYS entry for the stream API (only the hash): {entry}");
+        return Ok(());
+    }
     if c.api_key {
         let (key, entry) = new_api_key(&c.sub, c.role);
         println!("api key (give it to the client, it is not stored): {key}");
@@ -90,6 +108,23 @@ pub fn run(c: &TokenConfig) -> anyhow::Result<()> {
     let token = c.auth.build()?.issue(&c.sub, c.role, Duration::from_secs(c.ttl_secs))?;
     println!("{token}");
     Ok(())
+}
+
+/// The KurrentDB client connection string of the stream API at `addr` for the API key `key` of
+/// `name`: clear text on loopback only (the stream API refuses clear text elsewhere).
+pub fn connection_string(name: &str, key: &str, addr: std::net::SocketAddr) -> String {
+    let tls = !addr.ip().is_loopback();
+    format!("esdb://{}:{}@{addr}?tls={tls}", userinfo(name), userinfo(key))
+}
+
+/// Percent-encodes what a URL's user information may not hold as is.
+fn userinfo(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -111,8 +146,23 @@ mod tests {
             sub: "ops".into(),
             ttl_secs: 60,
             api_key: false,
+            connection_string: false,
+            stream_addr: "127.0.0.1:2113".parse().unwrap(),
             auth: AuthConfig::hs256(secret),
         };
         assert!(!format!("{config:?}").contains(secret));
+    }
+
+    #[test]
+    fn a_connection_string_holds_the_key_and_asks_for_tls_off_loopback() {
+        let (key, _) = new_api_key("ana", Role::Analyst);
+        assert_eq!(
+            connection_string("ana", &key, "127.0.0.1:2113".parse().unwrap()),
+            format!("esdb://ana:{key}@127.0.0.1:2113?tls=false")
+        );
+        assert_eq!(
+            connection_string("a b", "k:y", "10.0.0.5:2113".parse().unwrap()),
+            "esdb://a%20b:k%3Ay@10.0.0.5:2113?tls=true"
+        );
     }
 }

@@ -1,6 +1,8 @@
-//! `surge export` and `surge import`: events out of the store as NDJSON or CSV, filtered, in
-//! constant memory (a server-side cursor read in batches); and NDJSON back into an empty
-//! store, every event as it was (ids, positions, versions, times, metadata).
+//! `surge export` and `surge import`: events out of the store as NDJSON, CSV or Parquet
+//! ([`parquet`]), filtered, in constant memory (a server-side cursor read in batches); and NDJSON
+//! back into an empty store, every event as it was (ids, positions, versions, times, metadata).
+
+pub mod parquet;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
@@ -17,6 +19,8 @@ pub enum Format {
     Ndjson,
     /// One event per row; the payload as a JSON string.
     Csv,
+    /// Typed columns, one row group per 64k events as it streams; needs `--out`.
+    Parquet,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -25,7 +29,7 @@ pub struct ExportConfig {
     pub db: DatabaseConfig,
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]
     pub format: Format,
-    /// File to write (default: standard output).
+    /// File to write (default: standard output; Parquet needs a file).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only this stream (e.g. `order-<uuid>`, `inventory-<sku>`).
@@ -61,6 +65,58 @@ const BATCH: usize = 5000;
 enum Sink {
     Ndjson(BufWriter<Box<dyn Write + Send>>),
     Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
+    Parquet(Box<parquet::ParquetFile>),
+}
+
+impl Sink {
+    fn write(&mut self, events: &[EventEnvelope]) -> anyhow::Result<()> {
+        match self {
+            Sink::Ndjson(w) => {
+                for e in events {
+                    w.write_all(&e.to_json())?;
+                    w.write_all(b"\n")?;
+                }
+            }
+            Sink::Csv(w) => {
+                for e in events {
+                    w.write_record([
+                        e.position.to_string(),
+                        e.event_id.to_string(),
+                        e.stream_id.0.clone(),
+                        e.stream_type.as_str().to_string(),
+                        e.version.to_string(),
+                        e.event_type.clone(),
+                        e.schema_version.to_string(),
+                        e.occurred_at.to_rfc3339(),
+                        e.metadata.correlation_id.to_string(),
+                        e.metadata.causation_id.map(|c| c.to_string()).unwrap_or_default(),
+                        e.metadata.actor.clone(),
+                        e.payload.to_string(),
+                    ])?;
+                }
+            }
+            Sink::Parquet(file) => file.write(events)?,
+        }
+        Ok(())
+    }
+
+    /// Flushes; a Parquet file gets its footer and its name, and says what it holds.
+    fn finish(self) -> anyhow::Result<Option<parquet::Written>> {
+        match self {
+            Sink::Ndjson(mut w) => w.flush()?,
+            Sink::Csv(mut w) => w.flush()?,
+            Sink::Parquet(file) => return Ok(Some(file.finish()?)),
+        }
+        Ok(None)
+    }
+}
+
+/// The file `--out` names, or standard output.
+fn text_output(out: Option<&std::path::Path>) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match out {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(std::io::stdout()),
+    })
 }
 
 /// Writes the selected events; returns how many.
@@ -70,13 +126,16 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
             bail!("--stream-type must be `order` or `inventory`, not `{t}`");
         }
     }
-    let sink: Box<dyn Write + Send> = match &config.out {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
-        None => Box::new(std::io::stdout()),
-    };
     let mut out = match config.format {
-        Format::Ndjson => Sink::Ndjson(BufWriter::new(sink)),
-        Format::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(sink))),
+        Format::Ndjson => Sink::Ndjson(BufWriter::new(text_output(config.out.as_deref())?)),
+        Format::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(text_output(config.out.as_deref())?))),
+        Format::Parquet => {
+            // A Parquet reader starts at the footer, written last: a pipe cannot be read that way.
+            let Some(path) = &config.out else {
+                bail!("--format parquet writes a file, not standard output: pass --out FILE");
+            };
+            Sink::Parquet(Box::new(parquet::ParquetFile::create(path)?))
+        }
     };
     if let Sink::Csv(w) = &mut out {
         w.write_record([
@@ -125,36 +184,19 @@ pub async fn export(config: &ExportConfig) -> anyhow::Result<u64> {
         if rows.is_empty() {
             break;
         }
-        for e in &rows {
-            match &mut out {
-                Sink::Ndjson(w) => {
-                    w.write_all(&e.to_json())?;
-                    w.write_all(b"\n")?;
-                }
-                Sink::Csv(w) => {
-                    w.write_record([
-                        e.position.to_string(),
-                        e.event_id.to_string(),
-                        e.stream_id.0.clone(),
-                        e.stream_type.as_str().to_string(),
-                        e.version.to_string(),
-                        e.event_type.clone(),
-                        e.schema_version.to_string(),
-                        e.occurred_at.to_rfc3339(),
-                        e.metadata.correlation_id.to_string(),
-                        e.metadata.causation_id.map(|c| c.to_string()).unwrap_or_default(),
-                        e.metadata.actor.clone(),
-                        e.payload.to_string(),
-                    ])?;
-                }
-            }
-            count += 1;
-        }
+        out.write(&rows)?;
+        count += rows.len() as u64;
     }
     tx.commit().await?;
-    match &mut out {
-        Sink::Ndjson(w) => w.flush()?,
-        Sink::Csv(w) => w.flush()?,
+    if let Some(written) = out.finish()? {
+        eprintln!(
+            "surge export: {} events in {} row group{} ({} bytes) written to {}",
+            written.rows,
+            written.row_groups,
+            if written.row_groups == 1 { "" } else { "s" },
+            written.bytes,
+            written.path.display()
+        );
     }
     if !config.visible_now {
         eprintln!(

@@ -20,6 +20,8 @@ use surge_command::{CommandApiConfig, CommandApp, Relay, RelayConfig};
 use surge_projections::{Projector, ProjectorConfig};
 use surge_query::{QueryApiConfig, QueryApp};
 use surge_runtime::{shutdown, telemetry, LogFormat};
+use surge_stream::{StreamApi, StreamApiConfig};
+use surge_webhooks::{WebhooksApp, WebhooksConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,17 +43,21 @@ pub enum Command {
     CommandApi(CommandApiConfig),
     /// Serve the query API (catalog, orders, sales).
     QueryApi(QueryApiConfig),
+    /// Serve the event store to KurrentDB (EventStoreDB) clients over gRPC: reads and subscriptions.
+    StreamApi(StreamApiConfig),
     /// Run projector workers that keep the views.
     Project(ProjectorConfig),
     /// Run the outbox relay that publishes events to Kafka.
     Relay(RelayConfig),
+    /// Deliver order status changes to registered webhook endpoints (fan-out and deliverer).
+    Webhooks(WebhooksConfig),
     /// Apply the database migrations and create the Kafka topics.
     Migrate(migrate::MigrateConfig),
     /// Seed a catalog and run a short flash sale against running services.
     Demo(demo::DemoConfig),
     /// Rebuild projections from the event store into a new generation and switch to it.
     Replay(surge_projections::replay::ReplayConfig),
-    /// Export events (filtered) as NDJSON or CSV, in constant memory.
+    /// Export events (filtered) as NDJSON, CSV or Parquet, in constant memory.
     Export(export::ExportConfig),
     /// Import an NDJSON export into an empty event store, every event as it was.
     Import(export::ImportConfig),
@@ -77,8 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CommandApi(config) => CommandApp::build(config).await?.run(shutdown::signal()).await?,
         Command::QueryApi(config) => QueryApp::build(config).await?.run(shutdown::signal()).await?,
+        Command::StreamApi(config) => StreamApi::build(config).await?.run(shutdown::signal()).await?,
         Command::Project(config) => Projector::build(config).await?.run(shutdown::signal()).await,
         Command::Relay(config) => Relay::build(config).await?.run(shutdown::signal()).await?,
+        Command::Webhooks(config) => WebhooksApp::build(config).await?.run(shutdown::signal()).await?,
         Command::Migrate(config) => migrate::run(config).await?,
         Command::Demo(config) => demo::run(config).await?,
         Command::Schemas(config) => schemas::run(config)?,

@@ -117,6 +117,7 @@ pub async fn run(config: SeedConfig) -> anyhow::Result<()> {
                 sku: sku.clone(),
                 quantity,
                 unit_price: price.clone(),
+                bucket: 0,
             }],
             total: price.checked_mul(quantity)?,
             reservation_expires_at: expires_at,

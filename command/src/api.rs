@@ -8,7 +8,7 @@ use crate::idempotency::IdempotencyKey;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -20,6 +20,7 @@ use surge_runtime::http::SecuritySchemes;
 use surge_runtime::http::REQUEST_ID;
 use surge_runtime::problem::ProblemDoc;
 use surge_runtime::{Principal, Problem, Role};
+use surge_webhooks::api::WebhooksDoc;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
@@ -31,6 +32,8 @@ const CORRELATION_ID: &str = "x-correlation-id";
 pub struct ApiContext {
     pub commands: Commands,
     pub pool: PgPool,
+    /// Where webhook endpoints may point (checked when one is registered).
+    pub webhooks: surge_webhooks::UrlPolicy,
 }
 
 /// Every route sits behind [`authenticate`]; each handler asks its caller for the role or the
@@ -38,11 +41,17 @@ pub struct ApiContext {
 pub fn router(ctx: ApiContext, admission: Admission, auth: std::sync::Arc<Authenticator>) -> Router {
     Router::new()
         .route("/v1/catalog/items", post(add_item))
+        .route("/v1/catalog/items/{sku}/buckets", put(set_buckets))
+        .route("/v1/catalog/items/{sku}/purchase-limit", put(set_purchase_limit))
         .route("/v1/inventory/{sku}/restock", post(restock))
         .route("/v1/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/orders/{order_id}/payment", post(submit_payment))
         .route_layer(axum::middleware::from_fn_with_state(admission, admit))
+        .merge(surge_webhooks::api::routes(surge_webhooks::api::WebhooksApi::new(
+            ctx.pool.clone(),
+            ctx.webhooks.clone(),
+        )))
         .route("/healthz", get(surge_runtime::http::healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -57,9 +66,9 @@ pub fn router(ctx: ApiContext, admission: Admission, auth: std::sync::Arc<Authen
         title = "Surge command API",
         description = "Checkout and inventory commands. Errors are RFC 9457 problem+json."
     ),
-    paths(add_item, restock, place_order, cancel_order, submit_payment),
+    paths(add_item, set_buckets, set_purchase_limit, restock, place_order, cancel_order, submit_payment),
     components(schemas(ProblemDoc, MoneyDoc)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &WebhooksDoc),
     security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
@@ -142,6 +151,7 @@ fn domain_problem(d: &DomainError) -> Problem {
             (StatusCode::CONFLICT, "Already exists")
         }
         DomainError::OutOfStock { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Out of stock"),
+        DomainError::PurchaseLimit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Purchase limit reached"),
         _ => (StatusCode::UNPROCESSABLE_ENTITY, "Business rule violated"),
     };
     let p = Problem::new(status, d.slug(), title).detail(d.to_string());
@@ -155,6 +165,16 @@ fn domain_problem(d: &DomainError) -> Problem {
             .with("requested", *requested)
             .with("available", *available),
         DomainError::UnknownItem { sku } => p.with("sku", sku.as_str()),
+        DomainError::PurchaseLimit {
+            sku,
+            limit,
+            held,
+            requested,
+        } => p
+            .with("sku", sku.as_str())
+            .with("max_per_customer", *limit)
+            .with("held", *held)
+            .with("requested", *requested),
         _ => p,
     }
 }
@@ -210,6 +230,41 @@ pub struct AddItemRequest {
     #[serde(default, deserialize_with = "surge_runtime::extract::integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub initial_stock: i64,
+    /// How many stock buckets (streams) the item's stock is split into, so that several
+    /// command API instances sell it without taking turns on one stream; default 1.
+    #[serde(default = "one_bucket", deserialize_with = "surge_runtime::extract::integer")]
+    #[schema(minimum = 1, maximum = 64, default = 1)]
+    pub buckets: i64,
+    /// The most units one customer may hold reserved or bought at once; absent or null: no limit.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(minimum = 1, maximum = 1_000_000_000, nullable)]
+    pub max_per_customer: Option<i64>,
+}
+
+fn one_bucket() -> i64 {
+    1
+}
+
+/// `deserialize_with` for an optional integer body field (null or absent: `None`), read as
+/// [`surge_runtime::extract::integer`] reads one.
+fn optional_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Integer(#[serde(deserialize_with = "surge_runtime::extract::integer")] i64);
+    Ok(Option::<Integer>::deserialize(d)?.map(|Integer(v)| v))
+}
+
+/// A bucket count the rules would refuse, kept for their refusal (422 `invalid-buckets`)
+/// rather than a cast that changes it.
+fn bucket_count(buckets: i64) -> Result<u32, ApiError> {
+    u32::try_from(buckets)
+        .ok()
+        .filter(|b| (1..=crate::domain::MAX_BUCKETS).contains(b))
+        .ok_or_else(|| {
+            ApiError::from(CommandError::Domain(DomainError::InvalidBuckets {
+                buckets,
+                max: crate::domain::MAX_BUCKETS,
+            }))
+        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -250,6 +305,8 @@ async fn add_item(
                 category: req.category,
                 price: req.price,
                 initial_stock: req.initial_stock,
+                buckets: bucket_count(req.buckets)?,
+                max_per_customer: req.max_per_customer,
             },
             &meta,
         )
@@ -259,6 +316,85 @@ async fn add_item(
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::LOCATION, location)],
+        token_header(committed.last_position),
+        Json(ItemAccepted {
+            sku,
+            consistency_token: committed.last_position,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBucketsRequest {
+    /// How many stock buckets the item's stock is split into from now on.
+    #[serde(deserialize_with = "surge_runtime::extract::integer")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub buckets: i64,
+}
+
+/// Split an item's stock into buckets (admin): its available stock is spread over them by
+/// move pairs; units held for orders stay in their bucket and return there.
+#[utoipa::path(put, path = "/v1/catalog/items/{sku}/buckets", request_body = SetBucketsRequest,
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "the item's SKU")),
+    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "unknown item, buckets out of range (`invalid-buckets`)")))]
+#[tracing::instrument(skip_all, fields(sku = %sku))]
+async fn set_buckets(
+    caller: Principal,
+    State(ctx): State<ApiContext>,
+    PathParam(sku): PathParam<Sku>,
+    headers: HeaderMap,
+    Body(req): Body<SetBucketsRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let meta = metadata(&headers, caller.actor());
+    let committed = ctx.commands.set_buckets(&sku, req.buckets, &meta).await?;
+    accepted("set_buckets");
+    Ok((
+        token_header(committed.last_position),
+        Json(ItemAccepted {
+            sku,
+            consistency_token: committed.last_position,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPurchaseLimitRequest {
+    /// The most units one customer may hold reserved or bought at once; null lifts the limit.
+    /// Required (null, not absent, lifts it), so an empty body never lifts a limit by accident.
+    #[serde(deserialize_with = "optional_integer")]
+    #[schema(minimum = 1, maximum = 1_000_000_000, nullable, required = true)]
+    pub max_per_customer: Option<i64>,
+}
+
+/// Set or lift an item's purchase limit per customer (admin). Units reserved or sold while a
+/// limit is in force count toward it (set it before the sale opens: units placed while the
+/// item had no limit are not counted); released units come back.
+#[utoipa::path(put, path = "/v1/catalog/items/{sku}/purchase-limit", request_body = SetPurchaseLimitRequest,
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "the item's SKU")),
+    responses((status = 200, body = ItemAccepted), (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
+              (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "unknown item, limit out of range (`invalid-purchase-limit`)")))]
+#[tracing::instrument(skip_all, fields(sku = %sku))]
+async fn set_purchase_limit(
+    caller: Principal,
+    State(ctx): State<ApiContext>,
+    PathParam(sku): PathParam<Sku>,
+    headers: HeaderMap,
+    Body(req): Body<SetPurchaseLimitRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let meta = metadata(&headers, caller.actor());
+    let committed = ctx
+        .commands
+        .set_purchase_limit(&sku, req.max_per_customer, &meta)
+        .await?;
+    accepted("set_purchase_limit");
+    Ok((
         token_header(committed.last_position),
         Json(ItemAccepted {
             sku,
@@ -349,7 +485,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
                                   description = "pay the order just placed"))
                )),
               (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
-              (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused"),
+              (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused, past the item's purchase limit (`purchase-limit`: `max_per_customer`, `held`, `requested`)"),
               (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when"),
               (status = 504, body = ProblemDoc, content_type = "application/problem+json", description = "outcome unknown: the order may have been placed; `check` names where to read it")))]
 #[tracing::instrument(skip_all)]

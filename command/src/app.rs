@@ -26,6 +26,9 @@ pub struct CommandApiConfig {
     pub db: DatabaseConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    /// Where webhook endpoints may be registered to point.
+    #[command(flatten)]
+    pub webhooks: surge_webhooks::UrlPolicy,
     /// How long stock stays reserved for an unpaid order, in seconds.
     #[arg(long, env = "SURGE_RESERVATION_TTL_SECS", default_value_t = CommandApiConfig::DEFAULT_RESERVATION_TTL_SECS)]
     pub reservation_ttl_secs: u64,
@@ -59,6 +62,11 @@ pub struct CommandApiConfig {
     /// Commands handled at once by this process before new ones are shed (503).
     #[arg(long, env = "SURGE_MAX_IN_FLIGHT", default_value_t = CommandApiConfig::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// This instance's id among the command API instances: which stock bucket of each split
+    /// item it takes from first. Ids ending in a number (`cmd-0`, `cmd-1`, ...) give N instances
+    /// distinct buckets of every item split into at least N; default: host name and process id.
+    #[arg(long, env = "SURGE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 /// The defaults, written once: the command line shows them and [`CommandApiConfig::new`] uses them.
@@ -81,6 +89,7 @@ impl CommandApiConfig {
             addr,
             db,
             auth,
+            webhooks: surge_webhooks::UrlPolicy::default(),
             reservation_ttl_secs: Self::DEFAULT_RESERVATION_TTL_SECS,
             body_limit_bytes: Self::DEFAULT_BODY_LIMIT_BYTES,
             cors_origins: Vec::new(),
@@ -92,6 +101,7 @@ impl CommandApiConfig {
             rate_limit_per_sec: Self::DEFAULT_RATE_LIMIT_PER_SEC,
             rate_limit_burst: Self::DEFAULT_RATE_LIMIT_BURST,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            instance_id: None,
         }
     }
 }
@@ -113,6 +123,15 @@ impl CommandApp {
             ));
         }
         let auth = config.auth.build().map_err(|e| StartupError::Config(e.to_string()))?;
+        let instance_id = match &config.instance_id {
+            Some(id) if id.trim().is_empty() || id.len() > 128 => {
+                return Err(StartupError::Config(
+                    "SURGE_INSTANCE_ID must be 1 to 128 characters".into(),
+                ))
+            }
+            Some(id) => id.clone(),
+            None => crate::commands::default_instance_id(),
+        };
         let pool = surge_runtime::db::connect(&config.db).await?;
         surge_runtime::db::report_pool_usage(pool.clone(), "command");
         let commands = Commands::new(
@@ -123,12 +142,14 @@ impl CommandApp {
                     queue_depth: config.sku_queue_depth.max(1),
                     ..SequencerSettings::default()
                 },
+                instance_id: instance_id.into(),
                 ..CommandSettings::default()
             },
         );
         let ctx = ApiContext {
             commands: commands.clone(),
             pool,
+            webhooks: config.webhooks.clone(),
         };
         let admission = Admission::new(AdmissionSettings {
             per_client_per_sec: config.rate_limit_per_sec,

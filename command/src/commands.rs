@@ -6,10 +6,20 @@
 //! several streams (cancelling an order releases each SKU) appends them all in one
 //! transaction: all or nothing. Placing an order goes through the per-SKU lanes of
 //! [`crate::sequencer`], which batch many orders into one such transaction.
+//!
+//! An item split into stock buckets: a transition of an order goes to the bucket each line was
+//! reserved from (the line records it), so a payment sells and a release returns stock there;
+//! admin commands on the item (add, restock, change the buckets) lock and decide on all its
+//! buckets at once ([`crate::buckets::lock_items`]). A release or expiry also gives the order's
+//! units back to the customer's purchase allowance, in the same transaction.
 
 pub use crate::answers::{CommandError, OrderAccepted};
+use crate::buckets::{cache_items, lock_items, BucketAppends};
+use crate::domain::buckets::BucketEvents;
 use crate::domain::payment::{on_captured_charge, CapturedCharge, Settled, Settlement};
-use crate::domain::{checkout, Aggregate, DomainError, Inventory, InventoryCommand, Order, OrderCommand, OrderStatus};
+use crate::domain::{
+    checkout, Aggregate, DomainError, Inventory, InventoryCommand, ItemStock, NewItem, Order, OrderCommand, OrderStatus,
+};
 use crate::idempotency::IdempotencyKey;
 use crate::sequencer::{PlaceJob, Sequencer, SequencerSettings};
 use crate::store::{state_cache, Committed, EventStore, StateCache, StoreError, StreamAppend};
@@ -17,7 +27,9 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use serde::Serialize;
 use sha2::Digest;
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use surge_events::order::CancelReason;
 use surge_events::{CustomerId, EventMetadata, Money, OrderId, Sku, StreamId};
@@ -30,6 +42,10 @@ pub struct AddItem {
     pub category: String,
     pub price: Money,
     pub initial_stock: i64,
+    /// How many stock buckets (streams) the item's stock is split into; 1: not split.
+    pub buckets: u32,
+    /// The most units one customer may hold reserved or bought at once.
+    pub max_per_customer: Option<i64>,
 }
 
 /// An order as the customer asks for it: SKUs and quantities. Prices come from the catalog.
@@ -39,12 +55,14 @@ pub struct PlaceOrder {
     pub lines: Vec<(Sku, i64)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CommandSettings {
     pub reservation_ttl: Duration,
     pub max_conflict_retries: usize,
     /// The per-SKU lanes every order goes through (group commit).
     pub sequencer: SequencerSettings,
+    /// This command API instance's id: which stock bucket of each item it takes from first.
+    pub instance_id: Arc<str>,
 }
 
 impl Default for CommandSettings {
@@ -53,8 +71,24 @@ impl Default for CommandSettings {
             reservation_ttl: Duration::from_secs(15 * 60),
             max_conflict_retries: 8,
             sequencer: SequencerSettings::default(),
+            instance_id: default_instance_id().into(),
         }
     }
+}
+
+/// The instance id when none is configured: the host's name and this process's id.
+pub fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "surge".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Rows kept beside the events of a transition, in the same transaction.
@@ -97,7 +131,12 @@ pub struct Commands {
 impl Commands {
     pub fn new(store: EventStore, settings: CommandSettings) -> Self {
         let inventory = state_cache(100_000);
-        let sequencer = Sequencer::new(store.clone(), inventory.clone(), settings.sequencer);
+        let sequencer = Sequencer::new(
+            store.clone(),
+            inventory.clone(),
+            settings.sequencer,
+            settings.instance_id.clone(),
+        );
         Commands {
             store,
             inventory,
@@ -138,22 +177,33 @@ impl Commands {
         }
     }
 
-    /// Decides `cmd` on one SKU and appends its events, with the SKU's stream locked and read
-    /// in the transaction like every other writer of it (lanes, order transitions) does.
-    async fn on_sku(&self, sku: &Sku, cmd: InventoryCommand, meta: &EventMetadata) -> Result<Committed, CommandError> {
+    /// Decides on every bucket of one item and appends the events, with all the item's bucket
+    /// streams (at least `min_streams` of them) locked and read in the transaction like every
+    /// other writer of them (lanes, order transitions) does.
+    async fn on_item(
+        &self,
+        sku: &Sku,
+        min_streams: u32,
+        decide: impl Fn(&ItemStock) -> Result<BucketEvents, DomainError>,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
         self.retrying(|| async {
-            let stream = [sku.stream_id()];
             let mut tx = self.store.pool().begin().await?;
-            EventStore::lock_streams(&mut tx, &stream).await?;
-            let (version, state) = EventStore::load_many_in(&mut tx, &self.inventory, &stream)
-                .await?
-                .pop()
-                .unwrap_or_default();
-            let events = state.decide(&cmd)?;
-            let [stream] = stream;
-            let committed =
-                EventStore::append_in(&mut tx, &[StreamAppend::new(stream, version, &events, meta)]).await?;
+            let min: BTreeMap<Sku, u32> = [(sku.clone(), min_streams)].into_iter().collect();
+            let mut locked = lock_items(&mut tx, &self.inventory, std::slice::from_ref(sku), &min).await?;
+            let item = locked.items.remove(sku).unwrap_or_default();
+            let events = decide(&item)?;
+            let mut appends = BucketAppends::default();
+            for (k, e) in &events {
+                appends.push(&locked.versions, sku, *k, e, meta);
+            }
+            let after = appends.versions_after();
+            let committed = EventStore::append_in(&mut tx, &appends.into_appends()).await?;
             self.store.commit(tx, &committed).await?;
+            let mut item = item;
+            item.evolve_all(&events);
+            self.sequencer.bucket_counts().note(sku, item.settings().buckets);
+            cache_items(&self.inventory, &[(sku.clone(), item)].into_iter().collect(), &after).await;
             Ok(committed)
         })
         .await
@@ -168,25 +218,47 @@ impl Commands {
         Ok((version, order))
     }
 
-    #[tracing::instrument(skip_all, fields(sku = %cmd.sku))]
+    #[tracing::instrument(skip_all, fields(sku = %cmd.sku, buckets = cmd.buckets))]
     pub async fn add_item(&self, cmd: AddItem, meta: &EventMetadata) -> Result<Committed, CommandError> {
-        let add = InventoryCommand::AddItem {
+        let item = NewItem {
             sku: cmd.sku.clone(),
             name: cmd.name.clone(),
             category: cmd.category.clone(),
             price: cmd.price.clone(),
             initial_stock: cmd.initial_stock,
+            buckets: cmd.buckets,
+            max_per_customer: cmd.max_per_customer,
         };
-        self.on_sku(&cmd.sku, add, meta).await
+        let streams = cmd.buckets.clamp(1, crate::domain::MAX_BUCKETS);
+        self.on_item(&cmd.sku, streams, |stock| stock.add_item(&item), meta)
+            .await
     }
 
+    /// Adds stock, spread over the item's buckets.
     #[tracing::instrument(skip_all, fields(sku = %sku, quantity))]
     pub async fn restock(&self, sku: &Sku, quantity: i64, meta: &EventMetadata) -> Result<Committed, CommandError> {
-        let restock = InventoryCommand::Restock {
-            sku: sku.clone(),
-            quantity,
-        };
-        self.on_sku(sku, restock, meta).await
+        self.on_item(sku, 1, |stock| stock.restock(sku, quantity), meta).await
+    }
+
+    /// Splits the item's stock into `buckets` buckets from now on (available stock is spread
+    /// over them; holds stay where they are).
+    #[tracing::instrument(skip_all, fields(sku = %sku, buckets))]
+    pub async fn set_buckets(&self, sku: &Sku, buckets: i64, meta: &EventMetadata) -> Result<Committed, CommandError> {
+        let streams = u32::try_from(buckets).unwrap_or(1).clamp(1, crate::domain::MAX_BUCKETS);
+        self.on_item(sku, streams, |stock| stock.set_buckets(sku, buckets), meta)
+            .await
+    }
+
+    /// Sets (or lifts, with `None`) the most units one customer may hold of the item.
+    #[tracing::instrument(skip_all, fields(sku = %sku))]
+    pub async fn set_purchase_limit(
+        &self,
+        sku: &Sku,
+        max_per_customer: Option<i64>,
+        meta: &EventMetadata,
+    ) -> Result<Committed, CommandError> {
+        self.on_item(sku, 1, |stock| stock.set_purchase_limit(sku, max_per_customer), meta)
+            .await
     }
 
     /// Places an order: reserves every line's stock and records the order, all or nothing.
@@ -216,37 +288,54 @@ impl Commands {
             .await
     }
 
-    /// Decides `cmd` on the order and `per_line` on each SKU it holds stock of, appends all of
-    /// it in one transaction together with the `bookkeeping` rows, retrying on conflicts.
+    /// Decides `cmd` on the order and `per_line` on each SKU it holds stock of (in the bucket
+    /// the line was reserved from), appends all of it in one transaction together with the
+    /// `bookkeeping` rows (and, when `releases`, the order's purchase allowance given back),
+    /// retrying on conflicts.
     async fn transition(
         &self,
         order_id: OrderId,
         cmd: OrderCommand,
         per_line: impl Fn(&Sku) -> InventoryCommand,
         bookkeeping: Bookkeeping<'_>,
+        releases: bool,
         meta: &EventMetadata,
     ) -> Result<Committed, CommandError> {
         self.retrying(|| async {
             let (version, order) = self.load_order(order_id).await?;
             let events = order.decide(&cmd)?;
             let mut appends = vec![StreamAppend::new(order_id.stream_id(), version, &events, meta)];
-            let mut skus: Vec<_> = order.lines.iter().map(|l| l.sku.clone()).collect();
-            skus.sort();
-            skus.dedup();
-            // The SKUs' streams are locked before they are read, as the sequencer's lanes do:
-            // a payment and a lane writing the same SKU take turns instead of conflicting.
+            let mut lines: Vec<(Sku, u32)> = order.lines.iter().map(|l| (l.sku.clone(), l.bucket)).collect();
+            lines.sort();
+            lines.dedup();
+            // The buckets' streams are locked before they are read, as the sequencer's lanes
+            // do: a payment and a lane writing the same bucket take turns instead of conflicting.
+            // Bucket 0 of an item (its catalog entry) is read beside, without its lock.
             let mut tx = self.store.pool().begin().await?;
-            let streams: Vec<StreamId> = skus.iter().map(|s| s.stream_id()).collect();
+            let streams: Vec<StreamId> = lines.iter().map(|(s, k)| s.bucket_stream_id(*k)).collect();
             EventStore::lock_streams(&mut tx, &streams).await?;
-            let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &streams).await?;
-            for ((sku, stream), (sku_version, state)) in skus.iter().zip(streams).zip(loaded) {
+            let mut to_load = streams.clone();
+            to_load.extend(lines.iter().filter(|(_, k)| *k != 0).map(|(s, _)| s.stream_id()));
+            let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &to_load).await?;
+            let (own, firsts) = loaded.split_at(streams.len());
+            let mut firsts = firsts.iter();
+            for (((sku, k), stream), (sku_version, state)) in lines.iter().zip(streams).zip(own) {
+                let state = if *k == 0 {
+                    state.clone()
+                } else {
+                    let first = firsts.next().map(|(_, f)| f.clone()).unwrap_or_default();
+                    state.clone().in_bucket(*k, &first)
+                };
                 let sku_events = state.decide(&per_line(sku))?;
                 if !sku_events.is_empty() {
-                    appends.push(StreamAppend::new(stream, sku_version, &sku_events, meta));
+                    appends.push(StreamAppend::new(stream, *sku_version, &sku_events, meta));
                 }
             }
             let committed = EventStore::append_in(&mut tx, &appends).await?;
             bookkeeping.apply(&mut tx, order_id).await?;
+            if releases {
+                surge_store::allowances::release(&mut tx, order_id).await?;
+            }
             self.store.commit(tx, &committed).await?;
             Ok(committed)
         })
@@ -270,6 +359,7 @@ impl Commands {
                 order_id,
             },
             Bookkeeping::ReservationSettled,
+            true,
             meta,
         )
         .await
@@ -296,6 +386,7 @@ impl Commands {
                         now,
                     },
                     Bookkeeping::ReservationSettled,
+                    true,
                     &meta,
                 )
                 .await
@@ -371,6 +462,7 @@ impl Commands {
                                 order_id,
                             },
                             Bookkeeping::PaymentSettled,
+                            false,
                             meta,
                         )
                         .await;
@@ -398,6 +490,7 @@ impl Commands {
                         order_id,
                     },
                     Bookkeeping::PaymentSettled,
+                    true,
                     meta,
                 )
                 .await?;
@@ -428,6 +521,7 @@ impl Commands {
                 order_id,
             },
             Bookkeeping::PaymentSettled,
+            true,
             meta,
         )
         .await
@@ -438,8 +532,24 @@ impl Commands {
         self.load_order(order_id).await
     }
 
-    /// The current state of a SKU's inventory as the write side sees it.
+    /// The current state of a SKU's inventory (its bucket 0) as the write side sees it.
     pub async fn inventory(&self, sku: &Sku) -> Result<(i64, Inventory), CommandError> {
         Ok(self.store.load(&self.inventory, &sku.stream_id()).await?)
+    }
+
+    /// Every bucket of an item as the write side sees it now (read without their locks).
+    pub async fn item_stock(&self, sku: &Sku) -> Result<ItemStock, CommandError> {
+        let (_, first) = self.inventory(sku).await?;
+        let n = ItemStock::new(vec![first.clone()]).streams();
+        let mut states = vec![first];
+        for k in 1..n {
+            states.push(self.store.load(&self.inventory, &sku.bucket_stream_id(k)).await?.1);
+        }
+        Ok(ItemStock::new(states))
+    }
+
+    /// This command API instance's id (which bucket of each item it prefers).
+    pub fn instance_id(&self) -> &str {
+        &self.settings.instance_id
     }
 }

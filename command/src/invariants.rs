@@ -4,7 +4,7 @@
 use crate::api::{AddItemRequest, PaymentRequest, PlaceOrderRequest, RestockRequest};
 use crate::domain::inventory::{Inventory, InventoryCommand};
 use crate::domain::payment::{check_token, looks_like_pan};
-use crate::domain::Aggregate;
+use crate::domain::{Aggregate, ItemStock, NewItem};
 use chrono::Utc;
 use surge_events::{Currency, CustomerId, Money, OrderId, Sku};
 
@@ -53,17 +53,25 @@ pub fn command_body(data: &[u8]) {
         }
     }
     if let Ok(req) = serde_json::from_slice::<AddItemRequest>(data) {
-        let mut state = Inventory::default();
-        apply(
-            &mut state,
-            &InventoryCommand::AddItem {
-                sku: req.sku,
-                name: req.name,
-                category: req.category,
-                price: req.price,
-                initial_stock: req.initial_stock,
-            },
-        );
+        // Split as asked (a refused split adds nothing): the buckets together hold the stock.
+        let item = NewItem {
+            sku: req.sku.clone(),
+            name: req.name,
+            category: req.category,
+            price: req.price,
+            initial_stock: req.initial_stock,
+            buckets: u32::try_from(req.buckets).unwrap_or(0),
+            max_per_customer: req.max_per_customer,
+        };
+        let mut stock = ItemStock::default();
+        if let Ok(events) = stock.add_item(&item) {
+            stock.evolve_all(&events);
+            assert!(
+                stock.buckets.iter().all(|b| b.available >= 0),
+                "no bucket goes negative"
+            );
+            assert_eq!(stock.available(), req.initial_stock, "moves net to zero");
+        }
     }
     if let Ok(req) = serde_json::from_slice::<RestockRequest>(data) {
         let sku = Sku::parse("FUZZ-1").expect("valid SKU");

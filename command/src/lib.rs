@@ -6,7 +6,8 @@
 //! [`idempotency`] the keys' hashing. Owns the application service that runs
 //! load → decide → append with bounded conflict retries ([`commands`]) and what it answers
 //! ([`answers`]: `OrderAccepted`, `CommandError`), the per-SKU group-commit lanes that
-//! single-SKU orders of a hot item queue in ([`sequencer`]), the HTTP command API ([`api`],
+//! single-SKU orders of a hot item queue in ([`sequencer`]; one lane per stock bucket of an item
+//! split into several, read and written through [`buckets`]), the HTTP command API ([`api`],
 //! behind rate limits and load shedding: [`admission`]; started through [`app`]), the workers
 //! that settle payments ([`payments`]) and expire unpaid holds ([`expiry`]), and the outbox
 //! relay to Kafka ([`relay`]); both workers call out through the circuit breakers of
@@ -16,13 +17,14 @@
 //! against oversell, whatever runs in front of it.
 //!
 //! Modules import one way (no module imports one that imports it back): `app` → `api` →
-//! `commands` → `sequencer` → `idempotency` → `answers` → `store`; the workers (`payments`,
+//! `commands` → `sequencer` → `buckets` → `idempotency` → `answers` → `store`; the workers (`payments`,
 //! `expiry`) → `commands`; what they all answer lives in `answers`, below them.
 
 pub mod admission;
 pub mod answers;
 pub mod api;
 pub mod app;
+pub mod buckets;
 pub mod commands;
 pub mod expiry;
 pub mod idempotency;

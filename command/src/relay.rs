@@ -450,7 +450,7 @@ impl Relay {
                SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
                WHERE l.locktype = 'advisory' AND l.granted \
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                 AND ((l.classid::bigint << 32) | l.objid::bigint) = $1 \
+                 AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $1 \
                  AND a.state_change < clock_timestamp() - make_interval(secs => $2)) \
              SELECT pid FROM silent WHERE pg_terminate_backend(pid, 1000)",
         )

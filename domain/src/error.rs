@@ -36,6 +36,17 @@ pub enum DomainError {
     CardNumberRejected,
     #[error("payment token must be tok_ followed by 4 to 64 letters, digits, '_' or '-'")]
     InvalidPaymentToken,
+    #[error("a customer may hold at most {limit} of {sku}: {held} held already, {requested} requested")]
+    PurchaseLimit {
+        sku: Sku,
+        limit: i64,
+        held: i64,
+        requested: i64,
+    },
+    #[error("buckets must be between 1 and {max}, got {buckets}")]
+    InvalidBuckets { buckets: i64, max: u32 },
+    #[error("max_per_customer must be between 1 and {max} (or null for no limit), got {value}")]
+    InvalidPurchaseLimit { value: i64, max: i64 },
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition { action: &'static str, status: OrderStatus },
 }
@@ -60,6 +71,9 @@ impl DomainError {
             DomainError::CardNumberRejected => "card-number-rejected",
             DomainError::InvalidPaymentToken => "invalid-payment-token",
             DomainError::InvalidTransition { .. } => "invalid-transition",
+            DomainError::PurchaseLimit { .. } => "purchase-limit",
+            DomainError::InvalidBuckets { .. } => "invalid-buckets",
+            DomainError::InvalidPurchaseLimit { .. } => "invalid-purchase-limit",
         }
     }
 }
@@ -68,3 +82,5 @@ impl DomainError {
 pub const MAX_QUANTITY: i64 = 10_000;
 pub const MAX_RESTOCK: i64 = 1_000_000_000;
 pub const MAX_LINES: usize = 50;
+/// Most stock buckets an item may be split into.
+pub const MAX_BUCKETS: u32 = 64;

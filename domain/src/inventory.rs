@@ -1,14 +1,21 @@
-//! The `Inventory` aggregate: one catalog item and its stock, per SKU.
+//! The `Inventory` aggregate: one stock bucket of a catalog item (the item's only one unless it
+//! was split, see [`crate::buckets`]).
+//!
+//! Bucket 0's stream holds the catalog entry and the item's [`Settings`] (how many buckets, the
+//! purchase limit); a state of bucket `k >= 1` is folded from its own stream and then given the
+//! entry and settings of bucket 0 ([`Inventory::in_bucket`]), so every bucket decides
+//! reservations, releases, expiries and sales on its own stock exactly as an unsplit item does.
 //!
 //! Invariant: `available >= 0` and every unit is in exactly one of available, reserved (held for
-//! an order until it is paid, released or expired) or sold.
+//! an order until it is paid, released or expired) or sold; moves between buckets net to zero.
 
 use crate::aggregate::Aggregate;
 use crate::error::{DomainError, MAX_QUANTITY, MAX_RESTOCK};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use surge_events::inventory::{
-    InventoryEvent, ItemAdded, ReservationExpired, ReservationReleased, StockCommitted, StockReserved, StockRestocked,
+    InventoryEvent, ItemAdded, PurchaseLimitSet, ReservationExpired, ReservationReleased, StockCommitted,
+    StockReserved, StockRestocked,
 };
 use surge_events::{Money, OrderId, Sku};
 
@@ -26,12 +33,38 @@ pub struct Hold {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The item's settings, kept in bucket 0's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How many buckets the item's stock is split into now (1: not split).
+    pub buckets: u32,
+    /// The most buckets it was ever split into: buckets at or above `buckets` may still hold
+    /// stock (holds placed before a shrink return there), so a definitive look reads them all.
+    pub high_water: u32,
+    /// The most units one customer may hold reserved or bought at once.
+    pub max_per_customer: Option<i64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            buckets: 1,
+            high_water: 1,
+            max_per_customer: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     pub item: Option<Item>,
     pub available: i64,
     pub holds: BTreeMap<OrderId, Hold>,
     pub sold: i64,
+    /// Which bucket of the item this is the state of (0 unless [`Inventory::in_bucket`] said).
+    pub bucket: u32,
+    /// The item's settings: folded in bucket 0, given to the others by [`Inventory::in_bucket`].
+    pub settings: Settings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +99,27 @@ pub enum InventoryCommand {
         sku: Sku,
         order_id: OrderId,
     },
+    /// Decided on bucket 0: `None` lifts the limit.
+    SetPurchaseLimit {
+        sku: Sku,
+        max_per_customer: Option<i64>,
+    },
 }
 
 impl Inventory {
     pub fn reserved(&self) -> i64 {
         self.holds.values().map(|h| h.quantity).sum()
+    }
+
+    /// This state (folded from the stream of bucket `bucket`) as that bucket of the item whose
+    /// bucket 0 is `first`: the catalog entry and the settings are bucket 0's.
+    pub fn in_bucket(mut self, bucket: u32, first: &Inventory) -> Inventory {
+        self.bucket = bucket;
+        if bucket != 0 {
+            self.item = first.item.clone();
+            self.settings = first.settings;
+        }
+        self
     }
 
     fn item(&self, sku: &Sku) -> Result<&Item, DomainError> {
@@ -210,6 +259,14 @@ impl Aggregate for Inventory {
                     unit_price: item.price.clone(),
                 })])
             }
+            C::SetPurchaseLimit { sku, max_per_customer } => {
+                self.item(sku)?;
+                check_purchase_limit(*max_per_customer)?;
+                Ok(vec![InventoryEvent::PurchaseLimitSet(PurchaseLimitSet {
+                    sku: sku.clone(),
+                    max_per_customer: *max_per_customer,
+                })])
+            }
         }
     }
 
@@ -246,7 +303,25 @@ impl Aggregate for Inventory {
                     self.sold += e.quantity;
                 }
             }
+            InventoryEvent::BucketsChanged(e) => {
+                self.settings.buckets = e.buckets;
+                self.settings.high_water = self.settings.high_water.max(e.buckets);
+            }
+            InventoryEvent::PurchaseLimitSet(e) => self.settings.max_per_customer = e.max_per_customer,
+            InventoryEvent::StockMovedOut(e) => self.available -= e.quantity,
+            InventoryEvent::StockMovedIn(e) => self.available += e.quantity,
         }
+    }
+}
+
+/// A purchase limit is at least one unit and at most what an item can hold.
+pub(crate) fn check_purchase_limit(limit: Option<i64>) -> Result<(), DomainError> {
+    match limit {
+        Some(value) if !(1..=MAX_RESTOCK).contains(&value) => Err(DomainError::InvalidPurchaseLimit {
+            value,
+            max: MAX_RESTOCK,
+        }),
+        _ => Ok(()),
     }
 }
 

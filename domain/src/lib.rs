@@ -7,6 +7,10 @@
 //! catalog and reserves every line's stock, or refuses the whole order); what a checkout may
 //! send as payment and what becomes of a charge ([`payment`]); where an order stands
 //! ([`status`]); and the refusals with the bounds they enforce ([`error`]: `DomainError`).
+//! An item's stock may be split into buckets, each an `Inventory` of its own stream:
+//! [`buckets`] decides across them (`ItemStock`: split, spread, move; `preferred_bucket`), and
+//! the checkout reserves from one bucket or, definitively, from any (`place_from_any`), within
+//! the item's purchase limit.
 //!
 //! It never does I/O: no database, network, clock, randomness or async runtime (its
 //! dependencies are `surge-events`, chrono, serde and thiserror; never sqlx, axum, rdkafka or
@@ -15,9 +19,10 @@
 //! need nothing running.
 //!
 //! Modules import one way: `status` ← `error` ← `aggregate` ← `order`, `inventory` ←
-//! `checkout`; `payment` ← `error`, `status`. This file only declares and re-exports them.
+//! `buckets` ← `checkout`; `payment` ← `error`, `status`. This file only declares and re-exports them.
 
 pub mod aggregate;
+pub mod buckets;
 pub mod checkout;
 pub mod error;
 pub mod inventory;
@@ -28,8 +33,9 @@ pub mod status;
 mod testing;
 
 pub use aggregate::Aggregate;
-pub use checkout::{place, PlaceOrder, Placement};
-pub use error::{DomainError, MAX_LINES, MAX_QUANTITY, MAX_RESTOCK};
-pub use inventory::{Inventory, InventoryCommand};
+pub use buckets::{preferred_bucket, ItemStock, NewItem};
+pub use checkout::{place, place_from_any, Held, PlaceOrder, Placement};
+pub use error::{DomainError, MAX_BUCKETS, MAX_LINES, MAX_QUANTITY, MAX_RESTOCK};
+pub use inventory::{Inventory, InventoryCommand, Settings};
 pub use order::{Order, OrderCommand};
 pub use status::OrderStatus;

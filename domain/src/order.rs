@@ -236,6 +236,7 @@ mod tests {
             sku: Sku::parse(sku).unwrap(),
             quantity,
             unit_price: money(price, "EUR"),
+            bucket: 0,
         }
     }
     fn place(lines: Vec<OrderLine>) -> OrderCommand {

@@ -10,7 +10,8 @@
 //! `when` (the orders of one batch) or look at the stock.
 
 use crate::aggregate::Aggregate;
-use crate::checkout::{place, PlaceOrder, Placement};
+use crate::buckets::{BucketEvents, ItemStock};
+use crate::checkout::{place, Held, PlaceOrder, Placement};
 use crate::error::DomainError;
 use crate::inventory::Inventory;
 use std::collections::BTreeMap;
@@ -80,9 +81,69 @@ where
     }
 }
 
+/// Every bucket of one item, folded from `(bucket, event)`s: the "given" of a bucket decision.
+pub struct GivenBuckets {
+    pub stock: ItemStock,
+}
+
+pub fn given_buckets(events: impl IntoIterator<Item = (u32, InventoryEvent)>) -> GivenBuckets {
+    let mut stock = ItemStock::new(vec![Inventory::default()]);
+    for (k, e) in events {
+        stock.evolve(k, &e);
+    }
+    GivenBuckets { stock }
+}
+
+impl GivenBuckets {
+    /// Decides with `decision` on every bucket of the item.
+    pub fn when(self, decision: impl FnOnce(&ItemStock) -> Result<BucketEvents, DomainError>) -> WhenBuckets {
+        let result = decision(&self.stock);
+        WhenBuckets {
+            stock: self.stock,
+            result,
+        }
+    }
+
+    /// Units on sale in each bucket.
+    pub fn per_bucket(&self) -> Vec<i64> {
+        self.stock.buckets.iter().map(|b| b.available).collect()
+    }
+}
+
+pub struct WhenBuckets {
+    stock: ItemStock,
+    result: Result<BucketEvents, DomainError>,
+}
+
+impl WhenBuckets {
+    #[track_caller]
+    pub fn then_expect(self, expected: impl IntoIterator<Item = (u32, InventoryEvent)>) -> GivenBuckets {
+        let expected: Vec<(u32, InventoryEvent)> = expected.into_iter().collect();
+        match self.result {
+            Ok(events) => {
+                assert_eq!(events, expected, "the decision was otherwise");
+                let mut stock = self.stock;
+                stock.evolve_all(&events);
+                GivenBuckets { stock }
+            }
+            Err(e) => panic!("expected {expected:?}, refused: {e:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn then_refuse(self, expected: DomainError) -> GivenBuckets {
+        match self.result {
+            Err(e) => assert_eq!(e, expected, "refused for another reason"),
+            Ok(events) => panic!("expected the refusal {expected:?}, accepted: {events:?}"),
+        }
+        GivenBuckets { stock: self.stock }
+    }
+}
+
 /// The stock of several SKUs, each folded from its own events: the "given" of a checkout.
 pub struct GivenStock {
     inventories: BTreeMap<Sku, Inventory>,
+    held: Held,
 }
 
 /// Every SKU named by `events`, each folded from the events of its own stream.
@@ -91,10 +152,25 @@ pub fn given_stock(events: impl IntoIterator<Item = InventoryEvent>) -> GivenSto
     for e in events {
         inventories.entry(e.sku().clone()).or_default().evolve(&e);
     }
-    GivenStock { inventories }
+    GivenStock {
+        inventories,
+        held: Held::new(),
+    }
 }
 
 impl GivenStock {
+    /// The customer already holds `units` of `sku` (counted against its purchase limit).
+    pub fn holding(mut self, customer: &str, sku: &str, units: i64) -> Self {
+        self.held.insert(
+            (
+                Sku::parse(sku).expect("valid SKU"),
+                surge_events::CustomerId::parse(customer).expect("valid customer"),
+            ),
+            units,
+        );
+        self
+    }
+
     /// A SKU whose stream has no events yet, as a store loads it (the empty state).
     pub fn with_empty_stream(mut self, sku: &str) -> Self {
         self.inventories
@@ -106,12 +182,25 @@ impl GivenStock {
     pub fn when(self, order: PlaceOrder) -> WhenPlaced {
         let before = self.inventories.clone();
         let mut inventories = self.inventories;
-        let result = place(&order, &mut inventories);
+        let mut held = self.held;
+        let result = place(&order, &mut inventories, &mut held);
         WhenPlaced {
             before,
             inventories,
+            held,
             result,
         }
+    }
+
+    /// Units `customer` holds of `sku` as the checkout counted them.
+    pub fn held(&self, customer: &str, sku: &str) -> i64 {
+        self.held
+            .get(&(
+                Sku::parse(sku).expect("valid SKU"),
+                surge_events::CustomerId::parse(customer).expect("valid customer"),
+            ))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Units of `sku` on sale.
@@ -139,6 +228,7 @@ impl GivenStock {
 pub struct WhenPlaced {
     before: BTreeMap<Sku, Inventory>,
     inventories: BTreeMap<Sku, Inventory>,
+    held: Held,
     result: Result<Placement, DomainError>,
 }
 
@@ -154,10 +244,10 @@ impl WhenPlaced {
         let reservations: Vec<InventoryEvent> = reservations.into_iter().collect();
         match self.result {
             Ok(placement) => {
-                for (stream, e) in &placement.reservations {
+                for (stream, _, e) in &placement.reservations {
                     assert_eq!(stream, e.sku(), "a reservation is for its own SKU's stream");
                 }
-                let decided: Vec<InventoryEvent> = placement.reservations.into_iter().map(|(_, e)| e).collect();
+                let decided: Vec<InventoryEvent> = placement.reservations.into_iter().map(|(_, _, e)| e).collect();
                 assert_eq!(decided, reservations, "the checkout reserved otherwise");
                 assert_eq!(placement.total, placed.total, "the checkout priced otherwise");
                 assert_eq!(
@@ -170,6 +260,7 @@ impl WhenPlaced {
         }
         GivenStock {
             inventories: self.inventories,
+            held: self.held,
         }
     }
 
@@ -183,6 +274,7 @@ impl WhenPlaced {
         assert_eq!(self.inventories, self.before, "a refused order touches no stock");
         GivenStock {
             inventories: self.inventories,
+            held: self.held,
         }
     }
 }

@@ -36,8 +36,19 @@ impl Sku {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The stream of the item's bucket 0: its catalog entry, its settings and that bucket's stock.
     pub fn stream_id(&self) -> StreamId {
         StreamId(format!("inventory-{}", self.0))
+    }
+
+    /// The stream of one of the item's stock buckets: bucket 0 is [`Sku::stream_id`], bucket
+    /// `k >= 1` is `inventory-<sku>#<k>` (a SKU never contains `#`, so the two cannot clash).
+    pub fn bucket_stream_id(&self, bucket: u32) -> StreamId {
+        if bucket == 0 {
+            self.stream_id()
+        } else {
+            StreamId(format!("inventory-{}#{bucket}", self.0))
+        }
     }
 }
 
@@ -130,13 +141,34 @@ impl StreamId {
     /// What the stream is of, read from its id (the one place that knows the `inventory-` and
     /// `order-` prefixes besides [`Sku::stream_id`] and [`OrderId::stream_id`]); `None` for an
     /// id that names neither a valid SKU nor an order's UUID.
+    ///
+    /// Every stock bucket of an item is a stream of that item: `inventory-<sku>#<k>` parses to
+    /// the item's SKU as `inventory-<sku>` does ([`StreamId::inventory_bucket`] tells which bucket).
     pub fn parse(&self) -> Option<StreamOf> {
-        if let Some(sku) = self.0.strip_prefix("inventory-") {
-            Sku::parse(sku).ok().map(StreamOf::Inventory)
+        if self.0.starts_with("inventory-") {
+            self.inventory_bucket().map(|(sku, _)| StreamOf::Inventory(sku))
         } else if let Some(id) = self.0.strip_prefix("order-") {
             id.parse().ok().map(|id| StreamOf::Order(OrderId(id)))
         } else {
             None
+        }
+    }
+}
+
+impl StreamId {
+    /// The item and the stock bucket of an inventory stream: `inventory-<sku>` is bucket 0,
+    /// `inventory-<sku>#<k>` bucket `k` (k >= 1, written without leading zeros); `None` for
+    /// anything else.
+    pub fn inventory_bucket(&self) -> Option<(Sku, u32)> {
+        let rest = self.0.strip_prefix("inventory-")?;
+        match rest.split_once('#') {
+            None => Sku::parse(rest).ok().map(|sku| (sku, 0)),
+            Some((sku, k)) => {
+                let bucket: u32 = k.parse().ok()?;
+                let canonical = bucket >= 1 && k == bucket.to_string();
+                canonical.then_some(())?;
+                Sku::parse(sku).ok().map(|sku| (sku, bucket))
+            }
         }
     }
 }
@@ -210,6 +242,17 @@ mod tests {
     }
 
     #[test]
+    fn bucket_streams_are_streams_of_their_item() {
+        let sku = Sku::parse("X1").unwrap();
+        assert_eq!(sku.bucket_stream_id(0), sku.stream_id());
+        assert_eq!(sku.bucket_stream_id(2).as_str(), "inventory-X1#2");
+        assert_eq!(sku.bucket_stream_id(2).parse(), Some(StreamOf::Inventory(sku.clone())));
+        assert_eq!(sku.bucket_stream_id(2).inventory_bucket(), Some((sku.clone(), 2)));
+        assert_eq!(sku.stream_id().inventory_bucket(), Some((sku, 0)));
+        assert_eq!(Sku::parse("a#1"), Err(IdError::InvalidSku));
+    }
+
+    #[test]
     fn stream_ids_parse_back_to_what_they_are_of() {
         let sku = Sku::parse("X1").unwrap();
         assert_eq!(sku.stream_id().parse(), Some(StreamOf::Inventory(sku)));
@@ -218,6 +261,12 @@ mod tests {
         for odd in [
             "inventory-",
             "inventory-a b",
+            "inventory-X1#",
+            "inventory-X1#0",
+            "inventory-X1#01",
+            "inventory-X1#-1",
+            "inventory-X1#1#2",
+            "inventory-#1",
             "order-",
             "order-not-a-uuid",
             "payment-1",

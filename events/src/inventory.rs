@@ -1,4 +1,10 @@
 //! Payloads of `inventory-<sku>` streams: the catalog entry and its stock.
+//!
+//! An item's stock may be split into buckets, each a stream of its own (`inventory-<sku>` is
+//! bucket 0, `inventory-<sku>#<k>` bucket k): bucket 0 holds the catalog entry and the item's
+//! settings (`ItemAdded`, `BucketsChanged`, `PurchaseLimitSet`); every bucket holds its own
+//! stock events, and stock moves between buckets as a pair (`StockMovedOut` on one,
+//! `StockMovedIn` on the other, appended in one transaction). The item's stock is the sum.
 
 use crate::{Money, OrderId, Payload, Sku, StreamType};
 use chrono::{DateTime, Utc};
@@ -59,6 +65,42 @@ pub struct StockCommitted {
     pub unit_price: Money,
 }
 
+/// The item's stock is split into `buckets` streams from now on (bucket 0's stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketsChanged {
+    pub sku: Sku,
+    #[schemars(range(min = 1))]
+    pub buckets: u32,
+}
+
+/// The most units of the item one customer may hold reserved or bought at once from now on;
+/// `None`: no limit (bucket 0's stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseLimitSet {
+    pub sku: Sku,
+    pub max_per_customer: Option<i64>,
+}
+
+/// Available units leave this bucket for `to_bucket` (appended with the `StockMovedIn` there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockMovedOut {
+    pub sku: Sku,
+    pub to_bucket: u32,
+    pub quantity: i64,
+}
+
+/// Available units arrive in this bucket from `from_bucket` (appended with the `StockMovedOut` there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockMovedIn {
+    pub sku: Sku,
+    pub from_bucket: u32,
+    pub quantity: i64,
+}
+
 /// Everything that can happen to a catalog item's stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -69,6 +111,10 @@ pub enum InventoryEvent {
     ReservationReleased(ReservationReleased),
     ReservationExpired(ReservationExpired),
     StockCommitted(StockCommitted),
+    BucketsChanged(BucketsChanged),
+    PurchaseLimitSet(PurchaseLimitSet),
+    StockMovedOut(StockMovedOut),
+    StockMovedIn(StockMovedIn),
 }
 
 impl Payload for InventoryEvent {
@@ -82,6 +128,10 @@ impl Payload for InventoryEvent {
             InventoryEvent::ReservationReleased(_) => "ReservationReleased",
             InventoryEvent::ReservationExpired(_) => "ReservationExpired",
             InventoryEvent::StockCommitted(_) => "StockCommitted",
+            InventoryEvent::BucketsChanged(_) => "BucketsChanged",
+            InventoryEvent::PurchaseLimitSet(_) => "PurchaseLimitSet",
+            InventoryEvent::StockMovedOut(_) => "StockMovedOut",
+            InventoryEvent::StockMovedIn(_) => "StockMovedIn",
         }
     }
 }
@@ -95,6 +145,10 @@ impl InventoryEvent {
             InventoryEvent::ReservationReleased(e) => &e.sku,
             InventoryEvent::ReservationExpired(e) => &e.sku,
             InventoryEvent::StockCommitted(e) => &e.sku,
+            InventoryEvent::BucketsChanged(e) => &e.sku,
+            InventoryEvent::PurchaseLimitSet(e) => &e.sku,
+            InventoryEvent::StockMovedOut(e) => &e.sku,
+            InventoryEvent::StockMovedIn(e) => &e.sku,
         }
     }
 }

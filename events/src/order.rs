@@ -12,6 +12,15 @@ pub struct OrderLine {
     pub sku: Sku,
     pub quantity: i64,
     pub unit_price: Money,
+    /// The stock bucket of the item the line's units are held in (bucket 0 is the stream
+    /// `inventory-<sku>`, bucket k the stream `inventory-<sku>#<k>`): payment sells them there,
+    /// a release returns them there. Absent (0) in orders placed before items had buckets.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bucket: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -168,6 +177,7 @@ impl OrderPlacedV1 {
                     sku: l.sku,
                     quantity: l.quantity,
                     unit_price: Money::new(l.unit_price_minor, currency.clone())?,
+                    bucket: 0,
                 })
             })
             .collect::<Result<Vec<_>, crate::MoneyError>>()?;

@@ -3,7 +3,8 @@
 //! drift from the types.
 
 use crate::inventory::{
-    ItemAdded, ReservationExpired, ReservationReleased, StockCommitted, StockReserved, StockRestocked,
+    BucketsChanged, ItemAdded, PurchaseLimitSet, ReservationExpired, ReservationReleased, StockCommitted, StockMovedIn,
+    StockMovedOut, StockReserved, StockRestocked,
 };
 use crate::order::{
     OrderCancelled, OrderPaid, OrderPlaced, OrderPlacedV1, OrderShipped, PaymentFailed, PaymentRefunded,
@@ -37,6 +38,10 @@ pub fn event_schemas() -> Vec<(String, serde_json::Value)> {
         ("ReservationReleased", 1, schema_for!(ReservationReleased)),
         ("ReservationExpired", 1, schema_for!(ReservationExpired)),
         ("StockCommitted", 1, schema_for!(StockCommitted)),
+        ("BucketsChanged", 1, schema_for!(BucketsChanged)),
+        ("PurchaseLimitSet", 1, schema_for!(PurchaseLimitSet)),
+        ("StockMovedOut", 1, schema_for!(StockMovedOut)),
+        ("StockMovedIn", 1, schema_for!(StockMovedIn)),
     ];
     all.into_iter()
         .map(|(t, v, s)| (format!("{t}.v{v}.json"), titled(s, t, v)))

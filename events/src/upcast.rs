@@ -24,6 +24,10 @@ pub(crate) const CURRENT_VERSIONS: &[(&str, i32)] = &[
     ("ReservationReleased", 1),
     ("ReservationExpired", 1),
     ("StockCommitted", 1),
+    ("BucketsChanged", 1),
+    ("PurchaseLimitSet", 1),
+    ("StockMovedOut", 1),
+    ("StockMovedIn", 1),
 ];
 
 /// The schema version this code writes for `event_type` (None: not an event type we know).

@@ -41,38 +41,106 @@ pub struct Scope<'a> {
     pub patience: Duration,
 }
 
-/// Stock of one SKU folded from its events.
+/// Stock of one SKU folded from the events of all its bucket streams.
 #[derive(Debug, Default, Clone)]
 struct Stock {
     supply: i64,
     held: i64,
     available: i64,
+    /// The lowest available stock any bucket had after any of its events.
     lowest: i64,
-    /// Available stock after each version (index = version - 1).
-    by_version: Vec<i64>,
+    /// Per bucket: its available stock after each version (index = version - 1).
+    by_version: Vec<Vec<i64>>,
+    /// Units moved out of and into buckets (they must net to zero).
+    moved: i64,
 }
 
-/// Folds the stock of `streams` from the event store, as it is now.
+impl Stock {
+    /// Available units once every bucket `k` is at `versions[k]` (as a view row shows them).
+    fn available_at(&self, versions: &[i64]) -> Option<i64> {
+        let mut total = 0;
+        for (k, v) in versions.iter().enumerate() {
+            if *v == 0 {
+                continue;
+            }
+            total += self.by_version.get(k)?.get((*v as usize).wrapping_sub(1))?;
+        }
+        Some(total)
+    }
+}
+
+/// The bucket streams of `skus`: every bucket each was ever split into (read from bucket 0).
+async fn bucket_streams(pool: &PgPool, skus: &[Sku]) -> anyhow::Result<Vec<StreamId>> {
+    let mut conn = pool.acquire().await?;
+    let firsts: Vec<StreamId> = skus.iter().map(Sku::stream_id).collect();
+    let events = append::read_streams_after(&mut conn, &firsts, &vec![0; firsts.len()]).await?;
+    let mut most: BTreeMap<String, u32> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.event_type == "BucketsChanged") {
+        let n = e.payload["buckets"].as_u64().unwrap_or(1) as u32;
+        let m = most.entry(e.stream_id.0.clone()).or_insert(1);
+        *m = (*m).max(n);
+    }
+    let mut streams = Vec::new();
+    for sku in skus {
+        let n = most.get(sku.stream_id().as_str()).copied().unwrap_or(1);
+        streams.extend((0..n).map(|k| sku.bucket_stream_id(k)));
+    }
+    Ok(streams)
+}
+
+/// Folds the stock of every bucket stream in `streams` from the event store, as it is now,
+/// per SKU (keyed by its bucket 0 stream id).
 async fn fold_stock(pool: &PgPool, streams: &[StreamId]) -> anyhow::Result<BTreeMap<String, Stock>> {
     let mut conn = pool.acquire().await?;
     let events = append::read_streams_after(&mut conn, streams, &vec![0; streams.len()]).await?;
     let mut stock: BTreeMap<String, Stock> = BTreeMap::new();
+    let mut bucket_available: HashMap<String, i64> = HashMap::new();
     for e in &events {
-        let s = stock.entry(e.stream_id.0.clone()).or_insert(Stock {
+        let Some((sku, k)) = e.stream_id.inventory_bucket() else {
+            continue;
+        };
+        let s = stock.entry(sku.stream_id().0).or_insert(Stock {
             lowest: i64::MAX,
             ..Stock::default()
         });
         let q = e.payload["quantity"].as_i64().unwrap_or(0);
-        match e.event_type.as_str() {
-            "ItemAdded" => s.supply += e.payload["initial_stock"].as_i64().unwrap_or(0),
-            "StockRestocked" => s.supply += q,
-            "StockReserved" => s.held += q,
-            "ReservationReleased" | "ReservationExpired" => s.held -= q,
-            _ => {}
-        }
+        let delta = match e.event_type.as_str() {
+            "ItemAdded" => {
+                let q = e.payload["initial_stock"].as_i64().unwrap_or(0);
+                s.supply += q;
+                q
+            }
+            "StockRestocked" => {
+                s.supply += q;
+                q
+            }
+            "StockReserved" => {
+                s.held += q;
+                -q
+            }
+            "ReservationReleased" | "ReservationExpired" => {
+                s.held -= q;
+                q
+            }
+            "StockMovedOut" => {
+                s.moved -= q;
+                -q
+            }
+            "StockMovedIn" => {
+                s.moved += q;
+                q
+            }
+            _ => 0,
+        };
         s.available = s.supply - s.held;
-        s.lowest = s.lowest.min(s.available);
-        s.by_version.push(s.available);
+        let here = bucket_available.entry(e.stream_id.0.clone()).or_default();
+        *here += delta;
+        s.lowest = s.lowest.min(*here);
+        let k = k as usize;
+        if s.by_version.len() <= k {
+            s.by_version.resize(k + 1, Vec::new());
+        }
+        s.by_version[k].push(*here);
     }
     Ok(stock)
 }
@@ -90,18 +158,30 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
     ));
     let ids: HashSet<&String> = scope.accepted.values().flatten().collect();
 
-    // Stock at every version of every SKU of the run.
-    let streams = scope
+    // Stock at every version of every bucket of every SKU of the run.
+    let skus = scope
         .skus
         .iter()
-        .map(|s| Ok(Sku::parse(s.as_str())?.stream_id()))
-        .collect::<anyhow::Result<Vec<StreamId>>>()?;
+        .map(|s| Ok(Sku::parse(s.as_str())?))
+        .collect::<anyhow::Result<Vec<Sku>>>()?;
+    let streams = bucket_streams(pool, &skus).await?;
+    let firsts: Vec<StreamId> = skus.iter().map(Sku::stream_id).collect();
     let stock = fold_stock(pool, &streams).await?;
     let lowest = stock.values().map(|s| s.lowest).min().unwrap_or(0);
     checks.push(check(
         "stock never negative",
         lowest >= 0,
-        format!("{} SKUs, lowest available at any version: {lowest}", stock.len()),
+        format!(
+            "{} SKUs in {} bucket streams, lowest available in any bucket at any version: {lowest}",
+            stock.len(),
+            streams.len()
+        ),
+    ));
+    let unbalanced = stock.values().filter(|s| s.moved != 0).count();
+    checks.push(check(
+        "moves between buckets net to zero",
+        unbalanced == 0,
+        format!("{unbalanced} SKUs whose moves out and in differ"),
     ));
     let oversold: i64 = stock.values().map(|s| (s.held - s.supply).max(0)).sum();
     let busiest = stock.iter().max_by_key(|(_, s)| s.held);
@@ -183,29 +263,32 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
         .bind(&versions)
         .fetch_one(pool)
         .await?;
-        let items: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT 'inventory-' || sku, available, version FROM catalog_items WHERE 'inventory-' || sku = ANY($1)",
+        // A row's bucket versions (a row from before buckets has only its version, bucket 0's).
+        let items: Vec<(String, i64, Vec<i64>)> = sqlx::query_as(
+            "SELECT 'inventory-' || sku, available, \
+                    CASE WHEN cardinality(bucket_versions) = 0 THEN ARRAY[version] ELSE bucket_versions END \
+             FROM catalog_items WHERE 'inventory-' || sku = ANY($1)",
         )
-        .bind(streams.iter().map(StreamId::as_str).collect::<Vec<_>>())
+        .bind(firsts.iter().map(StreamId::as_str).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
         let now = fold_stock(pool, &streams).await?;
         let items_behind = stock
             .iter()
             .filter(|(s, f)| {
-                items
-                    .iter()
-                    .find(|(v, _, _)| v == *s)
-                    .is_none_or(|(_, _, version)| (*version as usize) < f.by_version.len())
+                items.iter().find(|(v, _, _)| v == *s).is_none_or(|(_, _, versions)| {
+                    f.by_version
+                        .iter()
+                        .enumerate()
+                        .any(|(k, b)| versions.get(k).copied().unwrap_or(0) < b.len() as i64)
+                })
             })
             .count();
         let wrong_stock = items
             .iter()
-            .filter(|(s, available, version)| {
-                let at = now
-                    .get(s)
-                    .and_then(|f| f.by_version.get((*version as usize).wrapping_sub(1)));
-                at != Some(available)
+            .filter(|(s, available, versions)| {
+                let at = now.get(s).and_then(|f| f.available_at(versions));
+                at != Some(*available)
             })
             .count();
         behind = (orders_behind, items_behind, wrong_stock);
@@ -354,4 +437,117 @@ pub async fn audit_peer(pool: &PgPool, scope: &PeerScope<'_>) -> anyhow::Result<
         format!("{differ} SKUs whose reserved stock differs from their orders'"),
     ));
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use surge_testkit::TestEnv;
+
+    async fn write(env: &TestEnv, stream: &str, version: i64, event_type: &str, payload: serde_json::Value) {
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_id, stream_type, version, event_type, payload, correlation_id, actor) \
+             VALUES ($1, $2, 'inventory', $3, $4, $5, $1, 'test')",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(stream)
+        .bind(version)
+        .bind(event_type)
+        .bind(payload)
+        .execute(&env.pool)
+        .await
+        .expect("insert");
+    }
+
+    /// An item in two buckets: 2 units, one moved to bucket 1; bucket 1 then reserves two (as a
+    /// bug would) while the item's total would allow it only together with bucket 0's unit.
+    #[tokio::test]
+    async fn the_audit_folds_every_bucket_and_sees_one_go_negative() {
+        let env = TestEnv::new().await;
+        write(
+            &env,
+            "inventory-SPLIT-1",
+            1,
+            "ItemAdded",
+            json!({"sku": "SPLIT-1", "initial_stock": 2}),
+        )
+        .await;
+        write(
+            &env,
+            "inventory-SPLIT-1",
+            2,
+            "BucketsChanged",
+            json!({"sku": "SPLIT-1", "buckets": 2}),
+        )
+        .await;
+        write(
+            &env,
+            "inventory-SPLIT-1",
+            3,
+            "StockMovedOut",
+            json!({"sku": "SPLIT-1", "to_bucket": 1, "quantity": 1}),
+        )
+        .await;
+        write(
+            &env,
+            "inventory-SPLIT-1#1",
+            1,
+            "StockMovedIn",
+            json!({"sku": "SPLIT-1", "from_bucket": 0, "quantity": 1}),
+        )
+        .await;
+        write(
+            &env,
+            "inventory-SPLIT-1#1",
+            2,
+            "StockReserved",
+            json!({"sku": "SPLIT-1", "quantity": 2}),
+        )
+        .await;
+        let skus = ["SPLIT-1".to_string()];
+        let accepted = HashMap::new();
+        let scope = Scope {
+            skus: &skus,
+            since: chrono::Utc::now(),
+            accepted: &accepted,
+            unknown: 0,
+            patience: Duration::from_millis(200),
+        };
+        let checks = audit(&env.pool, &scope).await.expect("the audit runs");
+        let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check.as_str()).collect();
+        assert!(failed.contains(&"stock never negative"), "{checks:?}");
+        assert!(!failed.contains(&"nothing oversold"), "2 of 2 units: {checks:?}");
+        assert!(!failed.contains(&"moves between buckets net to zero"), "{checks:?}");
+        let stock = fold_stock(
+            &env.pool,
+            &bucket_streams(&env.pool, &[Sku::parse("SPLIT-1").unwrap()])
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let s = &stock["inventory-SPLIT-1"];
+        assert_eq!((s.supply, s.held, s.lowest), (2, 2, -1));
+        assert_eq!(s.available_at(&[3, 2]), Some(0));
+        assert_eq!(s.available_at(&[3, 1]), Some(2));
+
+        // A move without its pair is caught too.
+        write(
+            &env,
+            "inventory-SPLIT-1",
+            4,
+            "StockMovedOut",
+            json!({"sku": "SPLIT-1", "to_bucket": 1, "quantity": 1}),
+        )
+        .await;
+        let checks = audit(&env.pool, &scope).await.expect("the audit runs");
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.check == "moves between buckets net to zero" && !c.ok),
+            "{checks:?}"
+        );
+        env.cleanup().await;
+    }
 }

@@ -415,7 +415,7 @@ async fn run_target(
 }
 
 /// The environment of Surge's services (and of the load client) on database `db`.
-fn surge_env(db: &str) -> Vec<(&'static str, String)> {
+pub fn surge_env(db: &str) -> Vec<(&'static str, String)> {
     vec![
         ("SURGE_DATABASE_URL", db.to_string()),
         ("DATABASE_URL", db.to_string()),
@@ -431,7 +431,7 @@ fn surge_env(db: &str) -> Vec<(&'static str, String)> {
 }
 
 /// The commit measured (`+changes` when the tree differs from it).
-fn commit() -> String {
+pub fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -454,7 +454,7 @@ fn commit() -> String {
 }
 
 /// CPU model, cores and memory, from /proc.
-fn machine() -> String {
+pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

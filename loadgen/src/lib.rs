@@ -26,6 +26,7 @@ pub mod knee;
 pub mod procs;
 pub mod reads;
 pub mod report;
+pub mod scale;
 pub mod scenarios;
 pub mod table;
 
@@ -76,6 +77,9 @@ pub enum Command {
     /// `./dev chaos`: every process of the stack killed in turn, the link to Postgres cut, the
     /// broker replaced, under a 20x flash sale; then the audit.
     Chaos(chaos::ChaosConfig),
+    /// `./dev bench-scale`: one hot SKU in stock buckets sold through 1 and through 3 command
+    /// API instances, several runs; the accepted rates, latencies and lock waits compared.
+    Scale(scale::ScaleConfig),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Table(c) => table::table(c),
         Command::Bench(c) => bench::run(c).await,
         Command::Chaos(c) => chaos::run(c).await,
+        Command::Scale(c) => scale::run(c).await,
     }
 }
 

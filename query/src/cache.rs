@@ -188,6 +188,11 @@ impl ViewCache {
         self.evict_older_than(key, version).await;
     }
 
+    /// Drops the cached entry of `key`, whatever its version.
+    pub async fn evict(&self, key: &str) {
+        self.entries.invalidate(key).await;
+    }
+
     async fn evict_older_than(&self, key: &str, version: i64) {
         if let Some(e) = self.entries.get(key).await {
             if e.version < version {
@@ -299,7 +304,13 @@ pub async fn spawn_invalidator(
                 continue;
             };
             match StreamId(head.stream_id).parse() {
-                Some(StreamOf::Inventory(sku)) => items.invalidate(sku.as_str(), head.version).await,
+                Some(StreamOf::Inventory(sku)) => {
+                    // An item's row reflects every bucket stream and its version is their sum,
+                    // which one stream's version cannot be compared with: the floor still holds
+                    // (the sum is at least any one bucket's version) and the entry goes.
+                    items.invalidate(sku.as_str(), head.version).await;
+                    items.evict(sku.as_str()).await;
+                }
                 Some(StreamOf::Order(id)) => orders.invalidate(&id.to_string(), head.version).await,
                 None => {}
             }

@@ -167,6 +167,9 @@ pub struct HotSku {
     pub available: i64,
     pub reserved: i64,
     pub sold: i64,
+    /// Stock buckets the item is split into (its stock above is their total).
+    pub buckets: i32,
+    pub max_per_customer: Option<i64>,
 }
 
 /// Counters summed over the scraped processes, keyed by metric and one label's value.
@@ -250,7 +253,8 @@ async fn scrape(ctx: &ConsoleContext) -> (Totals, Vec<String>) {
 
 async fn hot_skus(pool: &sqlx::PgPool) -> Vec<HotSku> {
     sqlx::query_as::<_, HotSku>(
-        "SELECT sku, name, available, reserved, sold FROM catalog_items ORDER BY reserved + sold DESC, sku LIMIT 5",
+        "SELECT sku, name, available, reserved, sold, buckets, max_per_customer FROM catalog_items \
+         ORDER BY reserved + sold DESC, sku LIMIT 5",
     )
     .fetch_all(pool)
     .await

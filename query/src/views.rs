@@ -27,6 +27,10 @@ pub struct CatalogItem {
     pub reserved: i64,
     pub sold: i64,
     pub in_stock: bool,
+    /// How many stock buckets the item's stock is split into (the counts above are their totals).
+    pub buckets: i32,
+    /// The most units one customer may hold reserved or bought at once; null: no limit.
+    pub max_per_customer: Option<i64>,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
 }
@@ -45,6 +49,8 @@ impl From<&CatalogRow> for CatalogItem {
             reserved: r.reserved,
             sold: r.sold,
             in_stock: r.available > 0,
+            buckets: r.buckets,
+            max_per_customer: r.max_per_customer,
             version: r.version,
             updated_at: r.updated_at,
         }

@@ -263,6 +263,7 @@ pub async fn lock_streams(conn: &mut PgConnection, streams: &[StreamId]) -> Resu
         return Ok(());
     }
     let names: Vec<&str> = streams.iter().map(|s| s.as_str()).collect();
+    let started = std::time::Instant::now();
     sqlx::query(
         "SELECT pg_advisory_xact_lock(h) FROM \
          (SELECT DISTINCT hashtextextended(s, 0) AS h FROM unnest($1::text[]) AS s ORDER BY h) AS l",
@@ -270,6 +271,9 @@ pub async fn lock_streams(conn: &mut PgConnection, streams: &[StreamId]) -> Resu
     .bind(&names)
     .execute(&mut *conn)
     .await?;
+    // Time spent waiting for other writers of these streams (plus one round trip): what
+    // several instances selling one item cost each other (`./dev bench-scale` reports it).
+    metrics::histogram!("surge_store_lock_wait_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -8,7 +8,8 @@
 //! [`append::commit`], which finds out whether a commit whose reply was lost took.
 //! Beside the events, in the writer's transaction: [`idempotency`] keys (claimed, released,
 //! looked up) and reservation [`deadlines`] (written with an order, forgotten with the
-//! transition that ends its hold, claimed by the expiry worker).
+//! transition that ends its hold, claimed by the expiry worker), and purchase [`allowances`]
+//! (the units each customer holds of an item with a purchase limit).
 //!
 //! Owns the one correct way to read "everything after position P" ([`position`]): positions
 //! are allocated when a writer inserts, not when it commits, so a transaction that took
@@ -24,6 +25,7 @@
 //! It never decides anything and never writes views: what the events mean (aggregates, the
 //! checkout decision) is `surge-domain`'s, and it depends on `surge-events` only.
 
+pub mod allowances;
 pub mod append;
 pub mod checkpoints;
 pub mod deadlines;
@@ -32,6 +34,7 @@ pub mod idempotency;
 pub mod log;
 pub mod outbox;
 pub mod position;
+pub mod reads;
 pub mod subscription;
 
 pub use error::{is_transient, StoreError};

@@ -1,6 +1,7 @@
 //! Integration tests of the write side on the real Postgres and the real Kafka broker.
 
 mod api;
+mod buckets;
 mod checkout;
 mod commit_outcome;
 mod contract;

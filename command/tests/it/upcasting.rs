@@ -22,6 +22,8 @@ async fn order_placed_v1_rows_are_read_as_v2() {
             category: "legacy".into(),
             price: Money::new(500, Currency::parse("EUR").unwrap()).unwrap(),
             initial_stock: 10,
+            buckets: 1,
+            max_per_customer: None,
         },
         &meta,
     )

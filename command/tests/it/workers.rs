@@ -39,6 +39,8 @@ async fn seed(c: &Commands, sku: &str, stock: i64) -> Sku {
             category: "test".into(),
             price: Money::new(500, Currency::parse("EUR").unwrap()).unwrap(),
             initial_stock: stock,
+            buckets: 1,
+            max_per_customer: None,
         },
         &EventMetadata::new("test"),
     )

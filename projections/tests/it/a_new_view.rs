@@ -138,6 +138,7 @@ fn placed(order: OrderId) -> OrderEvent {
             sku: Sku::parse("A").unwrap(),
             quantity: 1,
             unit_price: eur(1_000),
+            bucket: 0,
         }],
         total: eur(1_000),
         reservation_expires_at: Utc::now(),

@@ -62,7 +62,7 @@ function render(s) {
   const latencies = Object.values(s.event_to_view_ms);
   $("event-to-view").textContent = latencies.length ? fmt(Math.max(...latencies), 1) + " ms" : "–";
   $("cache-hit").textContent = s.cache_hit_ratio == null ? "–" : fmt(s.cache_hit_ratio * 100, 1) + " %";
-  fillTable("hot-skus", s.hot_skus.map((k) => [[k.sku], [fmt(k.available), true], [fmt(k.reserved), true], [fmt(k.sold), true]]));
+  fillTable("hot-skus", s.hot_skus.map((k) => [[k.sku], [fmt(k.available), true], [fmt(k.reserved), true], [fmt(k.sold), true], [fmt(k.buckets), true], [k.max_per_customer == null ? "none" : fmt(k.max_per_customer), true]]));
   fillTable("refusals", Object.keys(s.refused_total).map((r) => [[r], [fmt(s.refused_per_sec[r] || 0, 1), true], [fmt(s.refused_total[r]), true]]));
   const projections = new Set([...Object.keys(s.consumer_lag), ...Object.keys(s.event_to_view_ms)]);
   fillTable("lag", [...projections].map((p) => [[p], [fmt(s.consumer_lag[p] || 0), true],

@@ -35,6 +35,7 @@ fn order_placed(order: OrderId, skus: &[&str]) -> StreamAppend {
                 sku: Sku::parse(*s).unwrap(),
                 quantity: 1,
                 unit_price: eur(1_000),
+                bucket: 0,
             })
             .collect(),
         total: eur(1_000 * skus.len() as i64),
