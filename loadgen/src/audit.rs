@@ -445,19 +445,21 @@ mod tests {
     use serde_json::json;
     use surge_testkit::TestEnv;
 
-    async fn write(env: &TestEnv, stream: &str, version: i64, event_type: &str, payload: serde_json::Value) {
-        sqlx::query(
-            "INSERT INTO events (event_id, stream_id, stream_type, version, event_type, payload, correlation_id, actor) \
-             VALUES ($1, $2, 'inventory', $3, $4, $5, $1, 'test')",
-        )
-        .bind(uuid::Uuid::new_v4())
-        .bind(stream)
-        .bind(version)
-        .bind(event_type)
-        .bind(payload)
-        .execute(&env.pool)
-        .await
-        .expect("insert");
+    /// Appends one event as it stands (a bug's output included) through the store's write path.
+    async fn write(env: &TestEnv, stream: &str, version: i64, event_type: &'static str, payload: serde_json::Value) {
+        let append = append::StreamAppend {
+            stream_id: StreamId(stream.to_string()),
+            stream_type: surge_events::StreamType::Inventory,
+            expected_version: version - 1,
+            events: vec![append::NewEvent {
+                event_type,
+                schema_version: 1,
+                payload,
+                metadata: surge_events::EventMetadata::new("test"),
+            }],
+        };
+        let mut conn = env.pool.acquire().await.expect("connection");
+        append::append(&mut conn, &[append]).await.expect("append");
     }
 
     /// An item in two buckets: 2 units, one moved to bucket 1; bucket 1 then reserves two (as a

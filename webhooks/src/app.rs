@@ -189,3 +189,18 @@ async fn measure_backlog(pool: PgPool, stop: CancellationToken) {
         }
     }
 }
+
+/// The deliverer's defaults are the config's (written once, in [`WebhooksConfig`]); kept here
+/// so the deliverer never imports the app that runs it.
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            max_attempts: WebhooksConfig::DEFAULT_MAX_ATTEMPTS,
+            backoff_base: Duration::from_millis(WebhooksConfig::DEFAULT_BACKOFF_BASE_MS),
+            backoff_cap: Duration::from_millis(WebhooksConfig::DEFAULT_BACKOFF_CAP_MS),
+            concurrency: WebhooksConfig::DEFAULT_CONCURRENCY as usize,
+            attempt_timeout: Duration::from_millis(WebhooksConfig::DEFAULT_TIMEOUT_MS),
+            idle_poll: Duration::from_millis(100),
+        }
+    }
+}

@@ -10,7 +10,6 @@
 //! changes of its order for that endpoint (other orders are not held) until it is redelivered
 //! and succeeds: a storefront never learns "paid" before "placed".
 
-use crate::app::WebhooksConfig;
 use crate::client::{Answer, Signed, WebhookClient};
 use crate::signature;
 use crate::tables::{self, AttemptResult, Claimed};
@@ -33,19 +32,6 @@ pub struct DeliverySettings {
     pub attempt_timeout: Duration,
     /// How often an idle deliverer looks for due deliveries.
     pub idle_poll: Duration,
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        DeliverySettings {
-            max_attempts: WebhooksConfig::DEFAULT_MAX_ATTEMPTS,
-            backoff_base: Duration::from_millis(WebhooksConfig::DEFAULT_BACKOFF_BASE_MS),
-            backoff_cap: Duration::from_millis(WebhooksConfig::DEFAULT_BACKOFF_CAP_MS),
-            concurrency: WebhooksConfig::DEFAULT_CONCURRENCY as usize,
-            attempt_timeout: Duration::from_millis(WebhooksConfig::DEFAULT_TIMEOUT_MS),
-            idle_poll: Duration::from_millis(100),
-        }
-    }
 }
 
 /// The ceiling of the random delay before the retry that follows attempt `attempts` (1-based):
