@@ -325,6 +325,18 @@ async fn add_item(
         .into_response())
 }
 
+/// The answer to a command on an item: the SKU and the consistency token of its last event.
+fn item_accepted(sku: Sku, last_position: i64) -> Response {
+    (
+        token_header(last_position),
+        Json(ItemAccepted {
+            sku,
+            consistency_token: last_position,
+        }),
+    )
+        .into_response()
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetBucketsRequest {
@@ -352,14 +364,7 @@ async fn set_buckets(
     let meta = metadata(&headers, caller.actor());
     let committed = ctx.commands.set_buckets(&sku, req.buckets, &meta).await?;
     accepted("set_buckets");
-    Ok((
-        token_header(committed.last_position),
-        Json(ItemAccepted {
-            sku,
-            consistency_token: committed.last_position,
-        }),
-    )
-        .into_response())
+    Ok(item_accepted(sku, committed.last_position))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -394,14 +399,7 @@ async fn set_purchase_limit(
         .set_purchase_limit(&sku, req.max_per_customer, &meta)
         .await?;
     accepted("set_purchase_limit");
-    Ok((
-        token_header(committed.last_position),
-        Json(ItemAccepted {
-            sku,
-            consistency_token: committed.last_position,
-        }),
-    )
-        .into_response())
+    Ok(item_accepted(sku, committed.last_position))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -428,14 +426,7 @@ async fn restock(
     let meta = metadata(&headers, caller.actor());
     let committed = ctx.commands.restock(&sku, req.quantity, &meta).await?;
     accepted("restock");
-    Ok((
-        token_header(committed.last_position),
-        Json(ItemAccepted {
-            sku,
-            consistency_token: committed.last_position,
-        }),
-    )
-        .into_response())
+    Ok(item_accepted(sku, committed.last_position))
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
