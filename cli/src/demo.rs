@@ -155,25 +155,43 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
         let body = json!({"customer_id": customer, "lines": lines});
         async move {
             let Ok(token) = token else {
-                return (StatusCode::UNAUTHORIZED, Value::Null);
+                return (StatusCode::UNAUTHORIZED, Value::Null, 0);
             };
-            let r = client
-                .post(url)
-                .bearer_auth(token)
-                .header("idempotency-key", format!("demo-{run}-{i}"))
-                .json(&body)
-                .send()
-                .await;
-            match r {
-                Ok(r) => {
-                    let s = r.status();
-                    (s, r.json::<Value>().await.unwrap_or(Value::Null))
+            // A shopper refused because the item's lane is busier than its latency budget
+            // comes back when the answer says, with the same idempotency key (10 s at most).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut shed = 0usize;
+            loop {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("idempotency-key", format!("demo-{run}-{i}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let (s, b) = match r {
+                    Ok(r) => {
+                        let s = r.status();
+                        (s, r.json::<Value>().await.unwrap_or(Value::Null))
+                    }
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
+                };
+                let overloaded = s == StatusCode::SERVICE_UNAVAILABLE
+                    && b["type"].as_str().is_some_and(|t| t.ends_with("/hot-sku-overloaded"));
+                if !overloaded || Instant::now() >= deadline {
+                    return (s, b, shed);
                 }
-                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
+                shed += 1;
+                let wait_ms = b["estimated_wait_ms"].as_u64().unwrap_or(50).clamp(10, 1000);
+                let jitter = rand::random::<u64>() % wait_ms.max(1);
+                tokio::time::sleep(Duration::from_millis(wait_ms + jitter)).await;
             }
         }
     });
-    let results = join_all(attempts).await;
+    let answered = join_all(attempts).await;
+    let retried: usize = answered.iter().filter(|(_, _, n)| *n > 0).count();
+    let sheds: usize = answered.iter().map(|(_, _, n)| n).sum();
+    let results: Vec<(StatusCode, Value)> = answered.into_iter().map(|(s, b, _)| (s, b)).collect();
     let elapsed = started.elapsed();
     let accepted: Vec<&Value> = results
         .iter()
@@ -203,6 +221,12 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     );
     for (kind, n) in &other {
         println!("   {n} answered {kind}");
+    }
+    if sheds > 0 {
+        println!(
+            "   {retried} shoppers were asked to come back ({sheds} times in all: 503 hot-sku-overloaded, \
+             the lane was busier than its latency budget) and did, with the same idempotency key"
+        );
     }
     if accepted.len() as i64 > config.hot_stock {
         bail!(

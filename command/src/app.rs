@@ -53,6 +53,15 @@ pub struct CommandApiConfig {
     /// Orders that may wait in one SKU's sequencer lane before new ones are refused (503).
     #[arg(long, env = "SURGE_SKU_QUEUE_DEPTH", default_value_t = CommandApiConfig::DEFAULT_SKU_QUEUE_DEPTH)]
     pub sku_queue_depth: usize,
+    /// Longest an order may expect to wait in its SKU's lane, in milliseconds: one that would
+    /// wait longer is refused at once (503 with Retry-After). 0: only the queue depth limits.
+    #[arg(long, env = "SURGE_ORDER_LATENCY_BUDGET_MS", default_value_t = SequencerSettings::DEFAULT_LATENCY_BUDGET_MS)]
+    pub order_latency_budget_ms: u64,
+    /// How long an item this instance saw sold out is refused from memory, in milliseconds
+    /// (this instance's restocks and releases end it at once; another instance's within this
+    /// time). 0: always ask the lane.
+    #[arg(long, env = "SURGE_SOLD_OUT_MEMO_MS", default_value_t = SequencerSettings::DEFAULT_SOLD_OUT_TTL_MS)]
+    pub sold_out_memo_ms: u64,
     /// Sustained commands per second per client (API key, else IP) before 429.
     #[arg(long, env = "SURGE_RATE_LIMIT_PER_SEC", default_value_t = CommandApiConfig::DEFAULT_RATE_LIMIT_PER_SEC)]
     pub rate_limit_per_sec: u32,
@@ -78,7 +87,7 @@ impl CommandApiConfig {
     pub const DEFAULT_PAYMENT_WORKER: bool = true;
     pub const DEFAULT_GATEWAY_TIMEOUT_MS: u64 = 5000;
     pub const DEFAULT_GATEWAY_LATENCY_MS: u64 = 50;
-    pub const DEFAULT_SKU_QUEUE_DEPTH: usize = 4096;
+    pub const DEFAULT_SKU_QUEUE_DEPTH: usize = SequencerSettings::DEFAULT_QUEUE_DEPTH;
     pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 500;
     pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1000;
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
@@ -98,6 +107,8 @@ impl CommandApiConfig {
             gateway_timeout_ms: Self::DEFAULT_GATEWAY_TIMEOUT_MS,
             gateway_latency_ms: Self::DEFAULT_GATEWAY_LATENCY_MS,
             sku_queue_depth: Self::DEFAULT_SKU_QUEUE_DEPTH,
+            order_latency_budget_ms: SequencerSettings::DEFAULT_LATENCY_BUDGET_MS,
+            sold_out_memo_ms: SequencerSettings::DEFAULT_SOLD_OUT_TTL_MS,
             rate_limit_per_sec: Self::DEFAULT_RATE_LIMIT_PER_SEC,
             rate_limit_burst: Self::DEFAULT_RATE_LIMIT_BURST,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
@@ -140,6 +151,8 @@ impl CommandApp {
                 reservation_ttl: Duration::from_secs(config.reservation_ttl_secs),
                 sequencer: SequencerSettings {
                     queue_depth: config.sku_queue_depth.max(1),
+                    latency_budget: Duration::from_millis(config.order_latency_budget_ms),
+                    sold_out_ttl: Duration::from_millis(config.sold_out_memo_ms),
                     ..SequencerSettings::default()
                 },
                 instance_id: instance_id.into(),

@@ -187,27 +187,31 @@ impl Commands {
         decide: impl Fn(&ItemStock) -> Result<BucketEvents, DomainError>,
         meta: &EventMetadata,
     ) -> Result<Committed, CommandError> {
-        self.retrying(|| async {
-            let mut tx = self.store.pool().begin().await?;
-            let min: BTreeMap<Sku, u32> = [(sku.clone(), min_streams)].into_iter().collect();
-            let mut locked = lock_items(&mut tx, &self.inventory, std::slice::from_ref(sku), &min).await?;
-            let item = locked.items.remove(sku).unwrap_or_default();
-            let events = decide(&item)?;
-            let mut appends = BucketAppends::default();
-            for (k, e) in &events {
-                appends.push(&locked.versions, sku, *k, e, meta);
-            }
-            let after = appends.versions_after();
-            let committed = EventStore::append_in(&mut tx, &appends.into_appends()).await?;
-            self.store.commit(tx, &committed).await?;
-            let mut item = item;
-            item.evolve_all(&events);
-            self.sequencer.bucket_counts().note(sku, item.settings().buckets);
-            cache_items(&self.inventory, &[(sku.clone(), item)].into_iter().collect(), &after).await;
-            Ok(committed)
-        })
-        .await
-        .map_err(|e| e.or_unknown_outcome(|| format!("/v1/catalog/items/{sku}")))
+        let result = self
+            .retrying(|| async {
+                let mut tx = self.store.pool().begin().await?;
+                let min: BTreeMap<Sku, u32> = [(sku.clone(), min_streams)].into_iter().collect();
+                let mut locked = lock_items(&mut tx, &self.inventory, std::slice::from_ref(sku), &min).await?;
+                let item = locked.items.remove(sku).unwrap_or_default();
+                let events = decide(&item)?;
+                let mut appends = BucketAppends::default();
+                for (k, e) in &events {
+                    appends.push(&locked.versions, sku, *k, e, meta);
+                }
+                let after = appends.versions_after();
+                let committed = EventStore::append_in(&mut tx, &appends.into_appends()).await?;
+                self.store.commit(tx, &committed).await?;
+                let mut item = item;
+                item.evolve_all(&events);
+                self.sequencer.bucket_counts().note(sku, item.settings().buckets);
+                cache_items(&self.inventory, &[(sku.clone(), item)].into_iter().collect(), &after).await;
+                Ok(committed)
+            })
+            .await;
+        // Stock may be back (a restock, a move): the item is no longer refused from memory,
+        // whatever came of the command (an unknown outcome may have committed).
+        self.sequencer.sold_out().stock_returned([sku]);
+        result.map_err(|e| e.or_unknown_outcome(|| format!("/v1/catalog/items/{sku}")))
     }
 
     async fn load_order(&self, order_id: OrderId) -> Result<(i64, Order), CommandError> {
@@ -301,46 +305,59 @@ impl Commands {
         releases: bool,
         meta: &EventMetadata,
     ) -> Result<Committed, CommandError> {
-        self.retrying(|| async {
-            let (version, order) = self.load_order(order_id).await?;
-            let events = order.decide(&cmd)?;
-            let mut appends = vec![StreamAppend::new(order_id.stream_id(), version, &events, meta)];
-            let mut lines: Vec<(Sku, u32)> = order.lines.iter().map(|l| (l.sku.clone(), l.bucket)).collect();
-            lines.sort();
-            lines.dedup();
-            // The buckets' streams are locked before they are read, as the sequencer's lanes
-            // do: a payment and a lane writing the same bucket take turns instead of conflicting.
-            // Bucket 0 of an item (its catalog entry) is read beside, without its lock.
-            let mut tx = self.store.pool().begin().await?;
-            let streams: Vec<StreamId> = lines.iter().map(|(s, k)| s.bucket_stream_id(*k)).collect();
-            EventStore::lock_streams(&mut tx, &streams).await?;
-            let mut to_load = streams.clone();
-            to_load.extend(lines.iter().filter(|(_, k)| *k != 0).map(|(s, _)| s.stream_id()));
-            let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &to_load).await?;
-            let (own, firsts) = loaded.split_at(streams.len());
-            let mut firsts = firsts.iter();
-            for (((sku, k), stream), (sku_version, state)) in lines.iter().zip(streams).zip(own) {
-                let state = if *k == 0 {
-                    state.clone()
-                } else {
-                    let first = firsts.next().map(|(_, f)| f.clone()).unwrap_or_default();
-                    state.clone().in_bucket(*k, &first)
-                };
-                let sku_events = state.decide(&per_line(sku))?;
-                if !sku_events.is_empty() {
-                    appends.push(StreamAppend::new(stream, *sku_version, &sku_events, meta));
+        let mut skus = Vec::new();
+        let result = self
+            .retrying(|| async {
+                let (version, order) = self.load_order(order_id).await?;
+                let events = order.decide(&cmd)?;
+                let mut appends = vec![StreamAppend::new(order_id.stream_id(), version, &events, meta)];
+                let mut lines: Vec<(Sku, u32)> = order.lines.iter().map(|l| (l.sku.clone(), l.bucket)).collect();
+                lines.sort();
+                lines.dedup();
+                // The buckets' streams are locked before they are read, as the sequencer's lanes
+                // do: a payment and a lane writing the same bucket take turns instead of conflicting.
+                // Bucket 0 of an item (its catalog entry) is read beside, without its lock.
+                let mut tx = self.store.pool().begin().await?;
+                let streams: Vec<StreamId> = lines.iter().map(|(s, k)| s.bucket_stream_id(*k)).collect();
+                EventStore::lock_streams(&mut tx, &streams).await?;
+                let mut to_load = streams.clone();
+                to_load.extend(lines.iter().filter(|(_, k)| *k != 0).map(|(s, _)| s.stream_id()));
+                let loaded = EventStore::load_many_in(&mut tx, &self.inventory, &to_load).await?;
+                let (own, firsts) = loaded.split_at(streams.len());
+                let mut firsts = firsts.iter();
+                for (((sku, k), stream), (sku_version, state)) in lines.iter().zip(streams).zip(own) {
+                    let state = if *k == 0 {
+                        state.clone()
+                    } else {
+                        let first = firsts.next().map(|(_, f)| f.clone()).unwrap_or_default();
+                        state.clone().in_bucket(*k, &first)
+                    };
+                    let sku_events = state.decide(&per_line(sku))?;
+                    if !sku_events.is_empty() {
+                        appends.push(StreamAppend::new(stream, *sku_version, &sku_events, meta));
+                    }
                 }
+                let committed = EventStore::append_in(&mut tx, &appends).await?;
+                bookkeeping.apply(&mut tx, order_id).await?;
+                if releases {
+                    surge_store::allowances::release(&mut tx, order_id).await?;
+                }
+                self.store.commit(tx, &committed).await?;
+                Ok((committed, lines))
+            })
+            .await
+            .map(|(committed, lines)| {
+                skus.extend(lines.into_iter().map(|(sku, _)| sku));
+                committed
+            });
+        if releases {
+            // Stock is back on sale (or may be, if the outcome is unknown): not sold out.
+            match &result {
+                Ok(_) => self.sequencer.sold_out().stock_returned(&skus),
+                Err(_) => self.sequencer.sold_out().stock_returned_anywhere(),
             }
-            let committed = EventStore::append_in(&mut tx, &appends).await?;
-            bookkeeping.apply(&mut tx, order_id).await?;
-            if releases {
-                surge_store::allowances::release(&mut tx, order_id).await?;
-            }
-            self.store.commit(tx, &committed).await?;
-            Ok(committed)
-        })
-        .await
-        .map_err(|e| e.or_unknown_outcome(|| format!("/v1/orders/{order_id}")))
+        }
+        result.map_err(|e| e.or_unknown_outcome(|| format!("/v1/orders/{order_id}")))
     }
 
     /// Cancels a placed order and puts its stock back on sale, in one transaction.

@@ -15,7 +15,14 @@
 //! is an optimisation and the locks spare retries; the guard is the event store's version
 //! check: a writer that skipped the locks makes the append conflict, the lane reloads and
 //! decides the batch again (bounded), so nothing oversells.
-//! A full lane refuses at once ([`CommandError::Overloaded`]) instead of queueing unboundedly.
+//! Shedding is by time, not by count: each lane keeps its recent batch time and size, and an
+//! order that would wait past the latency budget (50 ms by default) is refused at once
+//! ([`CommandError::Overloaded`], 503 with `Retry-After`) instead of joining a queue it cannot
+//! leave in time; the queue's length is only the last bound. An order for an item this
+//! instance saw sold out (every bucket, definitively, under the locks) is refused from memory
+//! for a short while ([`SequencerSettings::sold_out_ttl`]) without taking a lane's turn: the
+//! note is dropped at once when this instance puts stock back (restock, cancel, expiry,
+//! failed payment), and by time when another instance may have.
 //!
 //! An item split into stock buckets has one lane per bucket: this instance queues its orders in
 //! the lane of its preferred bucket ([`crate::domain::preferred_bucket`] of its instance id), so
@@ -38,8 +45,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use surge_events::{CustomerId, EventMetadata, OrderId, Sku, StreamId};
 use surge_store::allowances::{self, Counted};
 use surge_store::idempotency::Answer;
@@ -61,15 +68,90 @@ pub struct SequencerSettings {
     /// Most orders decided and committed in one transaction.
     pub max_batch: usize,
     pub max_conflict_retries: usize,
+    /// Longest an order may expect to wait in a lane (queue and its own batch); one that would
+    /// wait longer is refused at once. Zero: no time limit (only `queue_depth`).
+    pub latency_budget: Duration,
+    /// How long an item seen sold out is refused from memory. Zero: never.
+    pub sold_out_ttl: Duration,
+}
+
+impl SequencerSettings {
+    pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+    pub const DEFAULT_LATENCY_BUDGET_MS: u64 = 50;
+    pub const DEFAULT_SOLD_OUT_TTL_MS: u64 = 1000;
 }
 
 impl Default for SequencerSettings {
     fn default() -> Self {
         SequencerSettings {
-            queue_depth: 4096,
+            queue_depth: Self::DEFAULT_QUEUE_DEPTH,
             max_batch: 256,
             max_conflict_retries: 8,
+            latency_budget: Duration::from_millis(Self::DEFAULT_LATENCY_BUDGET_MS),
+            sold_out_ttl: Duration::from_millis(Self::DEFAULT_SOLD_OUT_TTL_MS),
         }
+    }
+}
+
+/// Microseconds since the first time this process asked (0 is kept for "not busy").
+fn now_micros() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
+
+/// What a lane's callers know of how fast it goes.
+#[derive(Default)]
+struct LaneTimes {
+    /// Moving average of a batch's decide-and-commit time, in microseconds (0: none yet).
+    batch_micros: AtomicU64,
+    /// Moving average of a batch's size, in thousandths of an order.
+    batch_size_milli: AtomicU64,
+    /// When the batch being decided now started ([`now_micros`]); 0 between batches.
+    busy_since: AtomicU64,
+}
+
+impl LaneTimes {
+    /// How long an order joining now, behind `queued` others, would take to be answered:
+    /// what is left of the batch in progress, then the batches ahead of it and its own, each
+    /// taking the recent batch time, longer in proportion when bigger than recent ones. A
+    /// batch in progress that has run longer than recent ones (a stalled disk, a lock held
+    /// elsewhere) is taken as the new batch time at once, without waiting for the average.
+    /// Zero for an idle lane with nothing queued: it always takes the next order (and so
+    /// learns its batch time again after a stall).
+    fn expected_wait(&self, queued: usize, max_batch: usize) -> Duration {
+        let average = self.batch_micros.load(Ordering::Relaxed);
+        let since = self.busy_since.load(Ordering::Relaxed);
+        if average == 0 || (since == 0 && queued == 0) {
+            return Duration::ZERO;
+        }
+        let running = if since == 0 {
+            0
+        } else {
+            now_micros().saturating_sub(since)
+        };
+        let took = average.max(running);
+        let left = if since == 0 { 0 } else { took.saturating_sub(running) };
+        let ahead = queued as u64 + 1;
+        let size = (self.batch_size_milli.load(Ordering::Relaxed) as f64 / 1000.0).max(1.0);
+        let batches = ahead.div_ceil(max_batch.max(1) as u64) as f64;
+        let own = took as f64 * batches.max(ahead as f64 / size);
+        Duration::from_micros(left + own as u64)
+    }
+
+    fn started(&self) {
+        self.busy_since.store(now_micros(), Ordering::Relaxed);
+    }
+
+    fn finished(&self, started: Instant, size: usize) {
+        self.busy_since.store(0, Ordering::Relaxed);
+        let took = started.elapsed().as_micros() as u64;
+        let before = self.batch_micros.load(Ordering::Relaxed);
+        let average = if before == 0 { took } else { (before * 7 + took) / 8 };
+        self.batch_micros.store(average.max(1), Ordering::Relaxed);
+        let size = size as u64 * 1000;
+        let before = self.batch_size_milli.load(Ordering::Relaxed);
+        let average = if before == 0 { size } else { (before * 7 + size) / 8 };
+        self.batch_size_milli.store(average, Ordering::Relaxed);
     }
 }
 
@@ -77,8 +159,62 @@ impl Default for SequencerSettings {
 #[derive(Clone)]
 struct LaneHandle {
     tx: mpsc::Sender<(PlaceJob, Reply)>,
-    /// Moving average of a batch's decide-and-commit time, in microseconds.
-    batch_micros: Arc<AtomicU64>,
+    times: Arc<LaneTimes>,
+}
+
+/// Items seen sold out lately, refused from memory (see the module's documentation).
+#[derive(Clone)]
+pub struct SoldOut {
+    items: moka::sync::Cache<Sku, ()>,
+    /// Bumped whenever this instance puts stock back: a batch that read its stock before a
+    /// bump may not note an item sold out after it.
+    returns: Arc<AtomicU64>,
+    enabled: bool,
+}
+
+impl SoldOut {
+    fn new(ttl: Duration) -> Self {
+        SoldOut {
+            items: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            returns: Arc::new(AtomicU64::new(0)),
+            enabled: !ttl.is_zero(),
+        }
+    }
+
+    /// Stock of `skus` may be back on sale (this instance committed a restock or a release).
+    pub fn stock_returned<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) {
+        self.returns.fetch_add(1, Ordering::SeqCst);
+        for sku in skus {
+            self.items.invalidate(sku);
+        }
+    }
+
+    /// Stock of any item may be back on sale (a release whose outcome is not known).
+    pub fn stock_returned_anywhere(&self) {
+        self.returns.fetch_add(1, Ordering::SeqCst);
+        self.items.invalidate_all();
+    }
+
+    fn epoch(&self) -> u64 {
+        self.returns.load(Ordering::SeqCst)
+    }
+
+    /// Notes `sku` sold out, as read by a batch that started at `epoch`.
+    fn note(&self, sku: &Sku, epoch: u64) {
+        if self.enabled && self.epoch() == epoch {
+            self.items.insert(sku.clone(), ());
+        }
+    }
+
+    fn first_sold_out<'a>(&self, order: &'a PlaceOrder) -> Option<&'a (Sku, i64)> {
+        if !self.enabled {
+            return None;
+        }
+        order.lines.iter().find(|(sku, _)| self.items.contains_key(sku))
+    }
 }
 
 /// A lane's key: an item and one of its stock buckets.
@@ -94,6 +230,7 @@ pub struct Sequencer {
     instance_id: Arc<str>,
     /// How many buckets each item has, as last read (by a lane or an admin command).
     bucket_counts: BucketCounts,
+    sold_out: SoldOut,
 }
 
 /// How many buckets each item has, as last read: where an order is queued, and which bucket
@@ -134,7 +271,13 @@ impl Sequencer {
             settings,
             instance_id,
             bucket_counts: BucketCounts::new(),
+            sold_out: SoldOut::new(settings.sold_out_ttl),
         }
+    }
+
+    /// Where items seen sold out are noted (commands that put stock back clear them).
+    pub fn sold_out(&self) -> &SoldOut {
+        &self.sold_out
     }
 
     /// Where the item's bucket count is noted (admin commands note what they changed).
@@ -156,42 +299,63 @@ impl Sequencer {
             .map_or(0, |l| self.settings.queue_depth - l.tx.capacity())
     }
 
-    /// How long an order joining the lane of `sku` now would wait: the batches ahead of it
-    /// times how long a batch takes lately.
+    /// How long an order joining the lane of `sku` now would wait to be answered.
     pub fn estimated_wait(&self, sku: &Sku) -> Duration {
         let Some(lane) = self.lanes.get(&(sku.clone(), self.preferred(sku))) else {
             return Duration::ZERO;
         };
         let queued = self.settings.queue_depth - lane.tx.capacity();
-        let batches = queued.div_ceil(self.settings.max_batch.max(1)) as u64;
-        Duration::from_micros(batches * lane.batch_micros.load(Ordering::Relaxed))
+        lane.times.expected_wait(queued, self.settings.max_batch)
     }
 
     fn lane(&self, key: &LaneKey) -> LaneHandle {
         self.lanes.get_with(key.clone(), || {
             let (tx, rx) = mpsc::channel(self.settings.queue_depth.max(1));
-            let batch_micros = Arc::new(AtomicU64::new(0));
+            let times = Arc::new(LaneTimes::default());
             let lane = Lane {
                 sku: key.0.clone(),
                 bucket: key.1,
                 store: self.store.clone(),
                 inventory: self.inventory.clone(),
                 settings: self.settings,
-                batch_micros: batch_micros.clone(),
+                times: times.clone(),
                 instance_id: self.instance_id.clone(),
                 bucket_counts: self.bucket_counts.clone(),
+                sold_out: self.sold_out.clone(),
             };
             tokio::spawn(lane.run(rx));
-            LaneHandle { tx, batch_micros }
+            LaneHandle { tx, times }
         })
     }
 
-    fn overloaded(&self, sku: Sku) -> CommandError {
+    fn overloaded(&self, sku: Sku, reason: &'static str) -> CommandError {
+        metrics::counter!("surge_sequencer_shed_total", "reason" => reason).increment(1);
         CommandError::Overloaded {
             estimated_wait: self.estimated_wait(&sku),
             queue_depth: self.queue_depth(&sku),
             sku,
         }
+    }
+
+    /// An order for an item noted sold out, answered without the lane: the answer stored for
+    /// its idempotency key if an earlier request with it committed (one read by key), else out
+    /// of stock. `None` when no item of the order is noted sold out.
+    async fn refuse_sold_out(&self, job: &PlaceJob) -> Option<Result<OrderAccepted, CommandError>> {
+        let (sku, requested) = self.sold_out.first_sold_out(&job.order)?;
+        if let Some(key) = &job.key {
+            match idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await {
+                Ok(Some(stored)) => return Some(stored),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        metrics::counter!("surge_sequencer_sold_out_from_memory_total").increment(1);
+        Some(Err(DomainError::OutOfStock {
+            sku: sku.clone(),
+            requested: *requested,
+            available: 0,
+        }
+        .into()))
     }
 
     /// Queues the order in this instance's lane of its SKU with the longest queue (the hot
@@ -211,16 +375,27 @@ impl Sequencer {
             }
             .into());
         };
+        if let Some(answer) = self.refuse_sold_out(&job).await {
+            return answer;
+        }
         let key = (sku.clone(), self.preferred(&sku));
+        let lane = self.lane(&key);
+        let budget = self.settings.latency_budget;
+        if !budget.is_zero() {
+            let queued = self.settings.queue_depth - lane.tx.capacity();
+            if lane.times.expected_wait(queued, self.settings.max_batch) > budget {
+                return Err(self.overloaded(sku, "latency-budget"));
+            }
+        }
         let (reply, answer) = oneshot::channel();
-        match self.lane(&key).tx.try_send((job, reply)) {
+        match lane.tx.try_send((job, reply)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.overloaded(sku)),
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.overloaded(sku, "queue-full")),
             Err(mpsc::error::TrySendError::Closed((job, reply))) => {
                 // The lane went idle and ended between lookup and send: start a new one.
                 self.lanes.invalidate(&key);
                 if self.lane(&key).tx.try_send((job, reply)).is_err() {
-                    return Err(self.overloaded(sku));
+                    return Err(self.overloaded(sku, "queue-full"));
                 }
             }
         }
@@ -233,7 +408,8 @@ impl Sequencer {
 struct Lane {
     sku: Sku,
     bucket: u32,
-    batch_micros: Arc<AtomicU64>,
+    times: Arc<LaneTimes>,
+    sold_out: SoldOut,
     store: EventStore,
     inventory: StateCache<Inventory>,
     settings: SequencerSettings,
@@ -313,7 +489,9 @@ impl Lane {
             metrics::histogram!("surge_sequencer_queue_depth").record((batch.len() + rx.len()) as f64);
             metrics::gauge!("surge_sequencer_waiting_orders").decrement(batch.len() as f64);
             let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
+            self.times.started();
+            let epoch = self.sold_out.epoch();
             let all: Vec<usize> = (0..jobs.len()).collect();
             let mut result = (|| self.commit_batch(&jobs, &all, false))
                 .retry(self.retry_policy())
@@ -344,16 +522,17 @@ impl Lane {
                                 }
                                 outcomes[i] = Outcome::Replay;
                             }
-                            self.record_time(started);
+                            self.times.finished(started, jobs.len());
                             self.answer(&jobs, std::mem::take(outcomes), replies).await;
                             continue;
                         }
                     }
                 }
             }
-            self.record_time(started);
+            self.times.finished(started, jobs.len());
             match result {
                 Ok(outcomes) => {
+                    self.note_sold_out(&outcomes, epoch);
                     self.answer(&jobs, outcomes, replies.into_iter().map(Some).collect())
                         .await
                 }
@@ -367,11 +546,17 @@ impl Lane {
         }
     }
 
-    fn record_time(&self, started: std::time::Instant) {
-        let took = started.elapsed().as_micros() as u64;
-        let before = self.batch_micros.load(Ordering::Relaxed);
-        let average = if before == 0 { took } else { (before * 7 + took) / 8 };
-        self.batch_micros.store(average, Ordering::Relaxed);
+    /// Notes the items a committed batch found sold out (definitively: a refusal, not a
+    /// deferral to the other buckets), unless the batch's outcome is not known.
+    fn note_sold_out(&self, outcomes: &[Outcome], epoch: u64) {
+        if outcomes.iter().any(|o| matches!(o, Outcome::Unknown(_))) {
+            return;
+        }
+        for o in outcomes {
+            if let Outcome::Refused(DomainError::OutOfStock { sku, available: 0, .. }) = o {
+                self.sold_out.note(sku, epoch);
+            }
+        }
     }
 
     async fn batch_error(&self, e: StoreError) -> CommandError {
@@ -708,5 +893,90 @@ fn clone_error(e: &CommandError) -> CommandError {
             e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
         )) => CommandError::StoreUnavailable(e.to_string()),
         CommandError::Store(s) => CommandError::Store(StoreError::Database(sqlx::Error::Protocol(s.to_string()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(batch_ms: u64, size: u64) -> LaneTimes {
+        let t = LaneTimes::default();
+        t.batch_micros.store(batch_ms * 1000, Ordering::Relaxed);
+        t.batch_size_milli.store(size * 1000, Ordering::Relaxed);
+        t
+    }
+
+    #[test]
+    fn a_lane_without_history_expects_no_wait() {
+        assert_eq!(LaneTimes::default().expected_wait(100, 256), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_idle_lane_with_nothing_queued_takes_the_next_order() {
+        assert_eq!(times(900, 10).expected_wait(0, 256), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_order_behind_one_other_waits_one_batch() {
+        assert_eq!(times(10, 10).expected_wait(1, 256), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_queue_bigger_than_recent_batches_takes_longer_in_proportion() {
+        // 29 ahead + this one, batches of 10 lately taking 10 ms: 30 ms.
+        assert_eq!(times(10, 10).expected_wait(29, 256), Duration::from_millis(30));
+        // A queue smaller than recent batches still takes a whole batch.
+        assert_eq!(times(10, 100).expected_wait(5, 256), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_queue_longer_than_a_batch_waits_for_every_batch_ahead() {
+        // 600 orders in batches of at most 256, recent batches full: 3 batches of 20 ms.
+        assert_eq!(times(20, 256).expected_wait(599, 256), Duration::from_millis(60));
+    }
+
+    fn busy_for(t: &LaneTimes, running: Duration) {
+        let now = now_micros();
+        if now <= running.as_micros() as u64 {
+            std::thread::sleep(running);
+        }
+        t.busy_since
+            .store(now_micros() - running.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_batch_in_progress_counts_what_is_left_of_it() {
+        let t = times(10, 10);
+        busy_for(&t, Duration::from_millis(4));
+        let wait = t.expected_wait(0, 256);
+        assert!(
+            wait > Duration::from_millis(14) && wait <= Duration::from_millis(16),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_running_longer_than_recent_ones_sets_the_batch_time_at_once() {
+        let t = times(10, 10);
+        busy_for(&t, Duration::from_millis(200));
+        let wait = t.expected_wait(0, 256);
+        assert!(wait >= Duration::from_millis(200), "{wait:?}");
+        assert!(t.expected_wait(29, 256) >= Duration::from_millis(600));
+    }
+
+    #[test]
+    fn batch_times_and_sizes_are_moving_averages() {
+        let t = LaneTimes::default();
+        let started = Instant::now() - Duration::from_millis(8);
+        t.started();
+        t.finished(started, 8);
+        let first = t.batch_micros.load(Ordering::Relaxed);
+        assert!(first >= 8_000, "{first}");
+        assert_eq!(t.batch_size_milli.load(Ordering::Relaxed), 8_000);
+        assert_eq!(t.busy_since.load(Ordering::Relaxed), 0, "not busy after a batch");
+        t.finished(Instant::now(), 16);
+        assert_eq!(t.batch_size_milli.load(Ordering::Relaxed), 9_000, "(7 x 8 + 16) / 8");
+        assert!(t.batch_micros.load(Ordering::Relaxed) < first);
     }
 }

@@ -12,7 +12,6 @@
 use crate::aggregate::Aggregate;
 use crate::error::{DomainError, MAX_QUANTITY, MAX_RESTOCK};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
 use surge_events::inventory::{
     InventoryEvent, ItemAdded, PurchaseLimitSet, ReservationExpired, ReservationReleased, StockCommitted,
     StockReserved, StockRestocked,
@@ -59,7 +58,9 @@ impl Default for Settings {
 pub struct Inventory {
     pub item: Option<Item>,
     pub available: i64,
-    pub holds: BTreeMap<OrderId, Hold>,
+    /// Every unpaid hold, by order: a persistent map, so the lane's copy of a hot item's state
+    /// per batch costs O(1) instead of O(holds) (tens of thousands in a flash sale).
+    pub holds: imbl::OrdMap<OrderId, Hold>,
     pub sold: i64,
     /// Which bucket of the item this is the state of (0 unless [`Inventory::in_bucket`] said).
     pub bucket: u32,

@@ -6,6 +6,7 @@ mod checkout;
 mod commit_outcome;
 mod contract;
 mod relay;
+mod shedding;
 mod support;
 mod upcasting;
 mod workers;
