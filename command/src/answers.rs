@@ -21,7 +21,7 @@ pub enum CommandError {
     Conflict { stream_id: String, current_version: i64 },
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
-    #[error("too many orders are waiting for {sku} ({queue_depth} queued, about {estimated_wait:?} to clear); retry shortly")]
+    #[error("an order for {sku} would wait about {} ms in its lane ({queue_depth} queued), longer than this instance takes orders to wait; retry shortly", estimated_wait.as_millis())]
     Overloaded {
         sku: Sku,
         queue_depth: usize,

@@ -477,7 +477,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
                )),
               (status = 400, body = ProblemDoc, content_type = "application/problem+json"), (status = 413, body = ProblemDoc, content_type = "application/problem+json"), (status = 415, body = ProblemDoc, content_type = "application/problem+json"), (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"), (status = 409, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 422, body = ProblemDoc, content_type = "application/problem+json", description = "out of stock, unknown item, bad quantity, key reused, past the item's purchase limit (`purchase-limit`: `max_per_customer`, `held`, `requested`)"),
-              (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "the item's queue is full; Retry-After says when"),
+              (status = 503, body = ProblemDoc, content_type = "application/problem+json", description = "hot-sku-overloaded: the order would wait in the item's lane longer than the latency budget (or its queue is full); Retry-After and estimated_wait_ms say when"),
               (status = 504, body = ProblemDoc, content_type = "application/problem+json", description = "outcome unknown: the order may have been placed; `check` names where to read it")))]
 #[tracing::instrument(skip_all)]
 async fn place_order(

@@ -354,7 +354,11 @@ impl Commands {
             // Stock is back on sale (or may be, if the outcome is unknown): not sold out.
             match &result {
                 Ok(_) => self.sequencer.sold_out().stock_returned(&skus),
-                Err(_) => self.sequencer.sold_out().stock_returned_anywhere(),
+                // Only a commit whose outcome is not known may have put stock back.
+                Err(CommandError::Store(StoreError::CommitOutcomeUnknown(_))) => {
+                    self.sequencer.sold_out().stock_returned_anywhere()
+                }
+                Err(_) => {}
             }
         }
         result.map_err(|e| e.or_unknown_outcome(|| format!("/v1/orders/{order_id}")))

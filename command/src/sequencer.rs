@@ -121,8 +121,15 @@ impl LaneTimes {
     fn expected_wait(&self, queued: usize, max_batch: usize) -> Duration {
         let average = self.batch_micros.load(Ordering::Relaxed);
         let since = self.busy_since.load(Ordering::Relaxed);
-        if average == 0 || (since == 0 && queued == 0) {
+        if since == 0 && (queued == 0 || average == 0) {
             return Duration::ZERO;
+        }
+        if average == 0 {
+            // No batch finished yet (a new lane at a sale's start): the one in progress is all
+            // there is to go by.
+            let running = now_micros().saturating_sub(since);
+            let batches = (queued as u64 + 1).div_ceil(max_batch.max(1) as u64);
+            return Duration::from_micros(running.saturating_mul(batches));
         }
         let running = if since == 0 {
             0
@@ -202,18 +209,29 @@ impl SoldOut {
         self.returns.load(Ordering::SeqCst)
     }
 
-    /// Notes `sku` sold out, as read by a batch that started at `epoch`.
+    /// Notes `sku` sold out, as read by a batch that started at `epoch`. Inserted first and
+    /// checked after: stock returned between the two takes the note away again.
     fn note(&self, sku: &Sku, epoch: u64) {
         if self.enabled && self.epoch() == epoch {
             self.items.insert(sku.clone(), ());
+            if self.epoch() != epoch {
+                self.items.invalidate(sku);
+            }
         }
     }
 
+    /// The order's first line, when its item is noted sold out and its quantity one the lane
+    /// would look at stock for: the lane decides lines in order, so it would refuse this
+    /// order out of stock too (a bad quantity or an unknown item later in the order is its
+    /// own answer, and stays the lane's).
     fn first_sold_out<'a>(&self, order: &'a PlaceOrder) -> Option<&'a (Sku, i64)> {
         if !self.enabled {
             return None;
         }
-        order.lines.iter().find(|(sku, _)| self.items.contains_key(sku))
+        order
+            .lines
+            .first()
+            .filter(|(sku, q)| (1..=crate::domain::MAX_QUANTITY).contains(q) && self.items.contains_key(sku))
     }
 }
 
@@ -296,7 +314,7 @@ impl Sequencer {
     pub fn queue_depth(&self, sku: &Sku) -> usize {
         self.lanes
             .get(&(sku.clone(), self.preferred(sku)))
-            .map_or(0, |l| self.settings.queue_depth - l.tx.capacity())
+            .map_or(0, |l| self.settings.queue_depth.saturating_sub(l.tx.capacity()))
     }
 
     /// How long an order joining the lane of `sku` now would wait to be answered.
@@ -304,7 +322,7 @@ impl Sequencer {
         let Some(lane) = self.lanes.get(&(sku.clone(), self.preferred(sku))) else {
             return Duration::ZERO;
         };
-        let queued = self.settings.queue_depth - lane.tx.capacity();
+        let queued = self.settings.queue_depth.saturating_sub(lane.tx.capacity());
         lane.times.expected_wait(queued, self.settings.max_batch)
     }
 
@@ -328,27 +346,30 @@ impl Sequencer {
         })
     }
 
-    fn overloaded(&self, sku: Sku, reason: &'static str) -> CommandError {
+    fn overloaded(&self, sku: Sku, reason: &'static str, queue_depth: usize, estimated_wait: Duration) -> CommandError {
         metrics::counter!("surge_sequencer_shed_total", "reason" => reason).increment(1);
         CommandError::Overloaded {
-            estimated_wait: self.estimated_wait(&sku),
-            queue_depth: self.queue_depth(&sku),
+            estimated_wait,
+            queue_depth,
             sku,
         }
     }
 
-    /// An order for an item noted sold out, answered without the lane: the answer stored for
-    /// its idempotency key if an earlier request with it committed (one read by key), else out
-    /// of stock. `None` when no item of the order is noted sold out.
-    async fn refuse_sold_out(&self, job: &PlaceJob) -> Option<Result<OrderAccepted, CommandError>> {
-        let (sku, requested) = self.sold_out.first_sold_out(&job.order)?;
-        if let Some(key) = &job.key {
-            match idempotency::lookup::<OrderAccepted>(self.store.pool(), key).await {
-                Ok(Some(stored)) => return Some(stored),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e.into())),
-            }
+    /// The lane of `sku` is full: refused with what its queue and wait are now.
+    fn queue_full(&self, sku: Sku) -> CommandError {
+        let (queued, wait) = (self.queue_depth(&sku), self.estimated_wait(&sku));
+        self.overloaded(sku, "queue-full", queued, wait)
+    }
+
+    /// An order without an idempotency key for an item noted sold out, refused without the
+    /// lane. `None` otherwise. An order with a key goes to the lane: the key's first request
+    /// may still be in a batch (here or on another instance), and only the lane's claim waits
+    /// for it; the lane answers a sold-out item's orders hundreds to a transaction.
+    fn refuse_sold_out(&self, job: &PlaceJob) -> Option<Result<OrderAccepted, CommandError>> {
+        if job.key.is_some() {
+            return None;
         }
+        let (sku, requested) = self.sold_out.first_sold_out(&job.order)?;
         metrics::counter!("surge_sequencer_sold_out_from_memory_total").increment(1);
         Some(Err(DomainError::OutOfStock {
             sku: sku.clone(),
@@ -375,27 +396,33 @@ impl Sequencer {
             }
             .into());
         };
-        if let Some(answer) = self.refuse_sold_out(&job).await {
+        if let Some(answer) = self.refuse_sold_out(&job) {
             return answer;
         }
         let key = (sku.clone(), self.preferred(&sku));
-        let lane = self.lane(&key);
+        let mut lane = self.lane(&key);
+        if lane.tx.is_closed() {
+            // The lane's task ended (idle, or it failed mid-batch): a new one, with no history.
+            self.lanes.invalidate(&key);
+            lane = self.lane(&key);
+        }
         let budget = self.settings.latency_budget;
         if !budget.is_zero() {
-            let queued = self.settings.queue_depth - lane.tx.capacity();
-            if lane.times.expected_wait(queued, self.settings.max_batch) > budget {
-                return Err(self.overloaded(sku, "latency-budget"));
+            let queued = self.settings.queue_depth.saturating_sub(lane.tx.capacity());
+            let wait = lane.times.expected_wait(queued, self.settings.max_batch);
+            if wait > budget {
+                return Err(self.overloaded(sku, "latency-budget", queued, wait));
             }
         }
         let (reply, answer) = oneshot::channel();
         match lane.tx.try_send((job, reply)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.overloaded(sku, "queue-full")),
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(self.queue_full(sku)),
             Err(mpsc::error::TrySendError::Closed((job, reply))) => {
                 // The lane went idle and ended between lookup and send: start a new one.
                 self.lanes.invalidate(&key);
                 if self.lane(&key).tx.try_send((job, reply)).is_err() {
-                    return Err(self.overloaded(sku, "queue-full"));
+                    return Err(self.queue_full(sku));
                 }
             }
         }
@@ -963,6 +990,17 @@ mod tests {
         let wait = t.expected_wait(0, 256);
         assert!(wait >= Duration::from_millis(200), "{wait:?}");
         assert!(t.expected_wait(29, 256) >= Duration::from_millis(600));
+    }
+
+    #[test]
+    fn a_first_batch_that_stalls_counts_before_any_batch_finished() {
+        let t = LaneTimes::default();
+        busy_for(&t, Duration::from_millis(100));
+        assert!(t.expected_wait(0, 256) >= Duration::from_millis(100));
+        assert!(
+            t.expected_wait(300, 256) >= Duration::from_millis(200),
+            "two batches ahead"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod commit_outcome;
 mod contract;
 mod relay;
 mod shedding;
+mod shedding_races;
 mod support;
 mod upcasting;
 mod workers;
