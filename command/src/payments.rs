@@ -24,7 +24,7 @@ use crate::domain::payment::{Settled, Settlement};
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
@@ -82,7 +82,47 @@ struct SimCharge {
     refunded: Option<String>,
 }
 
-type SimLedger = Mutex<HashMap<OrderId, SimCharge>>;
+/// The simulated gateway's memory of charges: the latest [`Ledger::CAPACITY`] orders (a real
+/// gateway keeps them longer; this one lives inside the command API process).
+#[derive(Debug, Default)]
+struct Ledger {
+    charges: HashMap<OrderId, SimCharge>,
+    /// Orders in the order they were first seen: the oldest is forgotten first.
+    arrivals: VecDeque<OrderId>,
+}
+
+impl Ledger {
+    const CAPACITY: usize = 100_000;
+
+    fn get(&self, order_id: &OrderId) -> Option<&SimCharge> {
+        self.charges.get(order_id)
+    }
+
+    fn get_mut(&mut self, order_id: &OrderId) -> Option<&mut SimCharge> {
+        self.charges.get_mut(order_id)
+    }
+
+    /// The order's charge, remembered from now on (forgetting the oldest settled ones).
+    fn charge(&mut self, order_id: OrderId) -> &mut SimCharge {
+        if !self.charges.contains_key(&order_id) {
+            let mut kept = 0;
+            while self.charges.len() >= Self::CAPACITY && kept < self.arrivals.len() {
+                let Some(oldest) = self.arrivals.pop_front() else { break };
+                if self.charges.get(&oldest).is_some_and(|c| c.in_flight > 0) {
+                    // Being processed: kept, and looked at again after the others.
+                    self.arrivals.push_back(oldest);
+                    kept += 1;
+                } else {
+                    self.charges.remove(&oldest);
+                }
+            }
+            self.arrivals.push_back(order_id);
+        }
+        self.charges.entry(order_id).or_default()
+    }
+}
+
+type SimLedger = Mutex<Ledger>;
 
 /// Counts a charge request as being processed until it is dropped (answered or abandoned).
 struct InFlight<'a> {
@@ -93,7 +133,7 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn enter(ledger: &'a SimLedger, order_id: OrderId) -> Self {
         if let Ok(mut l) = ledger.lock() {
-            l.entry(order_id).or_default().in_flight += 1;
+            l.charge(order_id).in_flight += 1;
         }
         InFlight { ledger, order_id }
     }
@@ -124,7 +164,7 @@ impl SimulatedGateway {
     pub fn new(latency: Duration) -> Self {
         SimulatedGateway {
             latency,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Ledger::default()),
         }
     }
 
@@ -168,7 +208,7 @@ impl PaymentGateway for SimulatedGateway {
         let lose_reply = token.starts_with("tok_lostreply");
         let (attempt, earlier) = {
             let mut seen = self.seen.lock().map_err(poisoned)?;
-            let e = seen.entry(order_id).or_default();
+            let e = seen.charge(order_id);
             e.attempts += 1;
             (e.attempts, e.outcome.clone())
         };
@@ -195,7 +235,7 @@ impl PaymentGateway for SimulatedGateway {
                 reference: format!("sim_{}", uuid::Uuid::now_v7().simple()),
             }
         };
-        self.seen.lock().map_err(poisoned)?.entry(order_id).or_default().outcome = Some(outcome.clone());
+        self.seen.lock().map_err(poisoned)?.charge(order_id).outcome = Some(outcome.clone());
         if lose_reply {
             return Err(GatewayError::Unavailable("connection reset before the reply".into()));
         }
@@ -205,7 +245,7 @@ impl PaymentGateway for SimulatedGateway {
     async fn charge_status(&self, order_id: OrderId) -> Result<ChargeStatus, GatewayError> {
         tokio::time::sleep(self.latency).await;
         let mut seen = self.seen.lock().map_err(poisoned)?;
-        let charge = seen.entry(order_id).or_default();
+        let charge = seen.charge(order_id);
         charge.status_queries += 1;
         Ok(match charge {
             c if c.in_flight > 0 => ChargeStatus::Unknown,
@@ -472,5 +512,28 @@ impl<G: PaymentGateway> PaymentWorker<G> {
         .execute(self.commands.store().pool())
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_simulated_gateway_forgets_the_oldest_settled_charges_first() {
+        let mut ledger = Ledger::default();
+        let busy = OrderId::new();
+        ledger.charge(busy).in_flight = 1;
+        let first_settled = OrderId::new();
+        ledger.charge(first_settled).attempts = 1;
+        for _ in 0..Ledger::CAPACITY {
+            ledger.charge(OrderId::new());
+        }
+        assert_eq!(ledger.charges.len(), Ledger::CAPACITY, "bounded");
+        assert!(ledger.get(&busy).is_some(), "a charge being processed is kept");
+        assert!(
+            ledger.get(&first_settled).is_none(),
+            "the oldest settled one is forgotten"
+        );
     }
 }

@@ -3,13 +3,21 @@
 //!
 //! Only the run's own SKUs and the orders placed on them since the run began are looked at,
 //! so runs against a shared database do not disturb each other's audit.
+//!
+//! Beside the checks, [`event_to_view`] measures how long the run's orders took from the event
+//! store to the orders view: for each order's view row, the commit time of the row against the
+//! commit time of the event whose version the row shows, both PostgreSQL's own
+//! (`track_commit_timestamp`), so nothing in the services is timed or changed.
 
+use super::driver::Quantiles;
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 use surge_events::{OrderId, Sku, StreamId};
-use surge_store::{append, log};
+use surge_store::{append, commit_times, log};
 
 /// One line of the audit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +314,151 @@ pub async fn audit(pool: &PgPool, scope: &Scope<'_>) -> anyhow::Result<Vec<Check
         ),
     ));
     Ok(checks)
+}
+
+/// The target of issue 17: 99 % of the orders in their view within this of their event's commit.
+pub const EVENT_TO_VIEW_P99_TARGET_MS: f64 = 200.0;
+
+/// Store commit -> view row commit of a run's orders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventToView {
+    /// What was compared with what.
+    pub measures: String,
+    /// Order rows measured.
+    pub rows: u64,
+    /// Orders of the run without a row in the view, or whose event has no commit time.
+    pub skipped: u64,
+    /// `None` when not measured (see `not_measured`).
+    pub latency_ms: Option<Quantiles>,
+    /// Why there is no figure, e.g. `not measured (track_commit_timestamp off)`.
+    pub not_measured: Option<String>,
+    pub p99_target_ms: f64,
+    /// Whether the p99 is within [`EVENT_TO_VIEW_P99_TARGET_MS`] (`None`: not measured).
+    pub p99_within_target: Option<bool>,
+    /// Per second of the run (by the event's commit time, from the start of the load).
+    pub per_second: Vec<EventToViewSecond>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventToViewSecond {
+    pub t: u64,
+    pub rows: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl EventToView {
+    fn not_measured(why: String) -> EventToView {
+        EventToView {
+            measures: ORDERS_MEASURE.to_string(),
+            rows: 0,
+            skipped: 0,
+            latency_ms: None,
+            not_measured: Some(why),
+            p99_target_ms: EVENT_TO_VIEW_P99_TARGET_MS,
+            p99_within_target: None,
+            per_second: Vec::new(),
+        }
+    }
+}
+
+const ORDERS_MEASURE: &str =
+    "orders view: commit of each order's row - commit of the event at the version the row shows";
+
+/// Event-to-view latency of the orders answered in `accepted` (idempotency key -> order ids),
+/// read after the audit (the views have caught up). `load_started` is the start of the load,
+/// for the per-second figures. Never fails: what could not be measured says why.
+pub async fn event_to_view(
+    pool: &PgPool,
+    accepted: &HashMap<String, HashSet<String>>,
+    load_started: Instant,
+) -> EventToView {
+    let load_started = Utc::now() - chrono::Duration::from_std(load_started.elapsed()).unwrap_or_default();
+    let ids: Vec<uuid::Uuid> = accepted.values().flatten().filter_map(|id| id.parse().ok()).collect();
+    match measure_event_to_view(pool, &ids, load_started).await {
+        Ok(measured) => measured,
+        Err(e) => EventToView::not_measured(format!("not measured ({e:#})")),
+    }
+}
+
+/// The orders view rows of `ids`: (order stream, version shown, commit time of the row).
+async fn order_rows(pool: &PgPool, ids: &[uuid::Uuid]) -> sqlx::Result<Vec<(StreamId, i64, Option<DateTime<Utc>>)>> {
+    let rows: Vec<(uuid::Uuid, i64, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT order_id, version, pg_xact_commit_timestamp(xmin) FROM orders WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, version, at)| (OrderId(id).stream_id(), version, at))
+        .collect())
+}
+
+/// [`event_to_view`] of the orders `ids`.
+pub async fn measure_event_to_view(
+    pool: &PgPool,
+    ids: &[uuid::Uuid],
+    load_started: DateTime<Utc>,
+) -> anyhow::Result<EventToView> {
+    if !commit_times::commit_times_tracked(pool).await? {
+        return Ok(EventToView::not_measured(
+            "not measured (track_commit_timestamp off)".to_string(),
+        ));
+    }
+    let rows = order_rows(pool, ids).await?;
+    let (streams, versions): (Vec<StreamId>, Vec<i64>) = rows.iter().map(|(s, v, _)| (s.clone(), *v)).unzip();
+    let events: HashMap<(StreamId, i64), DateTime<Utc>> = commit_times::commit_times_of(pool, &streams, &versions)
+        .await?
+        .into_iter()
+        .filter_map(|e| Some(((e.stream_id, e.version), e.committed_at?)))
+        .collect();
+    let mut all = super::driver::histogram();
+    let mut seconds: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    for (stream, version, row_committed) in rows {
+        let (Some(row_committed), Some(event_committed)) = (row_committed, events.get(&(stream, version))) else {
+            continue;
+        };
+        // One clock, and the row is written after the event is read: never negative (1 µs is the
+        // histogram's floor).
+        let micros = (row_committed - *event_committed)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(1) as u64;
+        let _ = all.record(micros);
+        let t = (*event_committed - load_started).num_seconds().max(0) as u64;
+        let _ = seconds
+            .entry(t)
+            .or_insert_with(|| Histogram::new_with_bounds(1, 120_000_000, 2).expect("bounds"))
+            .record(micros);
+    }
+    let measured = all.len();
+    if measured == 0 {
+        let mut none = EventToView::not_measured(format!(
+            "not measured (none of the {} orders has a view row whose event has a commit time)",
+            ids.len()
+        ));
+        none.skipped = ids.len() as u64;
+        return Ok(none);
+    }
+    let latency = Quantiles::of(&all);
+    Ok(EventToView {
+        measures: ORDERS_MEASURE.to_string(),
+        rows: measured,
+        skipped: ids.len() as u64 - measured.min(ids.len() as u64),
+        p99_within_target: Some(latency.p99 <= EVENT_TO_VIEW_P99_TARGET_MS),
+        latency_ms: Some(latency),
+        not_measured: None,
+        p99_target_ms: EVENT_TO_VIEW_P99_TARGET_MS,
+        per_second: seconds
+            .into_iter()
+            .map(|(t, h)| EventToViewSecond {
+                t,
+                rows: h.len(),
+                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect(),
+    })
 }
 
 /// What a run of a peer of `bench/peers/` answered, for its audit.

@@ -189,6 +189,11 @@ pub fn rotated<T: Clone>(targets: &[T], run: u32) -> Vec<T> {
 }
 
 pub async fn run(c: BenchConfig) -> anyhow::Result<()> {
+    measure(c).await.map(|_| ())
+}
+
+/// Runs the benchmark of `c` and writes its tables; the results file.
+pub async fn measure(c: BenchConfig) -> anyhow::Result<PathBuf> {
     let targets: Vec<&Target> = TARGETS
         .iter()
         .filter(|t| c.only.is_empty() || c.only.iter().any(|o| o == t.name))
@@ -298,7 +303,7 @@ pub async fn run(c: BenchConfig) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("the audit failed for {}", failed.join(", "));
     }
-    Ok(())
+    Ok(results)
 }
 
 fn names(targets: &[&Target]) -> String {
@@ -340,25 +345,7 @@ async fn run_target(
     let base = format!("http://127.0.0.1:{}", t.port);
     let (audit, broker_cpu) = match t.launch {
         Launch::Surge => {
-            let env = surge_env(&db);
-            let status = command(&c.surge_bin, &["migrate"], 0)
-                .envs(env.iter().cloned())
-                .status()
-                .context("running surge migrate")?;
-            if !status.success() {
-                bail!("surge migrate on {} failed ({status})", t.database);
-            }
-            for (name, nice) in [
-                ("command-api", 0),
-                ("relay", c.background_nice),
-                ("projector", c.background_nice),
-                ("query-api", 0),
-            ] {
-                let sub = if name == "projector" { "project" } else { name };
-                let mut cmd = command(&c.surge_bin, &[sub], nice);
-                cmd.envs(env.iter().cloned());
-                children.start(name, name, false, cmd)?;
-            }
+            start_surge(&c.surge_bin, &surge_env(&db), c.background_nice, children).await?;
             for base in PIPELINE {
                 wait_ready(&client.http, base, run_dir).await?;
             }
@@ -412,6 +399,36 @@ async fn run_target(
     let mut env = surge_env(&db);
     env.push(("SURGE_BENCH_TARGET_DATABASE_URL", db.clone()));
     client.run(&env, &args, None).await
+}
+
+/// Migrates the database of `env` and starts Surge's four services from `surge_bin` (the
+/// relay and the projector `background_nice` steps lower), as `./dev` runs them; the caller
+/// waits for them ([`PIPELINE`], [`wait_ready`]).
+pub async fn start_surge(
+    surge_bin: &Path,
+    env: &[(&'static str, String)],
+    background_nice: i32,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let status = command(surge_bin, &["migrate"], 0)
+        .envs(env.iter().cloned())
+        .status()
+        .context("running surge migrate")?;
+    if !status.success() {
+        bail!("surge migrate failed ({status})");
+    }
+    for (name, nice) in [
+        ("command-api", 0),
+        ("relay", background_nice),
+        ("projector", background_nice),
+        ("query-api", 0),
+    ] {
+        let sub = if name == "projector" { "project" } else { name };
+        let mut cmd = command(surge_bin, &[sub], nice);
+        cmd.envs(env.iter().cloned());
+        children.start(name, name, false, cmd)?;
+    }
+    Ok(())
 }
 
 /// The environment of Surge's services (and of the load client) on database `db`.

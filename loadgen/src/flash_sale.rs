@@ -7,14 +7,22 @@
 //! clients do. The audit (stock never negative at any version, nothing oversold, every
 //! accepted order exactly once in the store and in the views, one order per idempotency key,
 //! views = fold of the store) fails the run if any check fails.
+//!
+//! [`measure`] is the run as a library call: it returns the run's figures
+//! ([`FlashSaleFigures`]: accepted orders per second and their latency, event-to-view latency,
+//! memory and CPU per process, the audit's verdict) for tools that run flash sales in turn.
 
-use super::driver::{open_loop, RateArgs};
+use super::driver::{histogram, open_loop, Quantiles, RateArgs};
+use super::report::RunReport;
 use super::{Shop, Target};
 use clap::Args;
 use futures::FutureExt;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Args)]
 pub struct FlashSaleConfig {
@@ -36,7 +44,105 @@ pub struct FlashSaleConfig {
     pub retry_unknown: bool,
 }
 
+/// What one flash sale did, in figures (latencies in ms, memory in KiB).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlashSaleFigures {
+    pub run: String,
+    /// Where its `report.json` and `report.html` are.
+    pub report_dir: PathBuf,
+    /// Seconds of load (from the first arrival to the last answer).
+    pub seconds: f64,
+    pub arrivals: u64,
+    /// Orders accepted: distinct order ids answered 202 (a request repeated with the same
+    /// idempotency key is answered 202 again, for the same order).
+    pub accepted: u64,
+    pub accepted_per_sec: f64,
+    /// Latency of the accepted orders only, from each one's due time.
+    pub accepted_latency_ms: Option<Quantiles>,
+    /// Latency of every answered order (accepted and refused), from each one's due time.
+    pub order_latency_ms: Option<Quantiles>,
+    /// Store commit -> orders view row commit (`None`: not measured, see the note).
+    pub event_to_view_p50_ms: Option<f64>,
+    pub event_to_view_p99_ms: Option<f64>,
+    pub event_to_view_max_ms: Option<f64>,
+    pub event_to_view_p99_within_target: Option<bool>,
+    pub event_to_view_note: Option<String>,
+    /// `VmRSS` per process name when the load ended.
+    pub rss_kib: BTreeMap<String, u64>,
+    /// `VmHWM` (each process's peak) per process name.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// CPU seconds per 1k operations, per process name (and `machine (all)`, `other`).
+    pub cpu_per_1k_ops: BTreeMap<String, f64>,
+    pub server_cpu_per_1k_ops: Option<f64>,
+    /// Every check of the audit passed.
+    pub audit_ok: bool,
+    /// The checks that failed, `name: detail`.
+    pub audit_failed: Vec<String>,
+}
+
+impl FlashSaleFigures {
+    /// The figures of a run's report (`accepted_latency_ms` is only in a flash sale's details).
+    pub fn of(report: &RunReport, report_dir: PathBuf) -> FlashSaleFigures {
+        let order = report.ops.iter().find(|o| o.op == "order");
+        let accepted = report.details["accepted_orders"]
+            .as_u64()
+            .or_else(|| order.and_then(|o| o.answers.get("202")).copied())
+            .unwrap_or(0);
+        let e = report.event_to_view.as_ref();
+        let q = e.and_then(|e| e.latency_ms.as_ref());
+        FlashSaleFigures {
+            run: report.run.clone(),
+            report_dir,
+            seconds: report.seconds,
+            arrivals: report.arrivals,
+            accepted,
+            accepted_per_sec: accepted as f64 / report.seconds.max(1e-9),
+            accepted_latency_ms: serde_json::from_value(report.details["accepted_latency_ms"].clone()).ok(),
+            order_latency_ms: order.map(|o| o.latency_ms.clone()),
+            event_to_view_p50_ms: q.map(|q| q.p50),
+            event_to_view_p99_ms: q.map(|q| q.p99),
+            event_to_view_max_ms: q.map(|q| q.max),
+            event_to_view_p99_within_target: e.and_then(|e| e.p99_within_target),
+            event_to_view_note: e.map_or(Some("not measured".to_string()), |e| e.not_measured.clone()),
+            rss_kib: report.memory.iter().map(|m| (m.process.clone(), m.rss_kib)).collect(),
+            peak_rss_kib: report
+                .memory
+                .iter()
+                .map(|m| (m.process.clone(), m.peak_rss_kib))
+                .collect(),
+            cpu_per_1k_ops: report
+                .cpu
+                .iter()
+                .filter_map(|p| Some((p.process.clone(), p.per_1k_ops?)))
+                .collect(),
+            server_cpu_per_1k_ops: report.server_cpu_per_1k_ops,
+            audit_ok: report.audit.iter().all(|c| c.ok),
+            audit_failed: report
+                .audit
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.check, c.detail))
+                .collect(),
+        }
+    }
+}
+
+/// `surge-loadgen flash-sale`: [`measure`], failing when the audit failed.
 pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
+    let figures = measure(c).await?;
+    if !figures.audit_ok {
+        anyhow::bail!(
+            "the audit failed ({}; see {}/report.html)",
+            figures.audit_failed.join("; "),
+            figures.report_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// One flash sale, its audit and its report; its figures, whether the audit passed or not
+/// (an error is a run that could not be carried out or reported).
+pub async fn measure(c: FlashSaleConfig) -> anyhow::Result<FlashSaleFigures> {
     let mut shop = Shop::open(&c.target, "flash-sale").await?;
     shop.retry_unknown = c.retry_unknown;
     let run = shop.run.clone();
@@ -53,6 +159,8 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
     );
     shop.begin();
     let shop = Arc::new(shop);
+    // The accepted orders' own latencies (the recorder's `order` holds refusals too).
+    let accepted_latency = Arc::new(Mutex::new(histogram()));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let arrivals = open_loop(&c.rates, &shop.recorder, "flash-sale", |i, due| {
         let sku = if rng.gen_bool(0.7) {
@@ -64,8 +172,13 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
         (0..copies)
             .map(|_| {
                 let (shop, sku, key) = (shop.clone(), sku.clone(), format!("fs-{run}-{i}"));
+                let accepted_latency = accepted_latency.clone();
                 async move {
-                    shop.place(due, key, i, json!([{"sku": sku, "quantity": 1}])).await;
+                    let answer = shop.place(due, key, i, json!([{"sku": sku, "quantity": 1}])).await;
+                    if answer.status == Some(202) {
+                        let micros = due.elapsed().as_micros().max(1) as u64;
+                        let _ = accepted_latency.lock().expect("latency lock").record(micros);
+                    }
                 }
                 .boxed()
             })
@@ -73,14 +186,30 @@ pub async fn run(c: FlashSaleConfig) -> anyhow::Result<()> {
     })
     .await;
     let skus: Vec<String> = items.into_iter().map(|(s, _, _)| s).collect();
-    shop.conclude(
-        &c.rates,
-        arrivals,
-        &skus,
-        Vec::new(),
-        json!({"hot_sku": hot, "hot_stock": c.hot_stock, "background_skus": background.len(),
-               "retry_unknown": c.retry_unknown}),
-    )
-    .await?;
-    Ok(())
+    let accepted_latency = {
+        let h = accepted_latency.lock().expect("latency lock");
+        (!h.is_empty()).then(|| Quantiles::of(&h))
+    };
+    let accepted_orders = shop.answers().0.values().flatten().collect::<HashSet<_>>().len();
+    let concluded = shop
+        .conclude(
+            &c.rates,
+            arrivals,
+            &skus,
+            Vec::new(),
+            json!({"hot_sku": hot, "hot_stock": c.hot_stock, "background_skus": background.len(),
+                   "retry_unknown": c.retry_unknown, "accepted_latency_ms": accepted_latency,
+                   "accepted_orders": accepted_orders}),
+        )
+        .await;
+    // A failed audit still leaves its report: the figures come from it either way.
+    let dir = c.target.out_dir.join(format!("{}-{run}", shop.scenario));
+    let report = match std::fs::read(dir.join("report.json")) {
+        Ok(json) => serde_json::from_slice::<RunReport>(&json)?,
+        Err(_) => {
+            concluded?;
+            anyhow::bail!("the run left no report in {}", dir.display());
+        }
+    };
+    Ok(FlashSaleFigures::of(&report, dir))
 }

@@ -34,6 +34,7 @@ use serde_json::json;
 use sqlx::{ConnectOptions, Connection};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,45 @@ pub struct Step {
     /// first order); None for a step sent to its end.
     #[serde(default)]
     pub stopped_after_secs: Option<f64>,
+    /// What Postgres wrote to its WAL during the step (the whole server's; None without a
+    /// database URL).
+    #[serde(default)]
+    pub wal: Option<WalUsage>,
+}
+
+/// Postgres' write-ahead log over a step: bytes (from the insert position), records and
+/// syncs to disk (`pg_stat_wal`, which backends report at most once a second: ±1 s).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WalUsage {
+    pub bytes: u64,
+    pub records: u64,
+    pub syncs: u64,
+}
+
+/// The server's WAL counters now: (insert position in bytes, records, syncs).
+async fn wal_now(url: &str) -> Option<(u64, u64, u64)> {
+    let mut conn = sqlx::postgres::PgConnectOptions::from_str(url)
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let row: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, wal_records, wal_sync FROM pg_stat_wal",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .ok()?;
+    let _ = conn.close().await;
+    Some((row.0 as u64, row.1 as u64, row.2 as u64))
+}
+
+fn wal_usage(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) -> Option<WalUsage> {
+    let ((b0, r0, s0), (b1, r1, s1)) = (before?, after?);
+    Some(WalUsage {
+        bytes: b1.saturating_sub(b0),
+        records: r1.saturating_sub(r0),
+        syncs: s1.saturating_sub(s0),
+    })
 }
 
 impl Step {
@@ -477,6 +517,10 @@ impl Run<'_> {
 
     async fn step(&mut self, skus: &Skus, rate: u64) -> Step {
         let secs = self.c.step_secs;
+        let wal_before = match &self.c.database_url {
+            Some(url) => wal_now(url).await,
+            None => None,
+        };
         let cpu_before = CpuSample::now();
         let planned = constant(rate, secs).arrivals().len() as u64;
         let watch = Arc::new(Watch::new(rate, planned, self.c.p99_ms, self.c.answered));
@@ -492,6 +536,10 @@ impl Run<'_> {
         .await;
         let stopped_after_secs = (sent < planned).then_some(sent as f64 / rate as f64);
         let cpu = cpu_before.usage(&CpuSample::now(), 0);
+        let wal = match &self.c.database_url {
+            Some(url) => wal_usage(wal_before, wal_now(url).await),
+            None => None,
+        };
         let mut answers = BTreeMap::new();
         for o in &outcomes {
             *answers.entry(o.kind.clone()).or_insert(0u64) += 1;
@@ -521,6 +569,7 @@ impl Run<'_> {
             cpu,
             p99_by_second: timeline.iter().filter(|s| s.sent > 0).map(|s| s.p99_ms).collect(),
             stopped_after_secs,
+            wal,
         }
     }
 

@@ -17,14 +17,17 @@
 //! turn under a flash sale.
 
 pub mod audit;
+pub mod bare;
 pub mod bench;
 pub mod chaos;
 pub mod children;
 pub mod driver;
 pub mod flash_sale;
 pub mod knee;
+pub mod moonshot;
 pub mod procs;
 pub mod reads;
+pub mod replay;
 pub mod report;
 pub mod scale;
 pub mod scenarios;
@@ -65,6 +68,8 @@ pub enum Command {
     Mixed(scenarios::MixedConfig),
     /// Cached item reads vs uncached vs a trivial handler, closed loop, in one run.
     Reads(reads::ReadsConfig),
+    /// The physical reference of `reads`: one axum route, no middleware, a fixed JSON body.
+    BareHttp(bare::BareConfig),
     /// One run of one target (Surge or a peer): stepped open-loop load to its knee at the
     /// latency target, an overload at twice the knee, an audit.
     Knee(knee::KneeConfig),
@@ -80,6 +85,13 @@ pub enum Command {
     /// `./dev bench-scale`: one hot SKU in stock buckets sold through 1 and through 3 command
     /// API instances, several runs; the accepted rates, latencies and lock waits compared.
     Scale(scale::ScaleConfig),
+    /// `./dev bench-moonshot`: issue 17's targets (the hot-SKU knee and its CPU, shedding at
+    /// twice the knee, reads, replay, event-to-view latency, memory), several runs each; the
+    /// table of docs/benchmarks.md.
+    Moonshot(moonshot::MoonshotConfig),
+    /// `./dev bench-replay`: `surge replay` of a seeded event store, several runs; the median
+    /// events/s of the whole rebuild and per projection.
+    Replay(replay::ReplayBenchConfig),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -89,11 +101,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Browse(c) => scenarios::browse_run(c).await,
         Command::Mixed(c) => scenarios::mixed_run(c).await,
         Command::Reads(c) => reads::reads(c).await,
+        Command::BareHttp(c) => bare::run(c).await,
         Command::Knee(c) => knee::knee(c).await,
         Command::Table(c) => table::table(c),
         Command::Bench(c) => bench::run(c).await,
         Command::Chaos(c) => chaos::run(c).await,
         Command::Scale(c) => scale::run(c).await,
+        Command::Moonshot(c) => moonshot::run(c).await,
+        Command::Replay(c) => replay::run(c).await,
     }
 }
 
@@ -351,6 +366,7 @@ impl Shop {
         details: Value,
     ) -> anyhow::Result<PathBuf> {
         let seconds = self.recorder.started().elapsed().as_secs_f64();
+        let memory = procs::memory_now();
         let pool = surge_runtime::db::connect(&self.target.db).await?;
         let (accepted, unknown) = self.answers();
         let scope = audit::Scope {
@@ -378,6 +394,8 @@ impl Shop {
             server_cpu_per_1k_ops: (answered > 0).then(|| server / answered as f64 * 1000.0),
             cpu,
             audit: checks,
+            event_to_view: Some(audit::event_to_view(&pool, &accepted, self.recorder.started()).await),
+            memory,
             details,
         };
         report.finish(&self.target.out_dir)

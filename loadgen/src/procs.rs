@@ -1,10 +1,14 @@
-//! CPU seconds of each process of the stack during a run, read from `/proc`.
+//! CPU seconds of each process of the stack during a run, and its resident memory at the end
+//! of the load, read from `/proc`.
 //!
 //! Processes are named by what they are: `surge <subcommand>` for Surge's services,
 //! `surge-loadgen` for this client, `postgres` for the server and its backends, `kafka` for
 //! the broker's JVM, `peer-<name>` for the benchmark peers. A name's figure is the sum over
 //! its processes; processes reaped during the run count through their parent's children
-//! time (Postgres' backends through the postmaster).
+//! time (Postgres' backends through the postmaster). Memory ([`memory_now`]) is `VmRSS`,
+//! `VmHWM` (the peak) and `RssAnon` (private) of `/proc/<pid>/status`, summed the same way:
+//! for Postgres the sum counts the shared buffers once in every backend that touched them, so
+//! its private memory is the figure that adds up.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,23 +70,31 @@ fn machine_busy_secs() -> f64 {
     [0usize, 1, 2, 5, 6, 7].iter().filter_map(|i| v.get(*i)).sum::<f64>() / TICKS_PER_SEC
 }
 
+/// Every process of the stack now: its name ([`classify`]) and its `/proc/<pid>` directory.
+fn stack_processes() -> Vec<(String, std::path::PathBuf)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if let Some(name) = classify(&cmdline, comm.trim()) {
+            found.push((name, path));
+        }
+    }
+    found
+}
+
 impl CpuSample {
     /// Reads every process of the stack now.
     pub fn now() -> CpuSample {
         let mut by_name = BTreeMap::<String, f64>::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return CpuSample::default();
-        };
-        for entry in dir.flatten() {
-            let path = entry.path();
-            if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let cmdline = std::fs::read_to_string(path.join("cmdline")).unwrap_or_default();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let Some(name) = classify(&cmdline, comm.trim()) else {
-                continue;
-            };
+        for (name, path) in stack_processes() {
             let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
                 continue;
             };
@@ -128,6 +140,79 @@ impl CpuSample {
         });
         rows
     }
+}
+
+/// The memory lines of one `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStatus {
+    /// `VmRSS`: resident now.
+    pub rss_kib: u64,
+    /// `VmHWM`: the most that was ever resident (the peak of `VmRSS`).
+    pub peak_rss_kib: u64,
+    /// `RssAnon`: the resident memory no other process shares (heap, stacks).
+    pub anon_kib: u64,
+}
+
+/// The memory of a `/proc/<pid>/status` text; `None` without a `VmRSS` line (a kernel thread,
+/// a process that is exiting).
+pub fn parse_status(status: &str) -> Option<MemoryStatus> {
+    let kib = |key: &str| {
+        status.lines().find_map(|line| {
+            let value = line.strip_prefix(key)?.strip_prefix(':')?;
+            let mut words = value.split_whitespace();
+            let n = words.next()?.parse::<u64>().ok()?;
+            // The kernel writes every size in kB (KiB); anything else is not one of these lines.
+            (words.next() == Some("kB")).then_some(n)
+        })
+    };
+    let rss_kib = kib("VmRSS")?;
+    Some(MemoryStatus {
+        rss_kib,
+        peak_rss_kib: kib("VmHWM").unwrap_or(rss_kib),
+        anon_kib: kib("RssAnon").unwrap_or(0),
+    })
+}
+
+/// One process name's resident memory at one instant: the sums over its processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    pub process: String,
+    /// How many processes the figures add up (Postgres: the postmaster and every backend).
+    pub processes: u32,
+    /// `VmRSS` summed, KiB.
+    pub rss_kib: u64,
+    /// `VmHWM` (each process's peak) summed, KiB.
+    pub peak_rss_kib: u64,
+    /// `RssAnon` summed, KiB: private memory, counted once even for Postgres.
+    pub anon_kib: u64,
+}
+
+/// The resident memory of every process of the stack now, by name, largest first.
+pub fn memory_now() -> Vec<ProcessMemory> {
+    let mut by_name = BTreeMap::<String, ProcessMemory>::new();
+    for (name, path) in stack_processes() {
+        let Some(m) = std::fs::read_to_string(path.join("status"))
+            .ok()
+            .as_deref()
+            .and_then(parse_status)
+        else {
+            continue;
+        };
+        let row = by_name.entry(name.clone()).or_insert(ProcessMemory {
+            process: name,
+            processes: 0,
+            rss_kib: 0,
+            peak_rss_kib: 0,
+            anon_kib: 0,
+        });
+        row.processes += 1;
+        row.rss_kib += m.rss_kib;
+        row.peak_rss_kib += m.peak_rss_kib;
+        row.anon_kib += m.anon_kib;
+    }
+    let mut rows: Vec<ProcessMemory> = by_name.into_values().collect();
+    rows.sort_by_key(|m| std::cmp::Reverse(m.rss_kib));
+    rows
 }
 
 /// Waits (at most `limit`) until the machine's busy share over one second, all cores
@@ -221,6 +306,47 @@ mod tests {
         let stat = "42 (postgres: 15/main: walwriter) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 30 20 20 0 1 0";
         assert_eq!(stat_secs(stat, false), 3.0);
         assert_eq!(stat_secs(stat, true), 3.5);
+    }
+
+    #[test]
+    fn memory_is_read_from_a_status_text() {
+        let status = "Name:\tpostgres\nUmask:\t0077\nState:\tS (sleeping)\nVmPeak:\t  230564 kB\n\
+                      VmSize:\t  230404 kB\nVmHWM:\t   41236 kB\nVmRSS:\t   38120 kB\nRssAnon:\t    4312 kB\n\
+                      RssFile:\t   12000 kB\nRssShmem:\t   21808 kB\nVmData:\t    5000 kB\nThreads:\t1\n";
+        assert_eq!(
+            parse_status(status),
+            Some(MemoryStatus {
+                rss_kib: 38_120,
+                peak_rss_kib: 41_236,
+                anon_kib: 4_312
+            })
+        );
+        // A kernel thread has no memory lines; a line with another unit is not read as KiB.
+        assert_eq!(
+            parse_status("Name:\tkworker/0:1\nState:\tI (idle)\nThreads:\t1\n"),
+            None
+        );
+        assert_eq!(parse_status("VmRSS:\t 12 MB\n"), None);
+        // Prefixes are whole keys: VmRSSx or RssAnonymous would not count.
+        let odd = "VmRSSx:\t1 kB\nVmRSS:\t7 kB\nRssAnonymous:\t9 kB\n";
+        assert_eq!(
+            parse_status(odd),
+            Some(MemoryStatus {
+                rss_kib: 7,
+                peak_rss_kib: 7,
+                anon_kib: 0
+            })
+        );
+    }
+
+    #[test]
+    fn this_process_memory_is_found() {
+        let own = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+        let m = parse_status(&own).expect("a user process has VmRSS");
+        assert!(
+            m.rss_kib > 0 && m.peak_rss_kib >= m.rss_kib && m.anon_kib <= m.rss_kib,
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! What a run leaves behind: a summary on standard output, and `report.json` plus a
-//! self-contained `report.html` (SVG charts drawn with plotters: throughput and latency over
-//! the run's seconds, then the tables) under `target/loadgen/<scenario>-<run>/`.
+//! self-contained `report.html` (SVG charts drawn with plotters: throughput, latency and
+//! event-to-view latency over the run's seconds, then the tables) under
+//! `target/loadgen/<scenario>-<run>/`.
 
-use super::audit::Check;
+use super::audit::{Check, EventToView};
 use super::driver::{OpSummary, RateArgs, SecondSummary};
-use super::procs::ProcessCpu;
+use super::procs::{ProcessCpu, ProcessMemory};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use plotters::prelude::*;
@@ -28,6 +29,13 @@ pub struct RunReport {
     /// The serving side's CPU (every process but the load client) per 1k operations.
     pub server_cpu_per_1k_ops: Option<f64>,
     pub audit: Vec<Check>,
+    /// Store commit -> orders view row commit of the run's orders, in ms (PostgreSQL's commit
+    /// timestamps); `None` in reports from before it was measured.
+    #[serde(default)]
+    pub event_to_view: Option<EventToView>,
+    /// Resident memory of each process of the stack when the load ended (KiB).
+    #[serde(default)]
+    pub memory: Vec<ProcessMemory>,
     /// What is particular to the scenario (its SKUs, shares, exports).
     pub details: serde_json::Value,
 }
@@ -80,6 +88,38 @@ impl RunReport {
         }
         if let Some(v) = self.server_cpu_per_1k_ops {
             println!("   serving side (all but the load client): {v:.3} CPU s per 1k ops");
+        }
+        if let Some(e) = &self.event_to_view {
+            println!("== event to view (store commit -> view row commit, PostgreSQL's clock)");
+            match (&e.latency_ms, &e.not_measured) {
+                (Some(q), _) => {
+                    println!(
+                    "   [{}] {} orders: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms (target < {:.0} ms), max {:.1} ms{}",
+                    if e.p99_within_target == Some(true) { "ok" } else { "OVER TARGET" },
+                    e.rows,
+                    q.p50,
+                    q.p90,
+                    q.p99,
+                    e.p99_target_ms,
+                    q.max,
+                    if e.skipped > 0 { format!(" ({} not measured)", e.skipped) } else { String::new() }
+                )
+                }
+                (None, why) => println!("   {}", why.as_deref().unwrap_or("not measured")),
+            }
+        }
+        if !self.memory.is_empty() {
+            println!("== memory when the load ended (VmRSS, peak VmHWM, private RssAnon)");
+            for m in &self.memory {
+                println!(
+                    "   {:<20} {:>9} KiB  peak {:>9} KiB  private {:>9} KiB{}",
+                    m.process,
+                    m.rss_kib,
+                    m.peak_rss_kib,
+                    m.anon_kib,
+                    memory_note(m)
+                );
+            }
         }
         println!("== audit");
         for c in &self.audit {
@@ -144,6 +184,38 @@ impl RunReport {
             &latency,
             true,
         )?;
+        let freshness = match &self.event_to_view {
+            Some(e) if !e.per_second.is_empty() => {
+                let series = [
+                    Series {
+                        name: "p99".into(),
+                        points: e.per_second.iter().map(|s| (s.t as f64, s.p99_ms)).collect(),
+                        color: 2,
+                        width: 2,
+                    },
+                    Series {
+                        name: "p50".into(),
+                        points: e.per_second.iter().map(|s| (s.t as f64, s.p50_ms)).collect(),
+                        color: 2,
+                        width: 1,
+                    },
+                    Series {
+                        name: format!("target p99 {:.0} ms", e.p99_target_ms),
+                        points: e.per_second.iter().map(|s| (s.t as f64, e.p99_target_ms)).collect(),
+                        color: 0,
+                        width: 1,
+                    },
+                ];
+                line_chart(
+                    "Event to view: store commit -> orders view row commit (log scale)",
+                    "second (event committed)",
+                    "ms",
+                    &series,
+                    true,
+                )?
+            }
+            _ => String::new(),
+        };
         let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
         let mut ops_rows = String::new();
         for o in &self.ops {
@@ -166,6 +238,54 @@ impl RunReport {
                 )
             })
             .collect();
+        let event_to_view = match &self.event_to_view {
+            None => String::new(),
+            Some(e) => {
+                let figures = match (&e.latency_ms, &e.not_measured) {
+                    (Some(q), _) => format!(
+                        "<table><tr><th>orders</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>p99 target</th><th></th></tr>\
+                         <tr><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>&lt; {:.0} ms</td><td>{}</td></tr></table>",
+                        e.rows,
+                        q.p50,
+                        q.p90,
+                        q.p99,
+                        q.p999,
+                        q.max,
+                        e.p99_target_ms,
+                        if e.p99_within_target == Some(true) { "ok" } else { "<b>OVER TARGET</b>" }
+                    ),
+                    (None, why) => format!("<p>{}</p>", esc(why.as_deref().unwrap_or("not measured"))),
+                };
+                format!(
+                    "<h2>Event to view</h2><p>{}; both times are PostgreSQL's commit timestamps. {} orders not measured.</p>{figures}<p>{freshness}</p>",
+                    esc(&e.measures),
+                    e.skipped
+                )
+            }
+        };
+        let memory_rows: String = self
+            .memory
+            .iter()
+            .map(|m| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&m.process),
+                    m.processes,
+                    m.rss_kib,
+                    m.peak_rss_kib,
+                    m.anon_kib,
+                    esc(memory_note(m).trim())
+                )
+            })
+            .collect();
+        let memory = if memory_rows.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<h2>Memory when the load ended</h2><table><tr><th>process</th><th>processes</th><th>VmRSS KiB</th>\
+                 <th>peak (VmHWM) KiB</th><th>private (RssAnon) KiB</th><th></th></tr>{memory_rows}</table>"
+            )
+        };
         let audit_rows: String = self
             .audit
             .iter()
@@ -191,7 +311,9 @@ impl RunReport {
              <h1>surge-loadgen {scenario}</h1><p>Run {run}, started {started}, {secs:.1} s, {arrivals} arrivals. {rates}</p>\
              <p>{throughput}</p><p>{latency}</p>\
              <h2>Operations</h2><table><tr><th>op</th><th>sent</th><th>ok</th><th>failed</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>answers</th></tr>{ops_rows}</table>\
+             {event_to_view}\
              <h2>CPU seconds per process</h2><table><tr><th>process</th><th>CPU s</th><th>per 1k ops</th></tr>{cpu_rows}</table>\
+             {memory}\
              <h2>Audit</h2><table><tr><th></th><th>check</th><th>detail</th></tr>{audit_rows}</table>\
              <h2>Details</h2><pre>{details}</pre></html>",
             scenario = esc(&self.scenario),
@@ -201,6 +323,15 @@ impl RunReport {
             arrivals = self.arrivals,
             details = esc(&serde_json::to_string_pretty(&self.details)?),
         ))
+    }
+}
+
+/// What a memory row's sum means when it is over several processes.
+fn memory_note(m: &ProcessMemory) -> String {
+    match (m.process.as_str(), m.processes) {
+        ("postgres", n) => format!(" (sum over {n} processes: shared buffers counted in each; private memory adds up)"),
+        (_, 1) => String::new(),
+        (_, n) => format!(" (sum over {n} processes)"),
     }
 }
 

@@ -9,11 +9,15 @@
 //! with its checkpoint and dead-letters what it cannot fold; the heal ([`heal`]) folds what the
 //! store has and the views lack when Kafka's offsets stopped meaning anything; the replay
 //! ([`replay`]) rebuilds views from the store into a new generation and switches to it without
-//! read downtime. It never writes the event store.
+//! read downtime, folding the store's events in memory with the same folds ([`view::Folded`],
+//! payloads decoded once from their stored text by [`rebuild`]) and writing the new generation
+//! with `COPY` ([`copy_in`]). It never writes the event store.
 
 pub mod catalog;
+pub mod copy_in;
 pub mod heal;
 pub mod orders;
+pub mod rebuild;
 pub mod registry;
 pub mod replay;
 pub mod view;

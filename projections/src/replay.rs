@@ -30,6 +30,10 @@ pub struct ReplayConfig {
     /// Events folded per transaction while building.
     #[arg(long, default_value_t = ReplayConfig::DEFAULT_BATCH_SIZE)]
     pub batch_size: i64,
+    /// Most view rows a rebuild from the store keeps in memory (a few KiB each) before it
+    /// writes them and folds the rest of the log batch by batch, as the live projector does.
+    #[arg(long, env = "SURGE_REPLAY_MAX_ROWS_IN_MEMORY", default_value_t = ReplayConfig::DEFAULT_MAX_ROWS_IN_MEMORY)]
+    pub max_rows_in_memory: usize,
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -45,6 +49,7 @@ pub struct ReplayConfig {
 
 impl ReplayConfig {
     pub const DEFAULT_BATCH_SIZE: i64 = 5000;
+    pub const DEFAULT_MAX_ROWS_IN_MEMORY: usize = 300_000;
 }
 
 /// A replay's progress as a watcher sees it: the projection being rebuilt, events folded of
@@ -90,6 +95,8 @@ pub enum ReplayError {
     Offsets(String),
     #[error("event store: {0}")]
     Store(#[from] surge_store::StoreError),
+    #[error("a task of the replay failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How long a replay waits for writers that were in flight when it asked for the safe position.
@@ -261,6 +268,112 @@ async fn fold_into(
     heal::fold(conn, p, &tables, events).await
 }
 
+/// Events read per page of the log by a bulk load.
+const PAGE: i64 = 20_000;
+/// Pages read ahead of the fold.
+const PAGES_AHEAD: usize = 4;
+
+/// Loads generation `tables` of `p` with the events of its stream type at or below `up_to` (a
+/// safe position): a task reads the log in pages on a connection of its own while this one
+/// folds them in memory ([`crate::view::Folded`]); the rows are written once at the end, in one
+/// transaction. Memory is bounded: once `config.max_rows_in_memory` rows are held, the load
+/// stops after the page it folded. Returns the events read and the position folded up to
+/// (`up_to` when every event was); `done` hears of each page folded.
+async fn bulk_load(
+    config: &ReplayConfig,
+    p: Projection,
+    tables: &[String],
+    up_to: i64,
+    conn: &mut PgConnection,
+    done: impl Fn(u64),
+) -> Result<(u64, i64), ReplayError> {
+    let mut log = PgConnection::connect_with(&config.db.connect_options()?).await?;
+    let (pages, mut next) = tokio::sync::mpsc::channel::<Vec<surge_store::bulk::StoredEvent>>(PAGES_AHEAD);
+    let stream_type = p.stream_type();
+    let read = tokio::spawn(async move {
+        let mut read = surge_store::ReadAll {
+            after: 0,
+            up_to,
+            stream_type: Some(stream_type),
+            limit: PAGE,
+        };
+        loop {
+            let page = surge_store::bulk::read_stored(&mut log, &read).await?;
+            let Some(last) = page.last() else { break };
+            read.after = last.envelope.position;
+            if pages.send(page).await.is_err() {
+                break;
+            }
+        }
+        let _ = log.close().await;
+        Ok::<(), surge_store::StoreError>(())
+    });
+    let mut folded = p.fold_in_memory();
+    let mut events = 0u64;
+    let mut folded_up_to = up_to;
+    while let Some(page) = next.recv().await {
+        let n = page.len() as u64;
+        let last = page.last().map(|e| e.envelope.position);
+        // Folding is CPU work without awaits: off the runtime's worker, the reader goes on.
+        folded = tokio::task::spawn_blocking(move || {
+            folded.fold(&page);
+            folded
+        })
+        .await?;
+        events += n;
+        done(n);
+        if folded.rows() >= config.max_rows_in_memory.max(1) {
+            if let Some(last) = last.filter(|l| *l < up_to) {
+                // The rest is folded batch by batch (the reader stops: its channel is gone).
+                folded_up_to = last;
+                tracing::info!(
+                    projection = p.name(),
+                    rows = folded.rows(),
+                    position = last,
+                    "the in-memory rows reached their bound; the rest of the log is folded by batches"
+                );
+                break;
+            }
+        }
+    }
+    drop(next);
+    // A failed read ends the pages early: nothing of this generation is written then.
+    read.await??;
+    let stats = folded.stats();
+    tracing::info!(
+        projection = p.name(),
+        events,
+        rows = folded.rows(),
+        applied = stats.applied,
+        duplicates = stats.duplicates,
+        gaps = stats.gaps,
+        not_folded = stats.not_folded,
+        "folded in memory; writing the new generation"
+    );
+    let mut tx = conn.begin().await?;
+    folded.write(&mut tx, tables).await?;
+    tx.commit().await?;
+    Ok((events, folded_up_to))
+}
+
+/// Drops the indexes of `tables` that back no constraint and returns the statements that
+/// create them again (their names and tables are the new generation's already).
+async fn drop_secondary_indexes(conn: &mut PgConnection, tables: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid \
+         WHERE x.indrelid = ANY(SELECT t::regclass FROM unnest($1::text[]) AS t) \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+    )
+    .bind(tables)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, _) in &indexes {
+        sqlx::query(&format!("DROP INDEX {name}")).execute(&mut *conn).await?;
+    }
+    Ok(indexes.into_iter().map(|(_, def)| def).collect())
+}
+
 pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayError> {
     let mut conn = PgConnection::connect_with(&config.db.connect_options()?).await?;
     let mut reports = Vec::new();
@@ -281,11 +394,15 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
         // A generation name of its own, so the copied indexes' names never clash with a
         // previous generation's (they keep their names through the rename).
         let generation = format!("g{}", chrono::Utc::now().timestamp_millis());
-        for t in p.tables() {
-            sqlx::query(&format!("CREATE TABLE {t}_{generation} (LIKE {t} INCLUDING ALL)"))
+        let tables: Vec<String> = p.tables().iter().map(|t| format!("{t}_{generation}")).collect();
+        for (t, new) in p.tables().iter().zip(&tables) {
+            sqlx::query(&format!("CREATE TABLE {new} (LIKE {t} INCLUDING ALL)"))
                 .execute(&mut conn)
                 .await?;
         }
+        // Secondary indexes are built once over the loaded rows, not row by row during the load
+        // (primary keys stay: the catch-up below upserts on them).
+        let secondary = drop_secondary_indexes(&mut conn, &tables).await?;
         let bar = ProgressBar::new(total.max(0) as u64).with_style(
             ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} events {per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -304,14 +421,21 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             s.done = 0;
             s.total = total.max(0) as u64;
         });
+        let mut events = 0u64;
         let mut reader = match config.source {
-            Source::Store => Reader::Store {
-                after: 0,
-                up_to: surge_store::safe_position(&mut conn, IN_FLIGHT_WAIT).await?,
-            },
+            Source::Store => {
+                let up_to = surge_store::safe_position(&mut conn, IN_FLIGHT_WAIT).await?;
+                let (read, after) = bulk_load(config, p, &tables, up_to, &mut conn, |n| {
+                    bar.inc(n);
+                    watch(&|s| s.done += n);
+                })
+                .await?;
+                events = read;
+                Reader::Store { after, up_to }
+            }
             Source::Kafka => Reader::Kafka(KafkaReader::new(&config.kafka, p).await?),
         };
-        let mut events = 0u64;
+        // What the bulk load left (past its memory bound), or all of Kafka's: batch by batch.
         loop {
             let batch = reader.next_batch(&mut conn, p, config.batch_size.max(1)).await?;
             if batch.is_empty() {
@@ -324,6 +448,9 @@ pub async fn replay(config: &ReplayConfig) -> Result<Vec<ReplayReport>, ReplayEr
             events += n;
             bar.inc(n);
             watch(&|s| s.done = events);
+        }
+        for def in &secondary {
+            sqlx::query(def).execute(&mut conn).await?;
         }
         bar.finish_and_clear();
 

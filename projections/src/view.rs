@@ -6,6 +6,9 @@
 //! batch of Kafka messages), the heal and the replay (events read from the store). It skips what
 //! a row already reflects (by stream version), reads the events a row missed from the store
 //! first, and reports what it cannot fold instead of failing the batch.
+//! A replay's bulk load folds with the same per-event decisions, in memory ([`Folded`]): the
+//! new generation is fresh and unread, so its rows are written once at the end
+//! ([`View::write_new`], `COPY` for large tables) instead of loaded and upserted per batch.
 //!
 //! [`Projection`] is a registered view as the rest of the code names it (configs, checkpoints,
 //! metrics, the console); `crate::registry` lists them.
@@ -16,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use surge_events::{decode, EventEnvelope, Payload, StreamId, StreamType};
+use surge_store::bulk::StoredEvent;
 
 /// A read model kept from the events of one stream type, one row per stream in its first table
 /// (plus whatever else a fold adds, [`View::Extra`]).
@@ -67,6 +71,19 @@ pub trait View: Send + Sync + 'static {
     ) -> Result<(), sqlx::Error>;
     /// Every row's key and version (a heal compares them with the store's stream heads).
     async fn versions(&self, conn: &mut PgConnection, tables: &[String]) -> Result<Vec<(Self::Key, i64)>, sqlx::Error>;
+    /// Writes every row of a new generation that nobody reads yet and that holds no row yet,
+    /// each row once (a replay's bulk load, [`Folded`]). A view whose row table is large
+    /// writes it with `COPY`; by default, [`View::write`].
+    async fn write_new(
+        &self,
+        conn: &mut PgConnection,
+        tables: &[String],
+        rows: Vec<Self::Row>,
+        extra: Vec<Self::Extra>,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<&Self::Row> = rows.iter().collect();
+        self.write(conn, tables, &rows, extra).await
+    }
 }
 
 /// What one batch did.
@@ -201,6 +218,122 @@ async fn events_to_fold(
     }
 }
 
+/// What an in-memory fold did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FoldStats {
+    /// Events folded into a row.
+    pub applied: u64,
+    /// Events a row already reflected (by stream version).
+    pub duplicates: u64,
+    /// Events folded after a version gap. Reading the whole log in position order up to a safe
+    /// position, a gap means the store holds none of the missing events either: the live path
+    /// would heal it by reading them, find none, and fold the event the same way.
+    pub gaps: u64,
+    /// Events that could not be folded (logged with the reason, like the live path's dead letters).
+    pub not_folded: u64,
+}
+
+/// A view's rows folded in memory, with their type erased (see [`crate::Projection::fold_in_memory`]).
+#[async_trait]
+pub trait InMemory: Send {
+    /// Folds `events`, which come in position order after every event folded so far.
+    fn fold(&mut self, events: &[StoredEvent]);
+    fn stats(&self) -> FoldStats;
+    /// Rows held (one per stream key).
+    fn rows(&self) -> usize;
+    /// Writes every row and what the folds added into `tables`: a new generation of the
+    /// view's tables, empty and read by nobody yet.
+    async fn write(self: Box<Self>, conn: &mut PgConnection, tables: &[String]) -> Result<(), sqlx::Error>;
+}
+
+/// The in-memory fold of one view.
+pub struct Folded<V: View> {
+    view: &'static V,
+    rows: HashMap<V::Key, V::Row>,
+    extra: Vec<V::Extra>,
+    stats: FoldStats,
+}
+
+impl<V: View> Folded<V> {
+    pub fn new(view: &'static V) -> Self {
+        Folded {
+            view,
+            rows: HashMap::new(),
+            extra: Vec::new(),
+            stats: FoldStats::default(),
+        }
+    }
+
+    fn fold_one(&mut self, stored: &StoredEvent) {
+        let env = &stored.envelope;
+        let Some(key) = self.view.key(&env.stream_id) else {
+            self.not_folded(env, "the stream is not one of this view's");
+            return;
+        };
+        let version = self.rows.get(&key).map_or(0, |r| self.view.version(r));
+        match step(version, env.version) {
+            Step::Duplicate => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Step::Apply => {}
+            Step::Gap {
+                missing_from,
+                missing_to,
+            } => {
+                tracing::warn!(
+                    stream = %env.stream_id,
+                    missing_from,
+                    missing_to,
+                    "version gap: the event store has no such events; folded after the gap"
+                );
+                self.stats.gaps += 1;
+            }
+        }
+        let event = match crate::rebuild::decode_stored::<V::Event>(stored) {
+            Ok(e) => e,
+            Err(e) => return self.not_folded(env, &e.to_string()),
+        };
+        match self.view.fold(self.rows.remove(&key), env, &event, &mut self.extra) {
+            Some(row) => {
+                self.rows.insert(key, row);
+                self.stats.applied += 1;
+            }
+            None => self.not_folded(env, "an event before the stream's first event"),
+        }
+    }
+
+    fn not_folded(&mut self, env: &surge_events::EventEnvelope, error: &str) {
+        self.stats.not_folded += 1;
+        tracing::warn!(
+            projection = self.view.name(),
+            position = env.position,
+            stream = %env.stream_id,
+            error,
+            "event not folded"
+        );
+    }
+}
+
+#[async_trait]
+impl<V: View> InMemory for Folded<V> {
+    fn fold(&mut self, events: &[StoredEvent]) {
+        for e in events {
+            self.fold_one(e);
+        }
+    }
+    fn stats(&self) -> FoldStats {
+        self.stats
+    }
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+    async fn write(self: Box<Self>, conn: &mut PgConnection, tables: &[String]) -> Result<(), sqlx::Error> {
+        let Folded { view, rows, extra, .. } = *self;
+        view.write_new(conn, tables, rows.into_values().collect(), extra).await
+    }
+}
+
 /// A view with its types erased, so that views of different shapes sit in one list.
 #[async_trait]
 pub trait AnyView: Send + Sync {
@@ -218,6 +351,8 @@ pub trait AnyView: Send + Sync {
     /// The version each row shows, by its stream.
     async fn versions(&self, conn: &mut PgConnection, tables: &[String])
         -> Result<HashMap<StreamId, i64>, sqlx::Error>;
+    /// An empty in-memory fold of this view, for a replay's bulk load ([`Folded`]).
+    fn fold_in_memory(&'static self) -> Box<dyn InMemory>;
 }
 
 #[async_trait]
@@ -247,6 +382,9 @@ impl<V: View> AnyView for V {
     ) -> Result<HashMap<StreamId, i64>, sqlx::Error> {
         let rows = View::versions(self, conn, tables).await?;
         Ok(rows.into_iter().map(|(k, v)| (self.stream_id(&k), v)).collect())
+    }
+    fn fold_in_memory(&'static self) -> Box<dyn InMemory> {
+        Box::new(Folded::new(self))
     }
 }
 
@@ -283,6 +421,11 @@ impl Projection {
         stats: &mut BatchStats,
     ) -> Result<NotFolded, sqlx::Error> {
         self.0.apply(conn, tables, events, stats).await
+    }
+    /// An empty in-memory fold of the view: a replay folds every event into it, then writes
+    /// the rows once into a new generation ([`Folded`]).
+    pub fn fold_in_memory(self) -> Box<dyn InMemory> {
+        self.0.fold_in_memory()
     }
     /// The version each row of `tables` shows, by its stream.
     pub async fn versions(

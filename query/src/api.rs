@@ -26,6 +26,8 @@ use uuid::Uuid;
 pub const CONSISTENCY_TOKEN: &str = "x-consistency-token";
 pub const MAX_PAGE_SIZE: i64 = 200;
 const DEFAULT_PAGE_SIZE: i64 = 50;
+/// How long shared caches may keep a catalog item (public: shoppers browse anonymously).
+pub(crate) const ITEM_CACHE_CONTROL: &str = "public, max-age=1";
 
 /// Catalog reads are public (shoppers browse anonymously); orders need their customer, a
 /// service, an admin or an analyst; statistics need an admin or an analyst. Bad credentials
@@ -192,7 +194,7 @@ async fn absent(ctx: &QueryContext, stream_id: &str, not_found: String) -> Probl
     }
 }
 
-fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+pub(crate) fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -200,7 +202,7 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// How old the data of a response is: time since the last event the view applied to it.
-fn data_age_ms(updated_at: DateTime<Utc>) -> i64 {
+pub(crate) fn data_age_ms(updated_at: DateTime<Utc>) -> i64 {
     (Utc::now() - updated_at).num_milliseconds().max(0)
 }
 
@@ -226,9 +228,7 @@ fn view_response(
         r
     };
     let h = res.headers_mut();
-    if let Ok(etag) = HeaderValue::from_str(&v.etag) {
-        h.insert(header::ETAG, etag);
-    }
+    h.insert(header::ETAG, v.etag_header.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     h.insert("x-cache", HeaderValue::from_static(status.as_str()));
     h.insert("x-data-age-ms", HeaderValue::from(data_age_ms(v.updated_at)));
@@ -245,14 +245,13 @@ fn cached<T: Serialize>(
     last_position: i64,
     updated_at: DateTime<Utc>,
 ) -> CachedView {
-    CachedView {
+    CachedView::new(
+        Bytes::from(serde_json::to_vec(dto).unwrap_or_default()),
         owner,
-        body: Bytes::from(serde_json::to_vec(dto).unwrap_or_default()),
-        etag: format!("\"v{version}\""),
         version,
         last_position,
         updated_at,
-    }
+    )
 }
 
 /// One catalog item (public). `ETag`/`If-None-Match` answer 304 when unchanged.
@@ -260,7 +259,7 @@ fn cached<T: Serialize>(
     responses((status = 200, body = CatalogItem), (status = 304), (status = 400, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security((), ("bearer" = []), ("api_key" = [])))]
-#[tracing::instrument(skip_all, fields(sku = %sku))]
+#[tracing::instrument(level = "debug", skip_all, fields(sku = %sku))]
 async fn get_item(
     State(ctx): State<QueryContext>,
     PathParam(sku): PathParam<Sku>,
@@ -281,7 +280,7 @@ async fn get_item(
     };
     let stream = sku.stream_id();
     match read_view(&ctx, &ctx.items, &key, stream.as_str(), token, load).await? {
-        Some((v, s, f)) => Ok(view_response(&headers, &v, s, f, "public, max-age=1")),
+        Some((v, s, f)) => Ok(view_response(&headers, &v, s, f, ITEM_CACHE_CONTROL)),
         None => Err(absent(&ctx, stream.as_str(), format!("no catalog item {sku}")).await),
     }
 }
@@ -292,7 +291,7 @@ async fn get_item(
               (status = 401, body = ProblemDoc, content_type = "application/problem+json"), (status = 403, body = ProblemDoc, content_type = "application/problem+json"),
               (status = 404, body = ProblemDoc, content_type = "application/problem+json"), (status = 503, body = ProblemDoc, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
-#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
 async fn get_order(
     caller: Principal,
     State(ctx): State<QueryContext>,

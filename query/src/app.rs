@@ -2,6 +2,7 @@
 
 use crate::api::{router, ConsistencyMode, QueryContext};
 use crate::cache::{spawn_invalidator, InvalidatorError, ViewCache};
+use crate::catalog_hits::CatalogHitsLayer;
 use axum::Router;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
@@ -9,7 +10,9 @@ use sqlx::postgres::PgConnectOptions;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use surge_runtime::auth::Authenticator;
 use surge_runtime::{AuthConfig, DatabaseConfig, KafkaConfig, StartupError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +104,35 @@ impl QueryApiConfig {
     }
 }
 
+/// The query API's routes behind the shared middleware, with compression.
+pub(crate) fn full_stack(
+    ctx: QueryContext,
+    auth: Arc<Authenticator>,
+    body_limit: usize,
+    cors_origins: &[String],
+) -> Router {
+    surge_runtime::http::with_service_layers(router(ctx, auth), body_limit, cors_origins)
+        .layer(CompressionLayer::new().gzip(true).br(true))
+}
+
+/// What the query API serves: [`full_stack`], with cache hits of catalog items answered in
+/// front of it ([`crate::catalog_hits`]) unless browsers of other origins call it (their
+/// answers need the CORS layer's headers).
+pub fn service_router(
+    ctx: QueryContext,
+    auth: Arc<Authenticator>,
+    body_limit: usize,
+    cors_origins: &[String],
+) -> Router {
+    let hits = CatalogHitsLayer::new(ctx.items.clone());
+    let router = full_stack(ctx, auth, body_limit, cors_origins);
+    if cors_origins.iter().all(|o| o.trim().is_empty()) {
+        router.layer(hits)
+    } else {
+        router
+    }
+}
+
 pub struct QueryApp {
     listener: TcpListener,
     router: Router,
@@ -153,9 +185,7 @@ impl QueryApp {
                 config.kafka.clone(),
             ),
         };
-        let router =
-            surge_runtime::http::with_service_layers(router(ctx, auth), config.body_limit_bytes, &config.cors_origins)
-                .layer(CompressionLayer::new().gzip(true).br(true));
+        let router = service_router(ctx, auth, config.body_limit_bytes, &config.cors_origins);
         let listener = surge_runtime::startup::bind(config.addr).await?;
         Ok(QueryApp {
             listener,

@@ -10,6 +10,8 @@
 //! older than an event it has already seen (also when the event arrives while the row is
 //! being read: a loaded row is checked against the floor again once it is in the cache).
 
+use crate::encoding::Compressed;
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use moka::future::Cache;
@@ -25,16 +27,42 @@ use surge_events::{StreamId, StreamOf, StreamType};
 use surge_runtime::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
-/// One cached response body.
+/// One cached response body, with what every answer of it sends ready-made: its ETag as a
+/// header value, and its compressed forms once asked for.
 #[derive(Debug, Clone)]
 pub struct CachedView {
     pub body: Bytes,
     /// The customer whose data this is (orders), checked on every read, cached or not.
     pub owner: Option<String>,
     pub etag: String,
+    pub etag_header: HeaderValue,
     pub version: i64,
     pub last_position: i64,
     pub updated_at: DateTime<Utc>,
+    pub compressed: Compressed,
+}
+
+impl CachedView {
+    /// The view of a row at `version`; its ETag is `"v<version>"`.
+    pub fn new(
+        body: Bytes,
+        owner: Option<String>,
+        version: i64,
+        last_position: i64,
+        updated_at: DateTime<Utc>,
+    ) -> Self {
+        let etag = format!("\"v{version}\"");
+        CachedView {
+            body,
+            owner,
+            etag_header: HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"v\"")),
+            etag,
+            version,
+            last_position,
+            updated_at,
+            compressed: Compressed::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +103,9 @@ pub struct ViewCache {
     db_timeout: Duration,
     floors: Cache<String, i64>,
     enabled: bool,
+    /// `surge_cache_requests_total` of each [`CacheStatus`], registered once (a lookup by
+    /// labels per read costs more than the cache hit it counts).
+    counted: [metrics::Counter; 4],
 }
 
 impl ViewCache {
@@ -101,7 +132,28 @@ impl ViewCache {
                 .time_to_live(Duration::from_secs(300))
                 .build(),
             enabled,
+            counted: [
+                CacheStatus::Hit,
+                CacheStatus::Miss,
+                CacheStatus::Bypass,
+                CacheStatus::Stale,
+            ]
+            .map(|s| metrics::counter!("surge_cache_requests_total", "cache" => name, "result" => s.as_str())),
         }
+    }
+
+    fn count(&self, status: CacheStatus) {
+        self.counted[status as usize].increment(1);
+    }
+
+    /// The cached entry of `key`, if there is one (counted as a hit); nothing is loaded.
+    pub async fn peek(&self, key: &str) -> Option<Arc<CachedView>> {
+        if !self.enabled {
+            return None;
+        }
+        let hit = self.entries.get(key).await?;
+        self.count(CacheStatus::Hit);
+        Some(hit)
     }
 
     /// The entry for `key`, loading it with `load` on a miss (once for all concurrent misses).
@@ -116,8 +168,7 @@ impl ViewCache {
     {
         let found = self.lookup(key, load).await;
         if let Ok(Some((_, status))) = &found {
-            metrics::counter!("surge_cache_requests_total", "cache" => self.name, "result" => status.as_str())
-                .increment(1);
+            self.count(*status);
         }
         found
     }
@@ -325,14 +376,7 @@ mod tests {
     use tokio::sync::Notify;
 
     fn view(version: i64) -> CachedView {
-        CachedView {
-            owner: None,
-            body: Bytes::from_static(b"{}"),
-            etag: format!("\"{version}\""),
-            version,
-            last_position: version,
-            updated_at: Utc::now(),
-        }
+        CachedView::new(Bytes::from_static(b"{}"), None, version, version, Utc::now())
     }
 
     #[tokio::test]
@@ -425,6 +469,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((s, v.version), (CacheStatus::Miss, 2), "the next read goes to the view");
+    }
+
+    #[tokio::test]
+    async fn peek_finds_cached_entries_only_and_never_loads() {
+        let cache = ViewCache::new("test", 100, Duration::from_secs(60), true);
+        assert!(cache.peek("a").await.is_none());
+        cache.get_or_load("a", || async { Ok(Some(view(3))) }).await.unwrap();
+        let v = cache.peek("a").await.unwrap();
+        assert_eq!((v.version, v.etag.as_str()), (3, "\"v3\""));
+        assert_eq!(v.etag_header, "\"v3\"");
+        cache.invalidate("a", 4).await;
+        assert!(
+            cache.peek("a").await.is_none(),
+            "an entry older than a seen event is gone"
+        );
+        let off = ViewCache::new("test", 100, Duration::from_secs(60), false);
+        off.get_or_load("a", || async { Ok(Some(view(1))) }).await.unwrap();
+        assert!(off.peek("a").await.is_none(), "a disabled cache holds nothing");
     }
 
     #[tokio::test]

@@ -457,6 +457,7 @@ async fn start_replay(
         db: ctx.console.primary.clone(),
         projections: vec![req.projection],
         batch_size: ReplayConfig::DEFAULT_BATCH_SIZE,
+        max_rows_in_memory: ReplayConfig::DEFAULT_MAX_ROWS_IN_MEMORY,
         dry_run: false,
         source: Source::Store,
         kafka: ctx.console.kafka.clone(),

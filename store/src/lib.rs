@@ -16,18 +16,24 @@
 //! position 995 can commit after another one that took 1000 has committed and been read.
 //! A reader that moves its cursor past 1000 would never see 995. [`safe_position`] returns a
 //! position below which no event can appear any more, and [`read_all`] reads only up to it.
+//! [`bulk`] reads the same way in large pages with the payloads left as JSON text (a replay's
+//! rebuild decodes each once, straight into its typed event).
 //! [`Subscription`] catches up from a position and then follows, through that same safe read.
 //! [`stream_heads`] and [`read_stream`] serve readers that heal by stream version; [`log`]
 //! serves operators and analysts (one stream, one checkout, exports with filters, imports, stats);
 //! [`checkpoints`] keeps where each projection is in each Kafka partition; [`outbox`] is the
-//! relay's queue. Every module answers the one [`StoreError`] ([`error`]).
+//! relay's queue; [`commit_times`] says when events were committed (PostgreSQL's commit
+//! timestamps), for the event-to-view latency of load runs. Every module answers the one
+//! [`StoreError`] ([`error`]).
 //!
 //! It never decides anything and never writes views: what the events mean (aggregates, the
 //! checkout decision) is `surge-domain`'s, and it depends on `surge-events` only.
 
 pub mod allowances;
 pub mod append;
+pub mod bulk;
 pub mod checkpoints;
+pub mod commit_times;
 pub mod deadlines;
 pub mod error;
 pub mod idempotency;

@@ -163,6 +163,7 @@ async fn a_backup_restored_into_a_new_database_rebuilds_identical_views() {
         db: restored.db.clone(),
         projections: Projection::ALL.to_vec(),
         batch_size: 1000,
+        max_rows_in_memory: ReplayConfig::DEFAULT_MAX_ROWS_IN_MEMORY,
         dry_run: false,
         source: Source::Store,
         kafka: restored.kafka.clone(),

@@ -246,6 +246,7 @@ async fn replay_waits_for_a_transaction_held_open_and_keeps_its_event() {
         db: support::db(&env),
         projections: vec![Projection::of(&surge_projections::catalog::Catalog)],
         batch_size: 3,
+        max_rows_in_memory: ReplayConfig::DEFAULT_MAX_ROWS_IN_MEMORY,
         dry_run: false,
         source: Source::Store,
         kafka: env.kafka.clone(),

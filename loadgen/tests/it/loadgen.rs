@@ -141,6 +141,19 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
     assert!(report["cpu"]
         .as_array()
         .is_some_and(|c| c.iter().any(|p| p["process"] == "postgres")));
+    // Store commit -> view row commit of every accepted order, and the memory of the stack.
+    let e2v = &report["event_to_view"];
+    assert!(
+        e2v["skipped"] == 0 && e2v["rows"].as_u64() > Some(0) && e2v["latency_ms"]["p99"].as_f64() > Some(0.0),
+        "{e2v}"
+    );
+    assert!(
+        report["memory"].as_array().is_some_and(|m| m
+            .iter()
+            .any(|p| p["process"] == "postgres" && p["rss_kib"].as_u64() > Some(0))),
+        "{}",
+        report["memory"]
+    );
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.matches("<svg").count() >= 2, "throughput and latency charts");
     assert!(std::fs::read_dir(&dir)
@@ -148,6 +161,92 @@ async fn a_mixed_run_passes_its_audit_and_leaves_a_report() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("export-")));
 
+    for s in services {
+        s.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    env.cleanup().await;
+}
+
+/// The flash sale as a library call: its figures, and the same in its report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flash_sale_measured_returns_its_figures() {
+    let env = TestEnv::new().await;
+    let (command_url, query_url, services) = stack(&env).await;
+    let out = std::env::temp_dir().join(format!("surge-loadgen-{}", uuid::Uuid::new_v4().simple()));
+    let secret = env.auth.expose_jwt_secret().expect("the test env signs with HS256");
+    let args = [
+        "surge-loadgen",
+        "flash-sale",
+        "--command-url",
+        &command_url,
+        "--query-url",
+        &query_url,
+        "--database-url",
+        env.db.expose_url(),
+        "--jwt-secret",
+        secret,
+        "--out-dir",
+        out.to_str().expect("utf-8 path"),
+        "--hot-stock",
+        "40",
+        "--background-skus",
+        "3",
+        "--start-rate",
+        "20",
+        "--peak-rate",
+        "80",
+        "--ramp-secs",
+        "2",
+        "--hold-secs",
+        "1",
+    ];
+    let surge_loadgen::Command::FlashSale(config) = Cli::parse_from(args).command else {
+        panic!("flash-sale parses as a flash sale");
+    };
+    let figures = surge_loadgen::flash_sale::measure(config)
+        .await
+        .expect("the run is carried out");
+    assert!(figures.audit_ok, "{:?}", figures.audit_failed);
+    // ~150 arrivals, 70 % on a hot SKU of 40 units: some accepted, many refused.
+    assert!(figures.arrivals >= 100, "{figures:?}");
+    assert!(
+        figures.accepted > 40 && figures.accepted < figures.arrivals,
+        "{figures:?}"
+    );
+    assert!(figures.accepted_per_sec > 0.0);
+    let accepted = figures.accepted_latency_ms.as_ref().expect("accepted orders timed");
+    assert!(accepted.p50 > 0.0 && accepted.p99 >= accepted.p50);
+    assert!(figures.order_latency_ms.is_some());
+    let (p50, p99) = (
+        figures.event_to_view_p50_ms.expect("event to view measured"),
+        figures.event_to_view_p99_ms.expect("event to view measured"),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{figures:?}");
+    assert_eq!(figures.event_to_view_note, None);
+    assert!(
+        figures.rss_kib.get("postgres").is_some_and(|kib| *kib > 0),
+        "{figures:?}"
+    );
+    assert!(figures.cpu_per_1k_ops.contains_key("machine (all)"));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(figures.report_dir.join("report.json")).expect("report.json"))
+            .expect("JSON");
+    assert_eq!(report["event_to_view"]["latency_ms"]["p99"].as_f64(), Some(p99));
+    // Every order measured (retried requests answered 202 twice for one order).
+    assert_eq!(
+        report["event_to_view"]["skipped"].as_u64(),
+        Some(0),
+        "{}",
+        report["event_to_view"]
+    );
+    assert_eq!(report["event_to_view"]["rows"].as_u64(), Some(figures.accepted));
+    let html = std::fs::read_to_string(figures.report_dir.join("report.html")).expect("report.html");
+    assert!(html.contains("Event to view") && html.contains("Memory when the load ended"));
+    assert!(
+        html.matches("<svg").count() >= 3,
+        "throughput, latency and event-to-view charts"
+    );
     for s in services {
         s.stop().await;
     }

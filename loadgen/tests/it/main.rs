@@ -2,4 +2,5 @@
 //! Postgres and Kafka broker, each test on a database and topic prefix of its own.
 
 mod bench;
+mod event_to_view;
 mod loadgen;

@@ -2,3 +2,4 @@
 //! own (`#[sqlx::test]`); the projector with Kafka is tested end to end in `cli/tests/it`.
 
 mod a_new_view;
+mod bulk_replay;
