@@ -325,6 +325,9 @@ impl Relay {
     /// A relay that sends through `publisher` (tests wrap [`KafkaPublisher`] to inject faults).
     pub async fn build_with(config: RelayConfig, publisher: Arc<dyn Publisher>) -> Result<Self, StartupError> {
         surge_runtime::telemetry::prometheus();
+        // Exported from the start (at 0), so dashboards and alerts see the series before the
+        // first failure.
+        metrics::counter!("surge_relay_publish_failures_total").increment(0);
         let pool = surge_runtime::db::connect(&DatabaseConfig {
             max_connections: 4,
             ..config.db.clone()

@@ -126,13 +126,10 @@ async fn readiness_follows_postgres() {
         url: env.url_via(proxy.addr).into(),
         max_connections: 3,
     };
-    let app = CommandApp::build(CommandApiConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        db,
-        env.auth.clone(),
-    ))
-    .await
-    .unwrap();
+    let mut config = CommandApiConfig::new("127.0.0.1:0".parse().unwrap(), db, env.auth.clone());
+    // Faults, not shedding: a debug build's batches may take longer than the latency budget.
+    config.order_latency_budget_ms = 0;
+    let app = CommandApp::build(config).await.unwrap();
     let url = format!("http://{}", app.local_addr());
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn({
@@ -198,6 +195,9 @@ async fn sigterm_with_requests_in_flight_loses_none() {
         .env("SURGE_JWT_SECRET", env.auth.expose_jwt_secret().unwrap_or_default())
         .env("SURGE_LOG_FORMAT", "json")
         .env("SURGE_GATEWAY_LATENCY_MS", "0")
+        // A debug build's batches can take longer than the 50 ms latency budget: this test is
+        // about admitted requests, not shedding.
+        .env("SURGE_ORDER_LATENCY_BUDGET_MS", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
