@@ -356,13 +356,14 @@ async fn bulk_load(
     Ok((events, folded_up_to))
 }
 
-/// Drops the indexes of `tables` that back no constraint and returns the statements that
+/// Drops the indexes of `tables` that back no constraint and are not unique (a unique one may
+/// be an upsert's arbiter in the batch phase) and returns the statements that
 /// create them again (their names and tables are the new generation's already).
 async fn drop_secondary_indexes(conn: &mut PgConnection, tables: &[String]) -> Result<Vec<String>, sqlx::Error> {
     let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
-         JOIN pg_class i ON i.oid = x.indexrelid \
+        "SELECT x.indexrelid::regclass::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
          WHERE x.indrelid = ANY(SELECT t::regclass FROM unnest($1::text[]) AS t) \
+           AND NOT x.indisunique \
            AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
     )
     .bind(tables)

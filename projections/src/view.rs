@@ -226,8 +226,10 @@ pub struct FoldStats {
     /// Events a row already reflected (by stream version).
     pub duplicates: u64,
     /// Events folded after a version gap. Reading the whole log in position order up to a safe
-    /// position, a gap means the store holds none of the missing events either: the live path
-    /// would heal it by reading them, find none, and fold the event the same way.
+    /// position, a gap here means the store holds none of the missing events (an event of the
+    /// stream that is there but could not be folded blocks the stream instead, see
+    /// [`Folded`]): the live path would heal it by reading them, find none, and fold the event
+    /// the same way.
     pub gaps: u64,
     /// Events that could not be folded (logged with the reason, like the live path's dead letters).
     pub not_folded: u64,
@@ -246,10 +248,16 @@ pub trait InMemory: Send {
     async fn write(self: Box<Self>, conn: &mut PgConnection, tables: &[String]) -> Result<(), sqlx::Error>;
 }
 
-/// The in-memory fold of one view.
+/// The in-memory fold of one view. As on the live path, an event that cannot be folded (one
+/// this code cannot decode, say of a newer schema version, or one before the stream's first)
+/// stops its stream there: the live path dead-letters it, then finds every later event of the
+/// stream behind a gap that healing cannot close (the store holds the event, which fails
+/// again), so the row stays where it was. Here the stream's key is blocked and every later
+/// event of it is not folded either.
 pub struct Folded<V: View> {
     view: &'static V,
     rows: HashMap<V::Key, V::Row>,
+    blocked: std::collections::HashSet<V::Key>,
     extra: Vec<V::Extra>,
     stats: FoldStats,
 }
@@ -259,6 +267,7 @@ impl<V: View> Folded<V> {
         Folded {
             view,
             rows: HashMap::new(),
+            blocked: std::collections::HashSet::new(),
             extra: Vec::new(),
             stats: FoldStats::default(),
         }
@@ -270,6 +279,10 @@ impl<V: View> Folded<V> {
             self.not_folded(env, "the stream is not one of this view's");
             return;
         };
+        if self.blocked.contains(&key) {
+            self.not_folded(env, "an earlier event of the stream could not be folded");
+            return;
+        }
         let version = self.rows.get(&key).map_or(0, |r| self.view.version(r));
         match step(version, env.version) {
             Step::Duplicate => {
@@ -292,14 +305,20 @@ impl<V: View> Folded<V> {
         }
         let event = match crate::rebuild::decode_stored::<V::Event>(stored) {
             Ok(e) => e,
-            Err(e) => return self.not_folded(env, &e.to_string()),
+            Err(e) => {
+                self.blocked.insert(key);
+                return self.not_folded(env, &e.to_string());
+            }
         };
         match self.view.fold(self.rows.remove(&key), env, &event, &mut self.extra) {
             Some(row) => {
                 self.rows.insert(key, row);
                 self.stats.applied += 1;
             }
-            None => self.not_folded(env, "an event before the stream's first event"),
+            None => {
+                self.blocked.insert(key);
+                self.not_folded(env, "an event before the stream's first event")
+            }
         }
     }
 

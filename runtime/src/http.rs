@@ -70,7 +70,11 @@ pub async fn metrics_text() -> String {
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     let allowed: Vec<HeaderValue> = origins
         .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .map(|o| o.trim())
+        // A blank entry (`--cors-origins ""`) allows no origin: no CORS layer at all then, as the
+        // query API's cached-read fast path, which answers without one, assumes.
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
     if allowed.is_empty() {
         return None;

@@ -3,3 +3,4 @@
 
 mod a_new_view;
 mod bulk_replay;
+mod replay_edges;
