@@ -505,7 +505,14 @@ fn flash_sale_rows(m: &Moonshot) -> (Vec<String>, Vec<String>) {
     rows.push(format!(
         "| 7 | resident memory of each process at the end of the 20x run; every cache and queue bounded | {} | reported (bounds: docs/operations.md, \"Memory\") |",
         rss.into_iter()
-            .filter_map(|(p, v)| median(v).map(|m| format!("{p} {:.0} MiB", m / 1024.0)))
+            .filter_map(|(p, v)| {
+                let note = if p == "postgres" {
+                    " (summed over its processes: shared buffers counted in each)"
+                } else {
+                    ""
+                };
+                median(v).map(|m| format!("{p} {:.0} MiB{note}", m / 1024.0))
+            })
             .collect::<Vec<_>>()
             .join(", ")
     ));
