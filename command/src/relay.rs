@@ -546,6 +546,7 @@ impl Relay {
     /// order, commit once every event is acknowledged, then delete the batch. A failed send or
     /// commit aborts the transaction and leaves the whole batch in the outbox.
     async fn round(&self, lock_conn: &mut PgConnection, lease: &LeaseClock) -> Result<RoundEnd, RelayError> {
+        let began = Instant::now();
         // Only a failure of the session itself puts the lease in doubt; a row that does not
         // decode is this round's error (logged, retried), not a reason to step down.
         let read = async {
@@ -621,6 +622,9 @@ impl Relay {
             return Ok(RoundEnd::LeaseLost);
         }
         metrics::counter!("surge_relay_published_total").increment(read as u64);
+        // From reading the batch to deleting it: an event waits for the round in progress
+        // when it commits, then for its own.
+        metrics::histogram!("surge_relay_round_seconds").record(began.elapsed().as_secs_f64());
         let backlog = surge_store::outbox::backlog(&mut *lock_conn);
         let Some(backlog) = on_lock_session(lease, STATEMENT_TIMEOUT, backlog).await else {
             return Ok(RoundEnd::LeaseLost);

@@ -15,8 +15,8 @@
 //! is an optimisation and the locks spare retries; the guard is the event store's version
 //! check: a writer that skipped the locks makes the append conflict, the lane reloads and
 //! decides the batch again (bounded), so nothing oversells.
-//! Shedding is by time, not by count: each lane keeps its recent batch time and size, and an
-//! order that would wait past the latency budget (50 ms by default) is refused at once
+//! Shedding is by time, not by count: each lane fits its recent batches' times as a fixed time
+//! per batch plus a time per order ([`LaneTimes`]), and an order that would wait past the latency budget (50 ms by default) is refused at once
 //! ([`CommandError::Overloaded`], 503 with `Retry-After`) instead of joining a queue it cannot
 //! leave in time; the queue's length is only the last bound. An order for an item this
 //! instance saw sold out (every bucket, definitively, under the locks) is refused from memory
@@ -99,66 +99,125 @@ fn now_micros() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }
 
-/// What a lane's callers know of how fast it goes.
+/// What a lane's callers know of how fast it goes: a batch takes a fixed time (one
+/// transaction: locks, reads, the commit and its fsync) plus a time per order in it, fitted
+/// from the lane's recent batches.
 #[derive(Default)]
 struct LaneTimes {
-    /// Moving average of a batch's decide-and-commit time, in microseconds (0: none yet).
-    batch_micros: AtomicU64,
-    /// Moving average of a batch's size, in thousandths of an order.
-    batch_size_milli: AtomicU64,
+    /// A batch's fixed time, in microseconds (0 with `per_order_nanos` 0: no batch yet).
+    fixed_micros: AtomicU64,
+    /// What each order adds to its batch's time, in nanoseconds.
+    per_order_nanos: AtomicU64,
     /// When the batch being decided now started ([`now_micros`]); 0 between batches.
     busy_since: AtomicU64,
+    /// Orders in the batch being decided now.
+    running_size: AtomicU64,
+    /// The fit itself; only the lane's task touches it (once per batch).
+    fit: std::sync::Mutex<BatchFit>,
+}
+
+/// Exponentially weighted least squares of batch time (µs) over batch size (orders).
+#[derive(Default, Debug, Clone, Copy)]
+struct BatchFit {
+    batches: u64,
+    mean_size: f64,
+    mean_micros: f64,
+    var_size: f64,
+    cov: f64,
+    /// The last time per order the sizes varied enough to tell apart from the fixed time.
+    learned_per_order: Option<f64>,
+}
+
+impl BatchFit {
+    /// Weight of the newest batch.
+    const WEIGHT: f64 = 1.0 / 16.0;
+    /// Sizes must spread this much (variance, orders²) before the slope is trusted.
+    const MIN_SIZE_VARIANCE: f64 = 1.0;
+
+    fn add(&mut self, size: f64, micros: f64) {
+        if self.batches == 0 {
+            (self.mean_size, self.mean_micros) = (size, micros);
+        } else {
+            let a = Self::WEIGHT;
+            let (dx, dy) = (size - self.mean_size, micros - self.mean_micros);
+            self.mean_size += a * dx;
+            self.mean_micros += a * dy;
+            self.var_size = (1.0 - a) * (self.var_size + a * dx * dx);
+            self.cov = (1.0 - a) * (self.cov + a * dx * dy);
+        }
+        self.batches += 1;
+        if self.var_size >= Self::MIN_SIZE_VARIANCE {
+            self.learned_per_order = Some(self.cov / self.var_size);
+        }
+    }
+
+    /// (fixed µs, µs per order). Until sizes have varied, every order is taken to cost its
+    /// share of the mean (the cautious reading: a queue twice the usual size takes twice as
+    /// long); the slope is never below zero nor above that share, the fixed time never below
+    /// zero.
+    fn model(&self) -> (f64, f64) {
+        let share = self.mean_micros / self.mean_size.max(1.0);
+        let per_order = self.learned_per_order.unwrap_or(share).clamp(0.0, share);
+        let fixed = (self.mean_micros - per_order * self.mean_size.max(1.0)).max(0.0);
+        (fixed, per_order)
+    }
 }
 
 impl LaneTimes {
-    /// How long an order joining now, behind `queued` others, would take to be answered:
-    /// what is left of the batch in progress, then the batches ahead of it and its own, each
-    /// taking the recent batch time, longer in proportion when bigger than recent ones. A
-    /// batch in progress that has run longer than recent ones (a stalled disk, a lock held
-    /// elsewhere) is taken as the new batch time at once, without waiting for the average.
-    /// Zero for an idle lane with nothing queued: it always takes the next order (and so
-    /// learns its batch time again after a stall).
+    /// How long an order joining now, behind `queued` others, would take to be answered: what
+    /// is left of the batch in progress, then the batches that carry the orders ahead of it
+    /// and itself (at most `max_batch` each: a fixed time per batch and a time per order). A
+    /// batch in progress that has run longer than its model says (a stalled disk, a lock held
+    /// elsewhere) makes the fixed time what it has run so far, at once, without waiting for
+    /// the fit. Zero for an idle lane with nothing queued: it always takes the next order
+    /// (and so learns its batch time again after a stall).
     fn expected_wait(&self, queued: usize, max_batch: usize) -> Duration {
-        let average = self.batch_micros.load(Ordering::Relaxed);
+        let fixed = self.fixed_micros.load(Ordering::Relaxed) as f64;
+        let per_order = self.per_order_nanos.load(Ordering::Relaxed) as f64 / 1000.0;
         let since = self.busy_since.load(Ordering::Relaxed);
-        if since == 0 && (queued == 0 || average == 0) {
+        let known = fixed > 0.0 || per_order > 0.0;
+        if since == 0 && (queued == 0 || !known) {
             return Duration::ZERO;
         }
-        if average == 0 {
+        let ahead = queued as u64 + 1;
+        let batches = ahead.div_ceil(max_batch.max(1) as u64);
+        let running = if since == 0 {
+            0.0
+        } else {
+            now_micros().saturating_sub(since) as f64
+        };
+        if !known {
             // No batch finished yet (a new lane at a sale's start): the one in progress is all
             // there is to go by.
-            let running = now_micros().saturating_sub(since);
-            let batches = (queued as u64 + 1).div_ceil(max_batch.max(1) as u64);
-            return Duration::from_micros(running.saturating_mul(batches));
+            return Duration::from_micros((running * batches as f64) as u64);
         }
-        let running = if since == 0 {
-            0
-        } else {
-            now_micros().saturating_sub(since)
-        };
-        let took = average.max(running);
-        let left = if since == 0 { 0 } else { took.saturating_sub(running) };
-        let ahead = queued as u64 + 1;
-        let size = (self.batch_size_milli.load(Ordering::Relaxed) as f64 / 1000.0).max(1.0);
-        let batches = ahead.div_ceil(max_batch.max(1) as u64) as f64;
-        let own = took as f64 * batches.max(ahead as f64 / size);
-        Duration::from_micros(left + own as u64)
+        let (mut fixed, mut left) = (fixed, 0.0);
+        if since != 0 {
+            let running_size = self.running_size.load(Ordering::Relaxed) as f64;
+            fixed = fixed.max(running - per_order * running_size);
+            left = (fixed + per_order * running_size - running).max(0.0);
+        }
+        let own = fixed * batches as f64 + per_order * ahead as f64;
+        Duration::from_micros((left + own) as u64)
     }
 
-    fn started(&self) {
+    fn started(&self, size: usize) {
+        self.running_size.store(size as u64, Ordering::Relaxed);
         self.busy_since.store(now_micros(), Ordering::Relaxed);
     }
 
     fn finished(&self, started: Instant, size: usize) {
         self.busy_since.store(0, Ordering::Relaxed);
-        let took = started.elapsed().as_micros() as u64;
-        let before = self.batch_micros.load(Ordering::Relaxed);
-        let average = if before == 0 { took } else { (before * 7 + took) / 8 };
-        self.batch_micros.store(average.max(1), Ordering::Relaxed);
-        let size = size as u64 * 1000;
-        let before = self.batch_size_milli.load(Ordering::Relaxed);
-        let average = if before == 0 { size } else { (before * 7 + size) / 8 };
-        self.batch_size_milli.store(average, Ordering::Relaxed);
+        let took = started.elapsed().as_micros() as f64;
+        let (fixed, per_order) = {
+            let mut fit = self.fit.lock().unwrap_or_else(|p| p.into_inner());
+            fit.add(size.max(1) as f64, took);
+            fit.model()
+        };
+        // At least a microsecond in all: "known" from the first batch on.
+        self.fixed_micros.store((fixed as u64).max(1), Ordering::Relaxed);
+        self.per_order_nanos
+            .store((per_order * 1000.0) as u64, Ordering::Relaxed);
     }
 }
 
@@ -415,6 +474,7 @@ impl Sequencer {
             }
         }
         let (reply, answer) = oneshot::channel();
+        let queued_at = Instant::now();
         match lane.tx.try_send((job, reply)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(self.queue_full(sku)),
@@ -428,7 +488,10 @@ impl Sequencer {
         }
         // Orders waiting in every lane, for dashboards (the lanes take them off in batches).
         metrics::gauge!("surge_sequencer_waiting_orders").increment(1.0);
-        answer.await.unwrap_or(Err(CommandError::LaneStopped))
+        let answer = answer.await.unwrap_or(Err(CommandError::LaneStopped));
+        // In the lane: its queue and its batch (what the latency budget is about).
+        metrics::histogram!("surge_sequencer_order_seconds").record(queued_at.elapsed().as_secs_f64());
+        answer
     }
 }
 
@@ -517,7 +580,7 @@ impl Lane {
             metrics::gauge!("surge_sequencer_waiting_orders").decrement(batch.len() as f64);
             let (jobs, replies): (Vec<PlaceJob>, Vec<Reply>) = std::mem::take(&mut batch).into_iter().unzip();
             let started = Instant::now();
-            self.times.started();
+            self.times.started(jobs.len());
             let epoch = self.sold_out.epoch();
             let all: Vec<usize> = (0..jobs.len()).collect();
             let mut result = (|| self.commit_batch(&jobs, &all, false))
@@ -927,11 +990,16 @@ fn clone_error(e: &CommandError) -> CommandError {
 mod tests {
     use super::*;
 
-    fn times(batch_ms: u64, size: u64) -> LaneTimes {
+    /// A lane whose batches take `fixed_ms` plus `per_order_us` for each order.
+    fn times(fixed_ms: u64, per_order_us: u64) -> LaneTimes {
         let t = LaneTimes::default();
-        t.batch_micros.store(batch_ms * 1000, Ordering::Relaxed);
-        t.batch_size_milli.store(size * 1000, Ordering::Relaxed);
+        t.fixed_micros.store(fixed_ms * 1000, Ordering::Relaxed);
+        t.per_order_nanos.store(per_order_us * 1000, Ordering::Relaxed);
         t
+    }
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
     }
 
     #[test]
@@ -945,57 +1013,54 @@ mod tests {
     }
 
     #[test]
-    fn an_order_behind_one_other_waits_one_batch() {
-        assert_eq!(times(10, 10).expected_wait(1, 256), Duration::from_millis(10));
+    fn an_order_behind_one_other_waits_one_batch_of_two() {
+        assert_eq!(times(10, 100).expected_wait(1, 256), Duration::from_micros(10_200));
     }
 
     #[test]
-    fn a_queue_bigger_than_recent_batches_takes_longer_in_proportion() {
-        // 29 ahead + this one, batches of 10 lately taking 10 ms: 30 ms.
-        assert_eq!(times(10, 10).expected_wait(29, 256), Duration::from_millis(30));
-        // A queue smaller than recent batches still takes a whole batch.
-        assert_eq!(times(10, 100).expected_wait(5, 256), Duration::from_millis(10));
+    fn a_long_queue_costs_its_orders_not_a_batch_each() {
+        // 29 ahead + this one in one batch: 10 ms + 30 x 100 µs.
+        assert_eq!(times(10, 100).expected_wait(29, 256), Duration::from_millis(13));
     }
 
     #[test]
     fn a_queue_longer_than_a_batch_waits_for_every_batch_ahead() {
-        // 600 orders in batches of at most 256, recent batches full: 3 batches of 20 ms.
-        assert_eq!(times(20, 256).expected_wait(599, 256), Duration::from_millis(60));
+        // 600 orders in batches of at most 256: 3 fixed times and 600 orders' time.
+        assert_eq!(times(20, 100).expected_wait(599, 256), Duration::from_millis(60 + 60));
     }
 
-    fn busy_for(t: &LaneTimes, running: Duration) {
+    fn busy_for(t: &LaneTimes, running: Duration, size: u64) {
         let now = now_micros();
         if now <= running.as_micros() as u64 {
             std::thread::sleep(running);
         }
+        t.running_size.store(size, Ordering::Relaxed);
         t.busy_since
             .store(now_micros() - running.as_micros() as u64, Ordering::Relaxed);
     }
 
     #[test]
     fn the_batch_in_progress_counts_what_is_left_of_it() {
-        let t = times(10, 10);
-        busy_for(&t, Duration::from_millis(4));
-        let wait = t.expected_wait(0, 256);
-        assert!(
-            wait > Duration::from_millis(14) && wait <= Duration::from_millis(16),
-            "{wait:?}"
-        );
+        // A batch of 10 (10 ms + 10 x 100 µs = 11 ms) 4 ms in: 7 ms left, then 10.1 ms.
+        let t = times(10, 100);
+        busy_for(&t, Duration::from_millis(4), 10);
+        let wait = ms(t.expected_wait(0, 256));
+        assert!(wait > 16.0 && wait <= 17.1, "{wait}");
     }
 
     #[test]
-    fn a_batch_running_longer_than_recent_ones_sets_the_batch_time_at_once() {
-        let t = times(10, 10);
-        busy_for(&t, Duration::from_millis(200));
-        let wait = t.expected_wait(0, 256);
-        assert!(wait >= Duration::from_millis(200), "{wait:?}");
-        assert!(t.expected_wait(29, 256) >= Duration::from_millis(600));
+    fn a_batch_running_longer_than_its_model_sets_the_fixed_time_at_once() {
+        let t = times(10, 100);
+        busy_for(&t, Duration::from_millis(200), 10);
+        let wait = ms(t.expected_wait(0, 256));
+        assert!(wait >= 199.0, "{wait}");
+        assert!(ms(t.expected_wait(599, 256)) >= 3.0 * 199.0, "three batches ahead");
     }
 
     #[test]
     fn a_first_batch_that_stalls_counts_before_any_batch_finished() {
         let t = LaneTimes::default();
-        busy_for(&t, Duration::from_millis(100));
+        busy_for(&t, Duration::from_millis(100), 1);
         assert!(t.expected_wait(0, 256) >= Duration::from_millis(100));
         assert!(
             t.expected_wait(300, 256) >= Duration::from_millis(200),
@@ -1004,17 +1069,62 @@ mod tests {
     }
 
     #[test]
-    fn batch_times_and_sizes_are_moving_averages() {
+    fn the_fit_separates_the_fixed_time_from_the_time_per_order() {
+        // Batches of 3 ms + 40 µs per order, sizes varying as a sale's do.
+        let mut fit = BatchFit::default();
+        for i in 0..200u64 {
+            let size = 1 + (i * 37) % 120;
+            fit.add(size as f64, 3000.0 + 40.0 * size as f64);
+        }
+        let (fixed, per_order) = fit.model();
+        assert!((fixed - 3000.0).abs() < 1.0, "{fixed}");
+        assert!((per_order - 40.0).abs() < 0.1, "{per_order}");
+    }
+
+    #[test]
+    fn until_sizes_vary_every_order_costs_its_share_of_the_batch() {
+        let mut fit = BatchFit::default();
+        for _ in 0..20 {
+            fit.add(10.0, 5000.0);
+        }
+        assert_eq!(fit.model(), (0.0, 500.0));
+    }
+
+    #[test]
+    fn a_noisy_fit_never_gives_a_negative_time() {
+        // Bigger batches that happened to be faster: no negative time per order, and none
+        // above the mean share (which would make the fixed time negative).
+        let mut fit = BatchFit::default();
+        for i in 0..50u64 {
+            let size = 1 + i % 20;
+            fit.add(size as f64, 9000.0 - 300.0 * size as f64);
+        }
+        let (fixed, per_order) = fit.model();
+        assert_eq!(per_order, 0.0);
+        assert!(fixed > 0.0);
+        let mut fit = BatchFit::default();
+        for i in 0..50u64 {
+            let size = 1 + i % 20;
+            fit.add(size as f64, (1000 * size) as f64 - 900.0);
+        }
+        let (fixed, per_order) = fit.model();
+        assert!(fixed >= 0.0 && per_order <= fit.mean_micros / fit.mean_size);
+    }
+
+    #[test]
+    fn a_finished_batch_feeds_the_fit_and_ends_the_busy_time() {
         let t = LaneTimes::default();
         let started = Instant::now() - Duration::from_millis(8);
-        t.started();
+        t.started(8);
+        assert_ne!(t.busy_since.load(Ordering::Relaxed), 0);
         t.finished(started, 8);
-        let first = t.batch_micros.load(Ordering::Relaxed);
-        assert!(first >= 8_000, "{first}");
-        assert_eq!(t.batch_size_milli.load(Ordering::Relaxed), 8_000);
         assert_eq!(t.busy_since.load(Ordering::Relaxed), 0, "not busy after a batch");
-        t.finished(Instant::now(), 16);
-        assert_eq!(t.batch_size_milli.load(Ordering::Relaxed), 9_000, "(7 x 8 + 16) / 8");
-        assert!(t.batch_micros.load(Ordering::Relaxed) < first);
+        // One batch: all of it is the orders' share, nothing fixed yet (1 µs marks "known").
+        assert_eq!(t.fixed_micros.load(Ordering::Relaxed), 1);
+        assert!(
+            t.per_order_nanos.load(Ordering::Relaxed) >= 1_000_000,
+            "8 ms / 8 orders"
+        );
+        assert!(t.expected_wait(7, 256) >= Duration::from_millis(8));
     }
 }

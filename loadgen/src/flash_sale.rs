@@ -14,6 +14,7 @@
 
 use super::driver::{histogram, open_loop, Quantiles, RateArgs};
 use super::report::RunReport;
+use super::scrape::{Gained, Scrape};
 use super::{Shop, Target};
 use clap::Args;
 use futures::FutureExt;
@@ -42,6 +43,50 @@ pub struct FlashSaleConfig {
     /// that accepted orders and stored orders are the same set (`./dev chaos`).
     #[arg(long)]
     pub retry_unknown: bool,
+    /// The relay's and the projector's metrics (where the event-to-view time goes); a run
+    /// without them has no [`Stages`].
+    #[arg(long, default_value = "http://127.0.0.1:9101")]
+    pub relay_metrics: String,
+    #[arg(long, default_value = "http://127.0.0.1:9102")]
+    pub projector_metrics: String,
+}
+
+/// Where the event-to-view time went, from the relay's and the projector's own metrics over
+/// the run (means; the orders view's projector).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Stages {
+    /// The relay's rounds that published (read a batch of the outbox, one Kafka transaction,
+    /// delete the batch): how many, their mean time and events.
+    pub relay_rounds: f64,
+    pub relay_round_ms: f64,
+    pub relay_events_per_round: f64,
+    /// The orders projector's batches (from the batch in hand to its views' commit).
+    pub projector_batches: f64,
+    pub projector_batch_ms: f64,
+    pub projector_events_per_batch: f64,
+    /// The projector's own measure: from the event's `occurred_at` to its batch's commit.
+    pub projector_event_to_view_ms: f64,
+}
+
+impl Stages {
+    fn between(relay: (&Scrape, &Scrape), projector: (&Scrape, &Scrape)) -> Option<Stages> {
+        let orders = ["projection=\"orders\""];
+        let round = Gained::of(relay.0, relay.1, "surge_relay_round_seconds", &[])?;
+        let published = relay.1.sum("surge_relay_published_total", &[])?
+            - relay.0.sum("surge_relay_published_total", &[]).unwrap_or(0.0);
+        let batch = Gained::of(projector.0, projector.1, "surge_projection_batch_seconds", &orders)?;
+        let size = Gained::of(projector.0, projector.1, "surge_projection_batch_size", &orders)?;
+        let e2v = Gained::of(projector.0, projector.1, "surge_event_to_view_seconds", &orders)?;
+        Some(Stages {
+            relay_rounds: round.count,
+            relay_round_ms: round.mean() * 1000.0,
+            relay_events_per_round: published / round.count,
+            projector_batches: batch.count,
+            projector_batch_ms: batch.mean() * 1000.0,
+            projector_events_per_batch: size.mean(),
+            projector_event_to_view_ms: e2v.mean() * 1000.0,
+        })
+    }
 }
 
 /// What one flash sale did, in figures (latencies in ms, memory in KiB).
@@ -74,6 +119,10 @@ pub struct FlashSaleFigures {
     /// CPU seconds per 1k operations, per process name (and `machine (all)`, `other`).
     pub cpu_per_1k_ops: BTreeMap<String, f64>,
     pub server_cpu_per_1k_ops: Option<f64>,
+    /// Where the event-to-view time went (`None`: the relay's or projector's metrics could
+    /// not be read).
+    #[serde(default)]
+    pub stages: Option<Stages>,
     /// Every check of the audit passed.
     pub audit_ok: bool,
     /// The checks that failed, `name: detail`.
@@ -116,6 +165,7 @@ impl FlashSaleFigures {
                 .filter_map(|p| Some((p.process.clone(), p.per_1k_ops?)))
                 .collect(),
             server_cpu_per_1k_ops: report.server_cpu_per_1k_ops,
+            stages: None,
             audit_ok: report.audit.iter().all(|c| c.ok),
             audit_failed: report
                 .audit
@@ -156,6 +206,15 @@ pub async fn measure(c: FlashSaleConfig) -> anyhow::Result<FlashSaleFigures> {
         "== flash sale {run}: {}; hot SKU {hot} with {} units",
         c.rates.describe("orders"),
         c.hot_stock
+    );
+    let http = shop.http.clone();
+    let scrape = |url: String| {
+        let http = http.clone();
+        async move { Scrape::of(&http, &url).await }
+    };
+    let before = (
+        scrape(c.relay_metrics.clone()).await,
+        scrape(c.projector_metrics.clone()).await,
     );
     shop.begin();
     let shop = Arc::new(shop);
@@ -211,5 +270,13 @@ pub async fn measure(c: FlashSaleConfig) -> anyhow::Result<FlashSaleFigures> {
             anyhow::bail!("the run left no report in {}", dir.display());
         }
     };
-    Ok(FlashSaleFigures::of(&report, dir))
+    let after = (
+        scrape(c.relay_metrics.clone()).await,
+        scrape(c.projector_metrics.clone()).await,
+    );
+    let mut figures = FlashSaleFigures::of(&report, dir);
+    if let (Some(r0), Some(p0), Some(r1), Some(p1)) = (before.0, before.1, after.0, after.1) {
+        figures.stages = Stages::between((&r0, &r1), (&p0, &p1));
+    }
+    Ok(figures)
 }

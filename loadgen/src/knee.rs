@@ -27,6 +27,7 @@
 use super::audit::{self, Check};
 use super::driver::{histogram, open_loop_until, send, Answer, RateArgs, Recorder};
 use super::procs::{self, CpuSample, ProcessCpu};
+use super::scrape::{share_above, Gained, Scrape};
 use clap::{Args, ValueEnum};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -217,6 +218,37 @@ pub struct Overload {
     /// latency target; None when that did not happen within [`RECOVERY_LIMIT`].
     pub recovery_secs: Option<f64>,
     pub answers: BTreeMap<String, u64>,
+    /// Cores the target's processes kept busy during the overload.
+    #[serde(default)]
+    pub cores_busy: Option<f64>,
+    /// The target's own account of its lane during the overload (from its `/metrics`, when it
+    /// has Surge's `surge_sequencer_order_seconds`).
+    #[serde(default)]
+    pub lane: Option<LaneFigures>,
+}
+
+/// Orders' time in the lane (queue and batch) during an overload, as the target measured it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LaneFigures {
+    pub orders: f64,
+    pub mean_ms: f64,
+    /// The share of orders that spent longer than the latency target in the lane.
+    pub over_target_share: f64,
+}
+
+impl LaneFigures {
+    const HISTOGRAM: &'static str = "surge_sequencer_order_seconds";
+
+    /// Between two scrapes; `le` is the bucket bound of the latency target (seconds as written
+    /// in the exposition).
+    fn between(before: &Scrape, after: &Scrape, le: &str) -> Option<LaneFigures> {
+        let gained = Gained::of(before, after, Self::HISTOGRAM, &[])?;
+        Some(LaneFigures {
+            orders: gained.count,
+            mean_ms: gained.mean() * 1000.0,
+            over_target_share: share_above(before, after, Self::HISTOGRAM, le)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -588,6 +620,8 @@ impl Run<'_> {
         quiet(c, 15).await;
         self.seed(&skus).await?;
         self.seed(&probe_sku).await?;
+        let metrics_before = Scrape::of(&self.http, &self.url).await;
+        let cpu_before = CpuSample::now();
         let ends = Instant::now() + Duration::from_secs(c.overload_secs);
         let probe = {
             let (http, url, sku, id) = (
@@ -612,6 +646,8 @@ impl Run<'_> {
             None,
         )
         .await;
+        let cpu = cpu_before.usage(&CpuSample::now(), 0);
+        let metrics_after = Scrape::of(&self.http, &self.url).await;
         let (recovery, probes) = probe.await?;
         let mut answers = BTreeMap::new();
         for o in &outcomes {
@@ -630,6 +666,10 @@ impl Run<'_> {
             refused_p99_ms: quantile(outcomes.iter().filter(refused).map(|o| o.latency_us), 0.99),
             recovery_secs: recovery.map(|d| d.as_secs_f64()),
             answers,
+            cores_busy: Some(procs::server_secs(&cpu) / c.overload_secs.max(1) as f64),
+            lane: metrics_before
+                .zip(metrics_after)
+                .and_then(|(b, a)| LaneFigures::between(&b, &a, &format!("{}", c.p99_ms / 1000.0))),
         };
         self.outcomes.extend(outcomes);
         self.outcomes.extend(probes);

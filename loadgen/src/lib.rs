@@ -31,6 +31,7 @@ pub mod replay;
 pub mod report;
 pub mod scale;
 pub mod scenarios;
+pub mod scrape;
 pub mod table;
 
 use anyhow::{bail, Context};

@@ -263,12 +263,15 @@ pub fn without_broker(rows: Vec<ProcessCpu>, keep: bool) -> Vec<ProcessCpu> {
     rows.into_iter().filter(|r| keep || r.process != "kafka").collect()
 }
 
+/// Whether a row names a process of the serving side: not this load client, not the
+/// machine's total, not the unnamed rest.
+pub fn is_server(process: &str) -> bool {
+    !matches!(process, "surge-loadgen" | "machine (all)" | "other")
+}
+
 /// CPU seconds of the serving side: every named process but this load client.
 pub fn server_secs(rows: &[ProcessCpu]) -> f64 {
-    rows.iter()
-        .filter(|r| !matches!(r.process.as_str(), "surge-loadgen" | "machine (all)" | "other"))
-        .map(|r| r.cpu_secs)
-        .sum()
+    rows.iter().filter(|r| is_server(&r.process)).map(|r| r.cpu_secs).sum()
 }
 
 #[cfg(test)]

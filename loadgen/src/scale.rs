@@ -17,6 +17,7 @@ use crate::audit::{self, check, Check};
 use crate::bench::{commit, fresh_database, machine, rotated, say, surge_env, wait_ready};
 use crate::children::{command, Children};
 use crate::driver::{histogram, send, Quantiles};
+use crate::scrape::Scrape;
 use crate::table::{median, replace_generated_between};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -89,6 +90,9 @@ pub struct ScaleRun {
     pub lock_wait_ms_per_order: Option<f64>,
     /// Accepted orders per instance (the index in the round-robin).
     pub accepted_by_instance: Vec<u64>,
+    /// Requests answered 503 `hot-sku-overloaded` whose client came back after the wait given.
+    #[serde(default)]
+    pub came_back: u64,
     pub audit: Vec<Check>,
 }
 
@@ -105,6 +109,22 @@ type Answered = (usize, String, u64, f64);
 const DATABASE: &str = "surge_scale";
 const FIRST_PORT: u16 = 18_180;
 const LOCK_WAIT: &str = "surge_store_lock_wait_seconds_sum";
+/// How long a shopper keeps coming back after 503 `hot-sku-overloaded` (as `./dev demo`'s).
+const COME_BACK_FOR: Duration = Duration::from_secs(10);
+
+/// The wait a 503 `hot-sku-overloaded` asks for (`estimated_wait_ms`, 10 ms to 1 s), with up
+/// to as much again of jitter so the refused do not all come back at once; None for any
+/// other answer.
+fn come_back_after(answer: &crate::driver::Answer) -> Option<Duration> {
+    let overloaded = answer.status == Some(503)
+        && answer.body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/hot-sku-overloaded"));
+    overloaded.then(|| {
+        let ms = answer.body["estimated_wait_ms"].as_u64().unwrap_or(50).clamp(10, 1000);
+        Duration::from_millis(ms + rand::random::<u64>() % ms)
+    })
+}
 
 pub async fn run(c: ScaleConfig) -> anyhow::Result<()> {
     if c.instances.is_empty() || c.instances.contains(&0) {
@@ -220,15 +240,17 @@ async fn one_run(
     let next = Arc::new(AtomicU64::new(0));
     let accepted: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
     let answers: Arc<Mutex<Vec<Answered>>> = Arc::default();
+    let came_back = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let workers = (0..c.clients).map(|_| {
-        let (http, urls, sku, next, accepted, answers) = (
+        let (http, urls, sku, next, accepted, answers, came_back) = (
             http.clone(),
             urls.clone(),
             sku.clone(),
             next.clone(),
             accepted.clone(),
             answers.clone(),
+            came_back.clone(),
         );
         let orders = c.orders;
         tokio::spawn(async move {
@@ -239,13 +261,27 @@ async fn one_run(
                 }
                 let instance = (i % urls.len() as u64) as usize;
                 let key = format!("{sku}-{i}");
-                let req = http
-                    .post(format!("{}/v1/orders", urls[instance]))
-                    .header("idempotency-key", &key)
-                    .json(&json!({"customer_id": format!("s{}", i % 1000),
-                                  "lines": [{"sku": sku, "quantity": 1}]}));
+                let body = json!({"customer_id": format!("s{}", i % 1000),
+                                  "lines": [{"sku": sku, "quantity": 1}]});
                 let sent = Instant::now();
-                let answer = send(req, true).await;
+                // A shopper asked to come back (503 hot-sku-overloaded) does, after the wait
+                // the answer gives, with the same key, for `COME_BACK_FOR` at most; the
+                // order's latency runs from its first request to its last answer.
+                let answer = loop {
+                    let req = http
+                        .post(format!("{}/v1/orders", urls[instance]))
+                        .header("idempotency-key", &key)
+                        .json(&body);
+                    let answer = send(req, true).await;
+                    let Some(wait) = come_back_after(&answer) else {
+                        break answer;
+                    };
+                    if sent.elapsed() >= COME_BACK_FOR {
+                        break answer;
+                    }
+                    came_back.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                };
                 let micros = sent.elapsed().as_micros().max(1) as u64;
                 let kind = answer.kind();
                 if answer.status == Some(202) {
@@ -320,6 +356,7 @@ async fn one_run(
         latency_ms: Quantiles::of(&h),
         lock_wait_ms_per_order,
         accepted_by_instance: by_instance,
+        came_back: came_back.load(Ordering::Relaxed),
         audit: checks,
     })
 }
@@ -329,32 +366,15 @@ async fn one_run(
 async fn lock_wait_secs(http: &reqwest::Client, urls: &[String]) -> Option<f64> {
     let mut total = 0.0;
     for url in urls {
-        let r = http.get(format!("{url}/metrics")).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        total += prometheus_sum(&r.text().await.ok()?, LOCK_WAIT).unwrap_or(0.0);
+        total += Scrape::of(http, url).await?.sum(LOCK_WAIT, &[]).unwrap_or(0.0);
     }
     Some(total)
-}
-
-/// The sum of every sample of `metric` (all label sets) in a Prometheus text exposition.
-fn prometheus_sum(text: &str, metric: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, rest) = l.split_at(l.find(['{', ' '])?);
-            (name == metric).then(|| rest.rsplit(' ').next()?.parse::<f64>().ok())?
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 fn print_run(r: &ScaleRun) {
     println!(
         "   {} instance(s): {} accepted in {:.2} s = {:.0}/s, {} out of stock, other {:?}; p50 {:.1} ms, p99 {:.1} ms; \
-         lock wait {} ms per order; accepted per instance {:?}; audit {}",
+         lock wait {} ms per order; accepted per instance {:?}; came back after 503 {} times; audit {}",
         r.instances,
         r.accepted,
         r.sell_out_secs,
@@ -365,6 +385,7 @@ fn print_run(r: &ScaleRun) {
         r.latency_ms.p99,
         r.lock_wait_ms_per_order.map_or("-".into(), |v| format!("{v:.2}")),
         r.accepted_by_instance,
+        r.came_back,
         if r.audit_ok() { "ok" } else { "FAILED" }
     );
     for c in r.audit.iter().filter(|c| !c.ok) {
@@ -384,9 +405,11 @@ pub fn table(
     let mut out = format!(
         "Measured by `./dev bench-scale` on {} UTC, commit {commit}, {machine}: {} orders of one unit \
          for {} units of one SKU in {} buckets, {} concurrent clients (closed loop) spread round-robin over \
-         the instances, the relay and the projector running; medians of {} runs (min–max), every run audited.\n\n\
-         | command API instances | accepted orders/s | sold out after | p50 | p99 | lock wait per order | audits |\n\
-         |---|---|---|---|---|---|---|\n",
+         the instances, the relay and the projector running; a client answered 503 `hot-sku-overloaded` comes \
+         back after the wait the answer gives, with the same key (an order's latency runs from its first request \
+         to its last answer); medians of {} runs (min–max), every run audited.\n\n\
+         | command API instances | accepted orders/s | sold out after | p50 | p99 | lock wait per order | came back after 503 | audits |\n\
+         |---|---|---|---|---|---|---|---|\n",
         started_at.format("%Y-%m-%d %H:%M"),
         c.orders,
         c.stock,
@@ -409,8 +432,9 @@ pub fn table(
         let waits: Vec<f64> = of.iter().filter_map(|r| r.lock_wait_ms_per_order).collect();
         let wait = median(waits).map_or("-".into(), |w| format!("{w:.2} ms"));
         let passed = of.iter().filter(|r| r.audit_ok()).count();
+        let came_back = median(of.iter().map(|r| r.came_back as f64).collect()).unwrap_or(0.0);
         out += &format!(
-            "| {n} | {:.0} ({:.0}–{:.0}) | {secs:.2} s | {p50:.1} ms | {p99:.1} ms | {wait} | {passed} of {} passed |\n",
+            "| {n} | {:.0} ({:.0}–{:.0}) | {secs:.2} s | {p50:.1} ms | {p99:.1} ms | {wait} | {came_back:.0} | {passed} of {} passed |\n",
             rate,
             lo,
             hi,
@@ -427,24 +451,4 @@ pub fn table(
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prometheus_sums_add_every_label_set_of_the_metric_only() {
-        let text = "# HELP x\n\
-                    surge_store_lock_wait_seconds_sum{kind=\"lane\"} 1.5\n\
-                    surge_store_lock_wait_seconds_sum{kind=\"slow\"} 0.25\n\
-                    surge_store_lock_wait_seconds_count 7\n\
-                    surge_store_lock_wait_seconds_sum_other 9\n";
-        assert_eq!(prometheus_sum(text, LOCK_WAIT), Some(1.75));
-        assert_eq!(
-            prometheus_sum("surge_store_lock_wait_seconds_sum 2\n", LOCK_WAIT),
-            Some(2.0)
-        );
-        assert_eq!(prometheus_sum("other 1\n", LOCK_WAIT), None);
-    }
 }

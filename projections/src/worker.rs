@@ -235,6 +235,7 @@ impl Worker {
                 watermarks = self.watermarks(&consumer, partitions).await;
                 checked_assignment = assignment;
             }
+            let applying = std::time::Instant::now();
             let stats = loop {
                 let apply = (|| apply_batch(&self.pool, self.projection, &self.topic, &identity, &watermarks, &batch))
                     .retry(patient())
@@ -280,6 +281,9 @@ impl Worker {
                     metrics::counter!("surge_projection_dead_letters_total", "projection" => p)
                         .increment(stats.dead_letters as u64);
                     metrics::histogram!("surge_projection_batch_size", "projection" => p).record(batch.len() as f64);
+                    // From the batch in hand to its views' commit (retries included).
+                    metrics::histogram!("surge_projection_batch_seconds", "projection" => p)
+                        .record(applying.elapsed().as_secs_f64());
                     tracing::debug!(projection = p, ?stats, "batch applied");
                 }
                 Err(e) => tracing::error!(error = %e, "batch abandoned"),
