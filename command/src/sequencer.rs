@@ -16,8 +16,9 @@
 //! check: a writer that skipped the locks makes the append conflict, the lane reloads and
 //! decides the batch again (bounded), so nothing oversells.
 //! Shedding is by time, not by count: each lane fits its recent batches' times as a fixed time
-//! per batch plus a time per order (`LaneTimes`), and an order that would wait past the latency budget (50 ms by default) is refused at once
-//! ([`CommandError::Overloaded`], 503 with `Retry-After`) instead of joining a queue it cannot
+//! per batch plus a time per order (`LaneTimes`), and an order that would wait past the
+//! latency budget (50 ms by default) is refused at once ([`CommandError::Overloaded`], 503
+//! with `Retry-After`) instead of joining a queue it cannot
 //! leave in time; the queue's length is only the last bound. An order for an item this
 //! instance saw sold out (every bucket, definitively, under the locks) is refused from memory
 //! for a short while ([`SequencerSettings::sold_out_ttl`]) without taking a lane's turn: the

@@ -2,13 +2,11 @@
 //! latency budget is refused at once instead of queueing, and an item seen sold out is refused
 //! without a turn of its lane until this instance puts stock back (or the note expires).
 
-use crate::support::{start_api_with, Api};
+use crate::support::{stall, start_api_with, unthrottled, Api};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use surge_command::sequencer::SequencerSettings;
-use surge_command::store::EventStore;
-use surge_events::Sku;
 use surge_testkit::TestEnv;
 
 /// One order, with its status, Retry-After, problem body and how long the answer took.
@@ -35,28 +33,11 @@ async fn placed(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
-/// Holds the item's stream lock in a transaction of its own: the lane's batch waits for it,
-/// as it would for a stalled disk or another writer.
-async fn stall(env: &TestEnv, sku: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut blocker = env.pool.begin().await.unwrap();
-    EventStore::lock_streams(&mut blocker, &[Sku::parse(sku).unwrap().stream_id()])
-        .await
-        .unwrap();
-    blocker
-}
-
-fn fast_clients(c: &mut surge_command::CommandApiConfig) {
-    c.rate_limit_per_sec = 1_000_000;
-    c.rate_limit_burst = 1_000_000;
-    c.expiry_worker = false;
-    c.payment_worker = false;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_that_would_wait_past_the_budget_is_refused_at_once() {
     let env = TestEnv::new().await;
     let api = start_api_with(&env, |c| {
-        fast_clients(c);
+        unthrottled(c);
         c.order_latency_budget_ms = SequencerSettings::DEFAULT_LATENCY_BUDGET_MS;
     })
     .await;
@@ -104,7 +85,7 @@ async fn without_a_budget_orders_wait_for_a_stalled_batch() {
     let env = TestEnv::new().await;
     let api = std::sync::Arc::new(
         start_api_with(&env, |c| {
-            fast_clients(c);
+            unthrottled(c);
             c.order_latency_budget_ms = 0;
         })
         .await,

@@ -3,13 +3,11 @@
 //! these failed on it): a stalled first batch, a keyed retry racing its first request, a
 //! failed cancel, bad input for a sold-out item, the database work of keyed orders.
 
-use crate::support::{start_api_with, Api};
+use crate::support::{stall, start_api_with, unthrottled, Api};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use surge_command::sequencer::SequencerSettings;
-use surge_command::store::EventStore;
-use surge_events::Sku;
 use surge_testkit::TestEnv;
 
 /// One order of `lines` (`[(sku, quantity)]`): status and body.
@@ -27,22 +25,6 @@ async fn order_lines(api: &Api, customer: &str, lines: &[(&str, i64)], key: Opti
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Holds the item's stream lock in a transaction of its own (as `shedding.rs` does).
-async fn stall(env: &TestEnv, sku: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut blocker = env.pool.begin().await.unwrap();
-    EventStore::lock_streams(&mut blocker, &[Sku::parse(sku).unwrap().stream_id()])
-        .await
-        .unwrap();
-    blocker
-}
-
-fn quiet(c: &mut surge_command::CommandApiConfig) {
-    c.rate_limit_per_sec = 1_000_000;
-    c.rate_limit_burst = 1_000_000;
-    c.expiry_worker = false;
-    c.payment_worker = false;
-}
-
 /// A lane that has not finished a batch yet (a new item's, or one dropped after 60 s idle)
 /// has no batch time: its stalled first batch should count at once, as a later one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +32,7 @@ async fn a_stalled_first_batch_of_a_new_lane_sheds_too() {
     let env = TestEnv::new().await;
     let api = Arc::new(
         start_api_with(&env, |c| {
-            quiet(c);
+            unthrottled(c);
             c.order_latency_budget_ms = SequencerSettings::DEFAULT_LATENCY_BUDGET_MS;
         })
         .await,
@@ -97,14 +79,14 @@ async fn a_keyed_retry_never_contradicts_its_first_request() {
     let env = TestEnv::new().await;
     let a = Arc::new(
         start_api_with(&env, |c| {
-            quiet(c);
+            unthrottled(c);
             c.instance_id = Some("rvw-a".into());
             c.sold_out_memo_ms = 600_000;
         })
         .await,
     );
     let b = start_api_with(&env, |c| {
-        quiet(c);
+        unthrottled(c);
         c.instance_id = Some("rvw-b".into());
     })
     .await;
@@ -171,7 +153,7 @@ async fn a_keyed_retry_never_contradicts_its_first_request() {
 async fn a_failed_cancel_keeps_the_sold_out_notes() {
     let env = TestEnv::new().await;
     let api = start_api_with(&env, |c| {
-        quiet(c);
+        unthrottled(c);
         c.sold_out_memo_ms = 600_000;
     })
     .await;
@@ -215,13 +197,13 @@ async fn a_failed_cancel_keeps_the_sold_out_notes() {
 async fn the_memo_answers_bad_input_as_the_lane_does() {
     let env = TestEnv::new().await;
     let with_memo = start_api_with(&env, |c| {
-        quiet(c);
+        unthrottled(c);
         c.instance_id = Some("rvw-memo".into());
         c.sold_out_memo_ms = 600_000;
     })
     .await;
     let without = start_api_with(&env, |c| {
-        quiet(c);
+        unthrottled(c);
         c.instance_id = Some("rvw-nomemo".into());
         c.sold_out_memo_ms = 0;
     })
@@ -268,7 +250,7 @@ async fn keyed_orders_for_a_sold_out_item(memo_ms: u64) -> i64 {
     use futures::StreamExt;
     let env = TestEnv::new().await;
     let api = start_api_with(&env, |c| {
-        quiet(c);
+        unthrottled(c);
         c.sold_out_memo_ms = memo_ms;
     })
     .await;

@@ -147,3 +147,21 @@ pub fn versions_by_stream(events: &[EventEnvelope]) -> HashMap<String, Vec<i64>>
     }
     m
 }
+
+/// Holds the item's stream lock in a transaction of its own: a lane's batch for it waits, as
+/// it would for a stalled disk or another writer.
+pub async fn stall(env: &TestEnv, sku: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = env.pool.begin().await.unwrap();
+    surge_command::store::EventStore::lock_streams(&mut blocker, &[surge_events::Sku::parse(sku).unwrap().stream_id()])
+        .await
+        .unwrap();
+    blocker
+}
+
+/// No rate limit and no background workers: only the test's own orders reach the lanes.
+pub fn unthrottled(c: &mut CommandApiConfig) {
+    c.rate_limit_per_sec = 1_000_000;
+    c.rate_limit_burst = 1_000_000;
+    c.expiry_worker = false;
+    c.payment_worker = false;
+}
