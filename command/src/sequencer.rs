@@ -100,15 +100,49 @@ fn now_micros() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
 }
 
+/// A batch's time as fitted: a fixed part and a part per order, packed in one `u64` so
+/// readers never see one half of an update (fixed µs in the high half, ns per order in the
+/// low; 0: nothing known).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct BatchModel {
+    fixed_micros: u32,
+    per_order_nanos: u32,
+}
+
+impl BatchModel {
+    fn pack(self) -> u64 {
+        (u64::from(self.fixed_micros) << 32) | u64::from(self.per_order_nanos)
+    }
+
+    fn unpack(v: u64) -> BatchModel {
+        BatchModel {
+            fixed_micros: (v >> 32) as u32,
+            per_order_nanos: v as u32,
+        }
+    }
+
+    /// From the fit's (fixed µs, µs per order); at least 1 µs fixed, so it reads as known.
+    fn of(fixed: f64, per_order: f64) -> BatchModel {
+        BatchModel {
+            fixed_micros: (fixed as u32).max(1),
+            per_order_nanos: (per_order * 1000.0) as u32,
+        }
+    }
+
+    fn known(self) -> bool {
+        self != BatchModel::default()
+    }
+}
+
 /// What a lane's callers know of how fast it goes: a batch takes a fixed time (one
 /// transaction: locks, reads, the commit and its fsync) plus a time per order in it, fitted
-/// from the lane's recent batches.
-#[derive(Default)]
+/// from the lane's recent batches. A new lane starts from the model its instance's lanes
+/// last fitted (`seed`): every lane writes to the same Postgres.
 struct LaneTimes {
-    /// A batch's fixed time, in microseconds (0 with `per_order_nanos` 0: no batch yet).
-    fixed_micros: AtomicU64,
-    /// What each order adds to its batch's time, in nanoseconds.
-    per_order_nanos: AtomicU64,
+    /// [`BatchModel`], packed.
+    model: AtomicU64,
+    /// The model this instance's lanes last fitted, shared by them all.
+    seed: Arc<AtomicU64>,
     /// When the batch being decided now started ([`now_micros`]); 0 between batches.
     busy_since: AtomicU64,
     /// Orders in the batch being decided now.
@@ -124,16 +158,19 @@ struct BatchFit {
     mean_size: f64,
     mean_micros: f64,
     var_size: f64,
+    var_micros: f64,
     cov: f64,
-    /// The last time per order the sizes varied enough to tell apart from the fixed time.
-    learned_per_order: Option<f64>,
 }
 
 impl BatchFit {
     /// Weight of the newest batch.
     const WEIGHT: f64 = 1.0 / 16.0;
-    /// Sizes must spread this much (variance, orders²) before the slope is trusted.
-    const MIN_SIZE_VARIANCE: f64 = 1.0;
+    /// Batches the weights amount to, as independent samples ((2 - w) / w).
+    const SAMPLES: f64 = (2.0 - Self::WEIGHT) / Self::WEIGHT;
+    /// Standard errors added to the fitted time per order (the cautious side of it).
+    const ERRORS: f64 = 2.0;
+    /// Batches before a slope is fitted at all.
+    const MIN_BATCHES: u64 = 8;
 
     fn add(&mut self, size: f64, micros: f64) {
         if self.batches == 0 {
@@ -144,40 +181,69 @@ impl BatchFit {
             self.mean_size += a * dx;
             self.mean_micros += a * dy;
             self.var_size = (1.0 - a) * (self.var_size + a * dx * dx);
+            self.var_micros = (1.0 - a) * (self.var_micros + a * dy * dy);
             self.cov = (1.0 - a) * (self.cov + a * dx * dy);
         }
         self.batches += 1;
-        if self.var_size >= Self::MIN_SIZE_VARIANCE {
-            self.learned_per_order = Some(self.cov / self.var_size);
-        }
     }
 
-    /// (fixed µs, µs per order). Until sizes have varied, every order is taken to cost its
-    /// share of the mean (the cautious reading: a queue twice the usual size takes twice as
-    /// long); the slope is never below zero nor above that share, the fixed time never below
-    /// zero.
+    /// The time per order the recent batches tell apart from the fixed time, on its cautious
+    /// side: the fitted slope plus two standard errors (sizes that hardly varied, or times
+    /// lost in fsync jitter, give a wide error and so a high time per order); `None` before
+    /// there is anything to fit.
+    fn slope(&self) -> Option<f64> {
+        if self.var_size <= f64::EPSILON || self.batches < Self::MIN_BATCHES {
+            return None;
+        }
+        let slope = self.cov / self.var_size;
+        let residual = (self.var_micros - slope * self.cov).max(0.0);
+        let error = (residual / (Self::SAMPLES * self.var_size)).sqrt();
+        Some(slope + Self::ERRORS * error)
+    }
+
+    /// (fixed µs, µs per order). Until the batches tell them apart, every order is taken to
+    /// cost its share of the mean (the cautious reading: a queue twice the usual size takes
+    /// twice as long); the slope is never below zero nor above that share, the fixed time never
+    /// below zero.
     fn model(&self) -> (f64, f64) {
         let share = self.mean_micros / self.mean_size.max(1.0);
-        let per_order = self.learned_per_order.unwrap_or(share).clamp(0.0, share);
+        let per_order = self.slope().unwrap_or(share).clamp(0.0, share);
         let fixed = (self.mean_micros - per_order * self.mean_size.max(1.0)).max(0.0);
         (fixed, per_order)
     }
 }
 
 impl LaneTimes {
-    /// How long an order joining now, behind `queued` others, would take to be answered: what
-    /// is left of the batch in progress, then the batches that carry the orders ahead of it
-    /// and itself (at most `max_batch` each: a fixed time per batch and a time per order). A
-    /// batch in progress that has run longer than its model says (a stalled disk, a lock held
-    /// elsewhere) makes the fixed time what it has run so far, at once, without waiting for
-    /// the fit. Zero for an idle lane with nothing queued: it always takes the next order
-    /// (and so learns its batch time again after a stall).
+    fn new(seed: Arc<AtomicU64>) -> LaneTimes {
+        LaneTimes {
+            model: AtomicU64::new(seed.load(Ordering::Relaxed)),
+            seed,
+            busy_since: AtomicU64::new(0),
+            running_size: AtomicU64::new(0),
+            fit: Default::default(),
+        }
+    }
+
+    /// Whether this lane has a model (its own or its instance's).
+    fn known(&self) -> bool {
+        BatchModel::unpack(self.model.load(Ordering::Relaxed)).known()
+    }
+
     fn expected_wait(&self, queued: usize, max_batch: usize) -> Duration {
-        let fixed = self.fixed_micros.load(Ordering::Relaxed) as f64;
-        let per_order = self.per_order_nanos.load(Ordering::Relaxed) as f64 / 1000.0;
+        self.expected_wait_at(now_micros(), queued, max_batch)
+    }
+
+    /// How long an order joining at `now` ([`now_micros`]), behind `queued` others, would take
+    /// to be answered: what is left of the batch in progress, then the batches that carry the
+    /// orders ahead of it and itself (at most `max_batch` each: a fixed time per batch and a
+    /// time per order). A batch in progress that has run longer than its model says (a stalled
+    /// disk, a lock held elsewhere) makes the fixed time what it has run so far, at once,
+    /// without waiting for the fit. Zero for an idle lane with nothing queued: it always takes
+    /// the next order (and so learns its batch time again after a stall).
+    fn expected_wait_at(&self, now: u64, queued: usize, max_batch: usize) -> Duration {
+        let model = BatchModel::unpack(self.model.load(Ordering::Relaxed));
         let since = self.busy_since.load(Ordering::Relaxed);
-        let known = fixed > 0.0 || per_order > 0.0;
-        if since == 0 && (queued == 0 || !known) {
+        if since == 0 && (queued == 0 || !model.known()) {
             return Duration::ZERO;
         }
         let ahead = queued as u64 + 1;
@@ -185,14 +251,15 @@ impl LaneTimes {
         let running = if since == 0 {
             0.0
         } else {
-            now_micros().saturating_sub(since) as f64
+            now.saturating_sub(since) as f64
         };
-        if !known {
-            // No batch finished yet (a new lane at a sale's start): the one in progress is all
-            // there is to go by.
+        if !model.known() {
+            // No batch finished yet in this instance: the one in progress is all there is to
+            // go by (the caller lets such a lane take one batch at most).
             return Duration::from_micros((running * batches as f64) as u64);
         }
-        let (mut fixed, mut left) = (fixed, 0.0);
+        let per_order = f64::from(model.per_order_nanos) / 1000.0;
+        let (mut fixed, mut left) = (f64::from(model.fixed_micros), 0.0);
         if since != 0 {
             let running_size = self.running_size.load(Ordering::Relaxed) as f64;
             fixed = fixed.max(running - per_order * running_size);
@@ -207,18 +274,22 @@ impl LaneTimes {
         self.busy_since.store(now_micros(), Ordering::Relaxed);
     }
 
-    fn finished(&self, started: Instant, size: usize) {
+    /// The batch begun at `started` is answered. A failed batch teaches nothing of how long
+    /// batches take (a dead database fails fast, a pool timeout slowly): only its end counts.
+    fn finished(&self, started: Instant, size: usize, succeeded: bool) {
         self.busy_since.store(0, Ordering::Relaxed);
+        if !succeeded {
+            return;
+        }
         let took = started.elapsed().as_micros() as f64;
         let (fixed, per_order) = {
             let mut fit = self.fit.lock().unwrap_or_else(|p| p.into_inner());
             fit.add(size.max(1) as f64, took);
             fit.model()
         };
-        // At least a microsecond in all: "known" from the first batch on.
-        self.fixed_micros.store((fixed as u64).max(1), Ordering::Relaxed);
-        self.per_order_nanos
-            .store((per_order * 1000.0) as u64, Ordering::Relaxed);
+        let model = BatchModel::of(fixed, per_order).pack();
+        self.model.store(model, Ordering::Relaxed);
+        self.seed.store(model, Ordering::Relaxed);
     }
 }
 
@@ -309,6 +380,8 @@ pub struct Sequencer {
     /// How many buckets each item has, as last read (by a lane or an admin command).
     bucket_counts: BucketCounts,
     sold_out: SoldOut,
+    /// The batch model this instance's lanes last fitted: where a new lane starts.
+    batch_model: Arc<AtomicU64>,
 }
 
 /// How many buckets each item has, as last read: where an order is queued, and which bucket
@@ -350,6 +423,7 @@ impl Sequencer {
             instance_id,
             bucket_counts: BucketCounts::new(),
             sold_out: SoldOut::new(settings.sold_out_ttl),
+            batch_model: Arc::default(),
         }
     }
 
@@ -389,7 +463,7 @@ impl Sequencer {
     fn lane(&self, key: &LaneKey) -> LaneHandle {
         self.lanes.get_with(key.clone(), || {
             let (tx, rx) = mpsc::channel(self.settings.queue_depth.max(1));
-            let times = Arc::new(LaneTimes::default());
+            let times = Arc::new(LaneTimes::new(self.batch_model.clone()));
             let lane = Lane {
                 sku: key.0.clone(),
                 bucket: key.1,
@@ -472,6 +546,11 @@ impl Sequencer {
             let wait = lane.times.expected_wait(queued, self.settings.max_batch);
             if wait > budget {
                 return Err(self.overloaded(sku, "latency-budget", queued, wait));
+            }
+            // Before any batch of this instance has finished nothing says how long one takes:
+            // such a lane takes one batch of orders, not a queue of them.
+            if !lane.times.known() && queued >= self.settings.max_batch {
+                return Err(self.overloaded(sku, "latency-budget", queued, wait.max(budget)));
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -613,14 +692,16 @@ impl Lane {
                                 }
                                 outcomes[i] = Outcome::Replay;
                             }
-                            self.times.finished(started, jobs.len());
                             self.answer(&jobs, std::mem::take(outcomes), replies).await;
+                            self.times.finished(started, jobs.len(), false);
                             continue;
                         }
                     }
                 }
             }
-            self.times.finished(started, jobs.len());
+            // The lane is busy until every order of the batch is answered (answering a replayed
+            // key reads its stored answer).
+            let succeeded = result.is_ok();
             match result {
                 Ok(outcomes) => {
                     self.note_sold_out(&outcomes, epoch);
@@ -634,6 +715,7 @@ impl Lane {
                     }
                 }
             }
+            self.times.finished(started, jobs.len(), succeeded);
         }
     }
 
@@ -992,20 +1074,29 @@ mod tests {
     use super::*;
 
     /// A lane whose batches take `fixed_ms` plus `per_order_us` for each order.
-    fn times(fixed_ms: u64, per_order_us: u64) -> LaneTimes {
-        let t = LaneTimes::default();
-        t.fixed_micros.store(fixed_ms * 1000, Ordering::Relaxed);
-        t.per_order_nanos.store(per_order_us * 1000, Ordering::Relaxed);
+    fn times(fixed_ms: u32, per_order_us: u32) -> LaneTimes {
+        let t = LaneTimes::new(Arc::default());
+        let model = BatchModel {
+            fixed_micros: fixed_ms * 1000,
+            per_order_nanos: per_order_us * 1000,
+        };
+        t.model.store(model.pack(), Ordering::Relaxed);
         t
     }
 
-    fn ms(d: Duration) -> f64 {
-        d.as_secs_f64() * 1000.0
+    /// The lane has been deciding a batch of `size` for `running` at the time returned.
+    fn busy_for(t: &LaneTimes, running: Duration, size: u64) -> u64 {
+        let now = 1_000_000_000;
+        t.running_size.store(size, Ordering::Relaxed);
+        t.busy_since.store(now - running.as_micros() as u64, Ordering::Relaxed);
+        now
     }
 
     #[test]
     fn a_lane_without_history_expects_no_wait() {
-        assert_eq!(LaneTimes::default().expected_wait(100, 256), Duration::ZERO);
+        let t = LaneTimes::new(Arc::default());
+        assert!(!t.known());
+        assert_eq!(t.expected_wait(100, 256), Duration::ZERO);
     }
 
     #[test]
@@ -1030,56 +1121,62 @@ mod tests {
         assert_eq!(times(20, 100).expected_wait(599, 256), Duration::from_millis(60 + 60));
     }
 
-    fn busy_for(t: &LaneTimes, running: Duration, size: u64) {
-        let now = now_micros();
-        if now <= running.as_micros() as u64 {
-            std::thread::sleep(running);
-        }
-        t.running_size.store(size, Ordering::Relaxed);
-        t.busy_since
-            .store(now_micros() - running.as_micros() as u64, Ordering::Relaxed);
-    }
-
     #[test]
     fn the_batch_in_progress_counts_what_is_left_of_it() {
         // A batch of 10 (10 ms + 10 x 100 µs = 11 ms) 4 ms in: 7 ms left, then 10.1 ms.
         let t = times(10, 100);
-        busy_for(&t, Duration::from_millis(4), 10);
-        let wait = ms(t.expected_wait(0, 256));
-        assert!(wait > 16.0 && wait <= 17.1, "{wait}");
+        let now = busy_for(&t, Duration::from_millis(4), 10);
+        assert_eq!(t.expected_wait_at(now, 0, 256), Duration::from_micros(17_100));
     }
 
     #[test]
     fn a_batch_running_longer_than_its_model_sets_the_fixed_time_at_once() {
+        // 200 ms into a batch of 10: its fixed time is at least 199 ms, so is every one ahead.
         let t = times(10, 100);
-        busy_for(&t, Duration::from_millis(200), 10);
-        let wait = ms(t.expected_wait(0, 256));
-        assert!(wait >= 199.0, "{wait}");
-        assert!(ms(t.expected_wait(599, 256)) >= 3.0 * 199.0, "three batches ahead");
-    }
-
-    #[test]
-    fn a_first_batch_that_stalls_counts_before_any_batch_finished() {
-        let t = LaneTimes::default();
-        busy_for(&t, Duration::from_millis(100), 1);
-        assert!(t.expected_wait(0, 256) >= Duration::from_millis(100));
-        assert!(
-            t.expected_wait(300, 256) >= Duration::from_millis(200),
-            "two batches ahead"
+        let now = busy_for(&t, Duration::from_millis(200), 10);
+        assert_eq!(t.expected_wait_at(now, 0, 256), Duration::from_micros(199_100));
+        assert_eq!(
+            t.expected_wait_at(now, 599, 256),
+            Duration::from_micros(3 * 199_000 + 60_000),
+            "three batches ahead"
         );
     }
 
     #[test]
+    fn a_first_batch_that_stalls_counts_before_any_batch_finished() {
+        let t = LaneTimes::new(Arc::default());
+        let now = busy_for(&t, Duration::from_millis(100), 1);
+        assert_eq!(t.expected_wait_at(now, 0, 256), Duration::from_millis(100));
+        assert_eq!(
+            t.expected_wait_at(now, 300, 256),
+            Duration::from_millis(200),
+            "two batches"
+        );
+    }
+
+    #[test]
+    fn a_new_lane_starts_from_what_its_instance_learned() {
+        let seed = Arc::new(AtomicU64::new(0));
+        let first = LaneTimes::new(seed.clone());
+        first.started(8);
+        first.finished(Instant::now() - Duration::from_millis(8), 8, true);
+        let next = LaneTimes::new(seed);
+        assert!(next.known());
+        assert_eq!(next.model.load(Ordering::Relaxed), first.model.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn the_fit_separates_the_fixed_time_from_the_time_per_order() {
-        // Batches of 3 ms + 40 µs per order, sizes varying as a sale's do.
+        // Batches of 3 ms + 40 µs per order (± 200 µs), sizes varying as a sale's do.
         let mut fit = BatchFit::default();
         for i in 0..200u64 {
             let size = 1 + (i * 37) % 120;
-            fit.add(size as f64, 3000.0 + 40.0 * size as f64);
+            let noise = if i % 2 == 0 { 200.0 } else { -200.0 };
+            fit.add(size as f64, 3000.0 + 40.0 * size as f64 + noise);
         }
         let (fixed, per_order) = fit.model();
-        assert!((fixed - 3000.0).abs() < 1.0, "{fixed}");
-        assert!((per_order - 40.0).abs() < 0.1, "{per_order}");
+        assert!((fixed - 3000.0).abs() < 150.0, "{fixed}");
+        assert!((per_order - 40.0).abs() < 3.0, "{per_order}");
     }
 
     #[test]
@@ -1089,6 +1186,22 @@ mod tests {
             fit.add(10.0, 5000.0);
         }
         assert_eq!(fit.model(), (0.0, 500.0));
+    }
+
+    #[test]
+    fn a_slope_lost_in_the_noise_is_taken_on_its_cautious_side() {
+        // Sizes 1-4, each batch 4 ms ± 1 ms of fsync jitter, whatever its size: the fitted
+        // slope is noise around 0, so the time per order is its upper bound, well above 0
+        // (a frozen 0 would let a burst queue hundreds) and below the mean share.
+        let mut fit = BatchFit::default();
+        for i in 0..200u64 {
+            let size = 1 + i % 4;
+            let jitter = [900.0, -700.0, 300.0, -1000.0, 100.0][(i % 5) as usize];
+            fit.add(size as f64, 4000.0 + jitter);
+        }
+        let share = fit.mean_micros / fit.mean_size;
+        let (_, per_order) = fit.model();
+        assert!(per_order > 100.0 && per_order < share, "{per_order} (share {share})");
     }
 
     #[test]
@@ -1114,18 +1227,25 @@ mod tests {
 
     #[test]
     fn a_finished_batch_feeds_the_fit_and_ends_the_busy_time() {
-        let t = LaneTimes::default();
+        let t = LaneTimes::new(Arc::default());
         let started = Instant::now() - Duration::from_millis(8);
         t.started(8);
         assert_ne!(t.busy_since.load(Ordering::Relaxed), 0);
-        t.finished(started, 8);
+        t.finished(started, 8, true);
         assert_eq!(t.busy_since.load(Ordering::Relaxed), 0, "not busy after a batch");
         // One batch: all of it is the orders' share, nothing fixed yet (1 µs marks "known").
-        assert_eq!(t.fixed_micros.load(Ordering::Relaxed), 1);
-        assert!(
-            t.per_order_nanos.load(Ordering::Relaxed) >= 1_000_000,
-            "8 ms / 8 orders"
-        );
+        let model = BatchModel::unpack(t.model.load(Ordering::Relaxed));
+        assert_eq!(model.fixed_micros, 1);
+        assert!(model.per_order_nanos >= 1_000_000, "8 ms / 8 orders: {model:?}");
         assert!(t.expected_wait(7, 256) >= Duration::from_millis(8));
+    }
+
+    #[test]
+    fn a_failed_batch_teaches_nothing() {
+        let t = LaneTimes::new(Arc::default());
+        t.started(8);
+        t.finished(Instant::now() - Duration::from_secs(30), 8, false);
+        assert_eq!(t.busy_since.load(Ordering::Relaxed), 0, "not busy after it");
+        assert!(!t.known(), "a pool timeout's 30 s is not a batch time");
     }
 }

@@ -71,6 +71,53 @@ async fn a_stalled_first_batch_of_a_new_lane_sheds_too() {
     );
 }
 
+/// Before any batch of an instance has finished, nothing says how long one takes: a lane then
+/// takes one batch of orders (256) behind the one in progress, not a queue of 4,096 that could
+/// take many batches to drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lane_that_knows_no_batch_time_takes_one_batch() {
+    let env = TestEnv::new().await;
+    let api = Arc::new(
+        start_api_with(&env, |c| {
+            unthrottled(c);
+            // Far above the stall below: only the one-batch rule can refuse.
+            c.order_latency_budget_ms = 600_000;
+        })
+        .await,
+    );
+    api.add_item("RVW-FIRST", 1_000).await;
+    let blocker = stall(&env, "RVW-FIRST").await;
+    let stuck = {
+        let api = api.clone();
+        tokio::spawn(async move { order_lines(&api, "first", &[("RVW-FIRST", 1)], None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued: Vec<_> = (0..300)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move { order_lines(&api, &format!("q{i}"), &[("RVW-FIRST", 1)], None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let answered_while_stalled = queued.iter().filter(|t| t.is_finished()).count();
+    blocker.rollback().await.unwrap();
+    let mut statuses = Vec::new();
+    for t in queued {
+        statuses.push(t.await.unwrap().0);
+    }
+    assert_eq!(stuck.await.unwrap().0, 202);
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    Arc::try_unwrap(api).ok().unwrap().stop().await;
+    env.cleanup().await;
+    assert_eq!(accepted + refused, 300, "{statuses:?}");
+    // Requests racing on the queue's length may let a few more in than exactly one batch.
+    assert!(
+        (256..=280).contains(&accepted) && answered_while_stalled == refused,
+        "{accepted} accepted, {refused} refused ({answered_while_stalled} answered during the stall)"
+    );
+}
+
 /// A keyed retry while its first request waits in a lane: the memo's lookup finds no stored
 /// answer (the first's claim is not committed) and answers out of stock, though the first
 /// request is then accepted. Stock came back through another instance (within the memo's TTL).
