@@ -144,6 +144,25 @@ pub trait Publisher: Send + Sync {
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
+/// Times the phases of a round one after the other (`surge_relay_phase_seconds`): reading
+/// the batch, sending it (until Kafka acknowledged every event), committing the Kafka
+/// transaction, deleting the batch from the outbox.
+struct PhaseClock {
+    last: Instant,
+}
+
+impl PhaseClock {
+    fn new(began: Instant) -> PhaseClock {
+        PhaseClock { last: began }
+    }
+
+    fn done(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!("surge_relay_phase_seconds", "phase" => phase).record((now - self.last).as_secs_f64());
+        self.last = now;
+    }
+}
+
 /// The transactional id of a deployment's relays: one for all of them, so that of their
 /// producers Kafka lets only the one started last write.
 pub fn transactional_id(topic_prefix: &str) -> String {
@@ -569,6 +588,8 @@ impl Relay {
             metrics::gauge!("surge_relay_lag_seconds").set(lag);
         }
         let read = envelopes.len();
+        let mut phase = PhaseClock::new(began);
+        phase.done("read");
         // A slow read may have outlived the confirmation it brought.
         if !confirm_lease(lock_conn, lease, LEASE_CHECK_EVERY).await {
             return Ok(RoundEnd::LeaseLost);
@@ -598,6 +619,7 @@ impl Relay {
             );
             return Ok(self.abort(lock_conn, lease, read).await);
         }
+        phase.done("send");
         // The commit publishes the round: only on a fresh lease.
         if !confirm_lease(lock_conn, lease, LEASE_CHECK_EVERY).await {
             return Ok(RoundEnd::LeaseLost);
@@ -612,6 +634,7 @@ impl Relay {
                 return Ok(self.abort(lock_conn, lease, read).await);
             }
         }
+        phase.done("commit");
         // The delete runs on the lock session: it cannot commit once another relay holds the lock.
         if !lease.holds() {
             return Ok(RoundEnd::LeaseLost);
@@ -621,6 +644,7 @@ impl Relay {
         if on_lock_session(lease, STATEMENT_TIMEOUT, delete).await.is_none() {
             return Ok(RoundEnd::LeaseLost);
         }
+        phase.done("delete");
         metrics::counter!("surge_relay_published_total").increment(read as u64);
         // From reading the batch to deleting it: an event waits for the round in progress
         // when it commits, then for its own.

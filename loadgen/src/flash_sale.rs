@@ -60,6 +60,11 @@ pub struct Stages {
     pub relay_rounds: f64,
     pub relay_round_ms: f64,
     pub relay_events_per_round: f64,
+    /// Mean ms of each phase of a round: read the batch, send it (until every event is
+    /// acknowledged), commit the Kafka transaction, delete the batch (`None`: a relay without
+    /// phase timings).
+    #[serde(default)]
+    pub relay_phase_ms: Option<[f64; 4]>,
     /// The orders projector's batches (from the batch in hand to its views' commit).
     pub projector_batches: f64,
     pub projector_batch_ms: f64,
@@ -77,10 +82,16 @@ impl Stages {
         let batch = Gained::of(projector.0, projector.1, "surge_projection_batch_seconds", &orders)?;
         let size = Gained::of(projector.0, projector.1, "surge_projection_batch_size", &orders)?;
         let e2v = Gained::of(projector.0, projector.1, "surge_event_to_view_seconds", &orders)?;
+        let phase = |p: &str| {
+            let label = format!("phase=\"{p}\"");
+            Gained::of(relay.0, relay.1, "surge_relay_phase_seconds", &[&label]).map(|g| g.mean() * 1000.0)
+        };
+        let relay_phase_ms = (|| Some([phase("read")?, phase("send")?, phase("commit")?, phase("delete")?]))();
         Some(Stages {
             relay_rounds: round.count,
             relay_round_ms: round.mean() * 1000.0,
             relay_events_per_round: published / round.count,
+            relay_phase_ms,
             projector_batches: batch.count,
             projector_batch_ms: batch.mean() * 1000.0,
             projector_events_per_batch: size.mean(),

@@ -155,6 +155,8 @@ pub struct Moonshot {
     pub machine: String,
     /// The machine's cores (what CPU per order is measured against).
     pub cores: f64,
+    /// The relay's and the projector's CPU priority (nice) in the runs.
+    pub background_nice: i32,
     pub knee: Vec<KneeFigures>,
     pub knee_results: Option<PathBuf>,
     pub flash_sales: Vec<FlashSaleFigures>,
@@ -236,6 +238,7 @@ pub async fn run(c: MoonshotConfig) -> anyhow::Result<()> {
         commit: bench::commit(),
         machine: bench::machine(),
         cores: cores(),
+        background_nice: c.background_nice,
         ..Moonshot::default()
     };
     if wanted(&c, "knee") {
@@ -574,17 +577,32 @@ fn flash_sale_rows(m: &Moonshot) -> (Vec<String>, Vec<String>) {
         bounds.push(format!(
             "- **6, where the time goes** (the relay's and the projector's own metrics over each run, medians of the \
              runs' means): the relay's rounds (read a batch of the outbox, one Kafka transaction, delete the batch) \
-             took {:.1} ms with {:.1} events each ({:.0} rounds); an event committed during a round waits for it to end, \
-             then for its own. The orders projector's batches took {:.1} ms with {:.1} events each ({:.0} batches), \
-             and by its own clock an event reached the view {:.1} ms after it occurred. The relay and the projector run \
-             at nice 10, behind the request path, on the same 2 cores.",
+             took {:.1} ms with {:.1} events each ({:.0} rounds){}; an event committed during a round waits for it to \
+             end, then for its own. The orders projector's batches took {:.1} ms with {:.1} events each ({:.0} \
+             batches), and by its own clock an event reached the view {:.1} ms after it occurred. The relay and the \
+             projector ran at nice {}, the request path at 0, on the same {:.0} cores.",
             mid(&|s| s.relay_round_ms),
             mid(&|s| s.relay_events_per_round),
             mid(&|s| s.relay_rounds),
+            if stages.iter().all(|s| s.relay_phase_ms.is_some()) {
+                let p = |i: usize| mid(&|s| s.relay_phase_ms.map_or(0.0, |p| p[i]));
+                format!(
+                    ": reading the batch {:.1} ms, sending it until Kafka acknowledged every event {:.1} ms, committing \
+                     the Kafka transaction {:.1} ms, deleting the batch {:.1} ms",
+                    p(0),
+                    p(1),
+                    p(2),
+                    p(3)
+                )
+            } else {
+                String::new()
+            },
             mid(&|s| s.projector_batch_ms),
             mid(&|s| s.projector_events_per_batch),
             mid(&|s| s.projector_batches),
             mid(&|s| s.projector_event_to_view_ms),
+            m.background_nice,
+            m.cores,
         ));
     }
     (rows, bounds)

@@ -172,6 +172,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_and_moves() {
         "surge_sequencer_order_seconds",
         "surge_relay_published_total",
         "surge_relay_round_seconds",
+        "surge_relay_phase_seconds",
         "surge_projection_batch_seconds",
         "surge_projection_events_applied_total",
         "surge_cache_requests_total",
