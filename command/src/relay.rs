@@ -146,7 +146,8 @@ pub trait Publisher: Send + Sync {
 
 /// Times the phases of a round one after the other (`surge_relay_phase_seconds`): reading
 /// the batch, sending it (until Kafka acknowledged every event), committing the Kafka
-/// transaction, deleting the batch from the outbox.
+/// transaction, deleting the batch from the outbox. Sending and committing each include the
+/// lease check before them (a statement only when the last confirmation is getting old).
 struct PhaseClock {
     last: Instant,
 }

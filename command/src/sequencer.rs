@@ -216,7 +216,7 @@ impl BatchFit {
 impl LaneTimes {
     fn new(seed: Arc<AtomicU64>) -> LaneTimes {
         LaneTimes {
-            model: AtomicU64::new(seed.load(Ordering::Relaxed)),
+            model: AtomicU64::new(0),
             seed,
             busy_since: AtomicU64::new(0),
             running_size: AtomicU64::new(0),
@@ -224,9 +224,17 @@ impl LaneTimes {
         }
     }
 
+    /// This lane's model, or until it has one, its instance's (which may have one by now).
+    fn model(&self) -> BatchModel {
+        match self.model.load(Ordering::Relaxed) {
+            0 => BatchModel::unpack(self.seed.load(Ordering::Relaxed)),
+            own => BatchModel::unpack(own),
+        }
+    }
+
     /// Whether this lane has a model (its own or its instance's).
     fn known(&self) -> bool {
-        BatchModel::unpack(self.model.load(Ordering::Relaxed)).known()
+        self.model().known()
     }
 
     fn expected_wait(&self, queued: usize, max_batch: usize) -> Duration {
@@ -241,7 +249,7 @@ impl LaneTimes {
     /// without waiting for the fit. Zero for an idle lane with nothing queued: it always takes
     /// the next order (and so learns its batch time again after a stall).
     fn expected_wait_at(&self, now: u64, queued: usize, max_batch: usize) -> Duration {
-        let model = BatchModel::unpack(self.model.load(Ordering::Relaxed));
+        let model = self.model();
         let since = self.busy_since.load(Ordering::Relaxed);
         if since == 0 && (queued == 0 || !model.known()) {
             return Duration::ZERO;
@@ -549,7 +557,7 @@ impl Sequencer {
             }
             // Before any batch of this instance has finished nothing says how long one takes:
             // such a lane takes one batch of orders, not a queue of them.
-            if !lane.times.known() && queued >= self.settings.max_batch {
+            if !lane.times.known() && queued >= self.settings.max_batch.max(1) {
                 return Err(self.overloaded(sku, "latency-budget", queued, wait.max(budget)));
             }
         }
@@ -700,8 +708,9 @@ impl Lane {
                 }
             }
             // The lane is busy until every order of the batch is answered (answering a replayed
-            // key reads its stored answer).
-            let succeeded = result.is_ok();
+            // key reads its stored answer). A commit whose outcome is unknown (a timeout) is no
+            // batch time either.
+            let succeeded = matches!(&result, Ok(o) if !o.iter().any(|o| matches!(o, Outcome::Unknown(_))));
             match result {
                 Ok(outcomes) => {
                     self.note_sold_out(&outcomes, epoch);
@@ -1160,9 +1169,20 @@ mod tests {
         let first = LaneTimes::new(seed.clone());
         first.started(8);
         first.finished(Instant::now() - Duration::from_millis(8), 8, true);
-        let next = LaneTimes::new(seed);
+        let next = LaneTimes::new(seed.clone());
         assert!(next.known());
-        assert_eq!(next.model.load(Ordering::Relaxed), first.model.load(Ordering::Relaxed));
+        assert_eq!(next.model(), first.model());
+    }
+
+    #[test]
+    fn a_lane_made_before_its_instance_knew_anything_learns_from_it_later() {
+        let seed = Arc::new(AtomicU64::new(0));
+        let early = LaneTimes::new(seed.clone());
+        assert!(!early.known());
+        let other = LaneTimes::new(seed);
+        other.started(4);
+        other.finished(Instant::now() - Duration::from_millis(4), 4, true);
+        assert!(early.known(), "the instance's model, until the lane has its own");
     }
 
     #[test]
