@@ -77,6 +77,20 @@ async fn get_patiently(client: &Client, url: &str, headers: &[(&str, String)]) -
     }
 }
 
+/// How long a client asked to come back (503 `hot-sku-overloaded`) waits before it does:
+/// the answer's `estimated_wait_ms` (10 ms to 1 s), plus up to as much again of jitter so the
+/// refused do not all come back at once; `None` for any other answer.
+pub fn come_back_after(status: u16, body: &Value) -> Option<Duration> {
+    let overloaded = status == StatusCode::SERVICE_UNAVAILABLE.as_u16()
+        && body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/hot-sku-overloaded"));
+    overloaded.then(|| {
+        let ms = body["estimated_wait_ms"].as_u64().unwrap_or(50).clamp(10, 1000);
+        Duration::from_millis(ms + rand::random::<u64>() % ms)
+    })
+}
+
 async fn post(client: &Client, url: String, body: Value) -> anyhow::Result<(StatusCode, Value)> {
     let r = client
         .post(&url)
@@ -176,15 +190,14 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
                     }
                     Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
                 };
-                let overloaded = s == StatusCode::SERVICE_UNAVAILABLE
-                    && b["type"].as_str().is_some_and(|t| t.ends_with("/hot-sku-overloaded"));
-                if !overloaded || Instant::now() >= deadline {
+                let Some(wait) = come_back_after(s.as_u16(), &b) else {
+                    return (s, b, shed);
+                };
+                if Instant::now() >= deadline {
                     return (s, b, shed);
                 }
                 shed += 1;
-                let wait_ms = b["estimated_wait_ms"].as_u64().unwrap_or(50).clamp(10, 1000);
-                let jitter = rand::random::<u64>() % wait_ms.max(1);
-                tokio::time::sleep(Duration::from_millis(wait_ms + jitter)).await;
+                tokio::time::sleep(wait).await;
             }
         }
     });

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use surge_cli::demo::come_back_after;
 use surge_runtime::DatabaseConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -111,20 +112,6 @@ const FIRST_PORT: u16 = 18_180;
 const LOCK_WAIT: &str = "surge_store_lock_wait_seconds_sum";
 /// How long a shopper keeps coming back after 503 `hot-sku-overloaded` (as `./dev demo`'s).
 const COME_BACK_FOR: Duration = Duration::from_secs(10);
-
-/// The wait a 503 `hot-sku-overloaded` asks for (`estimated_wait_ms`, 10 ms to 1 s), with up
-/// to as much again of jitter so the refused do not all come back at once; None for any
-/// other answer.
-fn come_back_after(answer: &crate::driver::Answer) -> Option<Duration> {
-    let overloaded = answer.status == Some(503)
-        && answer.body["type"]
-            .as_str()
-            .is_some_and(|t| t.ends_with("/hot-sku-overloaded"));
-    overloaded.then(|| {
-        let ms = answer.body["estimated_wait_ms"].as_u64().unwrap_or(50).clamp(10, 1000);
-        Duration::from_millis(ms + rand::random::<u64>() % ms)
-    })
-}
 
 pub async fn run(c: ScaleConfig) -> anyhow::Result<()> {
     if c.instances.is_empty() || c.instances.contains(&0) {
@@ -273,7 +260,7 @@ async fn one_run(
                         .header("idempotency-key", &key)
                         .json(&body);
                     let answer = send(req, true).await;
-                    let Some(wait) = come_back_after(&answer) else {
+                    let Some(wait) = answer.status.and_then(|s| come_back_after(s, &answer.body)) else {
                         break answer;
                     };
                     if sent.elapsed() >= COME_BACK_FOR {
